@@ -9,7 +9,7 @@ out="$root/.cache/bin"
 mod="$root/e2e/tools"
 bins=(kube-apiserver kube-controller-manager kube-scheduler kubectl helm)
 
-stamp=$( (cat "$mod/go.mod" "$mod/go.sum"; go version) | sha256sum | cut -c1-16)
+stamp=$( (cat "$mod/go.mod" "$mod/go.sum" "$0"; go version) | sha256sum | cut -c1-16)
 if [ -f "$out/.stamp" ] && [ "$(cat "$out/.stamp")" = "$stamp" ]; then
   ok=1
   for b in "${bins[@]}"; do [ -x "$out/$b" ] || ok=0; done
@@ -21,6 +21,7 @@ ldflags="-s -w"
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   ldflags+=" -X $pkg.gitVersion=$kver -X $pkg.gitMajor=1 -X $pkg.gitMinor=37 -X $pkg.gitTreeState=clean"
 done
+ldflags+=" -X helm.sh/helm/v3/internal/version.version=v3.22.0"
 
 echo "tools: building ${bins[*]} into $out (a few minutes on a cold cache)" >&2
 mkdir -p "$out"
