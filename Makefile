@@ -27,7 +27,7 @@ tools: deps
 
 build:
 	@mkdir -p bin
-	$(GO) build -trimpath -o bin/ ./cmd/... ./e2e/cmd/...
+	$(GO) build -trimpath -o bin/ $(patsubst %,./%/...,$(wildcard cmd e2e/cmd))
 
 # test runs everything: unit tests, fuzz seeds, and the end-to-end tests on a
 # real local cluster. MESH_E2E=require turns a missing prerequisite into a
