@@ -25,7 +25,7 @@ type CA struct {
 
 	mu      sync.RWMutex
 	st      *state
-	version string                        // the store version st was loaded from or saved as
+	version string                            // the store version st was loaded from or saved as
 	signer  apiv1.CertificateAuthorityService // signs with st.issuer
 }
 
