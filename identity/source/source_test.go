@@ -1,0 +1,303 @@
+package source_test
+
+import (
+	"context"
+	"crypto"
+	"crypto/tls"
+	"crypto/x509"
+	"log/slog"
+	"maps"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/mesh-dev/mesh/ca"
+	identityv1 "github.com/mesh-dev/mesh/identity/api/v1"
+	"github.com/mesh-dev/mesh/identity/source"
+)
+
+var (
+	td    = spiffeid.RequireTrustDomainFromString("cluster.local")
+	webID = spiffeid.RequireFromString("spiffe://cluster.local/ns/shop/sa/web")
+	quiet = slog.New(slog.DiscardHandler)
+)
+
+type memStore struct {
+	mu   sync.Mutex
+	data map[string][]byte
+	v    int
+}
+
+func (m *memStore) Load(context.Context) (map[string][]byte, string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.data == nil {
+		return nil, "", ca.ErrNotFound
+	}
+	return maps.Clone(m.data), strconv.Itoa(m.v), nil
+}
+
+func (m *memStore) Save(_ context.Context, d map[string][]byte, v string) (string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if v != "" && v != strconv.Itoa(m.v) {
+		return "", ca.ErrConflict
+	}
+	m.data, m.v = maps.Clone(d), m.v+1
+	return strconv.Itoa(m.v), nil
+}
+
+// certifier signs with a real CA for a fixed identity; down simulates an
+// unreachable identity service. (The real service, with TokenReview, is
+// tested in package identity.)
+type certifier struct {
+	ca    *ca.CA
+	id    spiffeid.ID
+	down  atomic.Bool
+	calls atomic.Int64
+}
+
+func (c *certifier) Certify(_ context.Context, req *identityv1.CertifyRequest, _ ...grpc.CallOption) (*identityv1.CertifyResponse, error) {
+	c.calls.Add(1)
+	if c.down.Load() {
+		return nil, status.Error(codes.Unavailable, "identity service down")
+	}
+	csr, err := x509.ParseCertificateRequest(req.Csr)
+	if err != nil {
+		return nil, err
+	}
+	svid, err := c.ca.SignSVID(csr, c.id, 0)
+	if err != nil {
+		return nil, err
+	}
+	resp := &identityv1.CertifyResponse{SpiffeId: c.id.String()}
+	for _, x := range svid.Chain {
+		resp.SvidChain = append(resp.SvidChain, x.Raw)
+	}
+	for _, x := range c.ca.Bundle() {
+		resp.TrustBundle = append(resp.TrustBundle, x.Raw)
+	}
+	return resp, nil
+}
+
+func newCertifier(t *testing.T, id spiffeid.ID) *certifier {
+	t.Helper()
+	authority, err := ca.New(t.Context(), ca.Config{TrustDomain: td, Store: &memStore{}, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &certifier{ca: authority, id: id}
+}
+
+func newSource(t *testing.T, c *certifier) *source.Source {
+	t.Helper()
+	s, err := source.New(t.Context(), source.Config{
+		Certifier: c, TrustDomain: td, Logger: quiet,
+		Token: func() (string, error) { return "token", nil },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func serial(t *testing.T, s *source.Source) string {
+	t.Helper()
+	svid, err := s.GetX509SVID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return svid.Certificates[0].SerialNumber.String()
+}
+
+// TestRenewsAtHalfLife: with a 1h SVID the source renews between 27 and 33
+// minutes (half life ±10%), with a new key, on a fake clock.
+func TestRenewsAtHalfLife(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := newCertifier(t, webID)
+		s := newSource(t, c)
+		first, _ := s.GetX509SVID()
+		start := time.Now()
+		for i := range 3 {
+			<-s.Updated()
+			took := time.Since(start)
+			if took < 27*time.Minute || took > 33*time.Minute {
+				t.Fatalf("renewal %d after %s, want 27m..33m", i, took)
+			}
+			start = time.Now()
+		}
+		now, _ := s.GetX509SVID()
+		if now.Certificates[0].SerialNumber.Cmp(first.Certificates[0].SerialNumber) == 0 {
+			t.Fatal("serial did not change")
+		}
+		if now.PrivateKey.Public().(interface{ Equal(crypto.PublicKey) bool }).Equal(first.PrivateKey.Public()) {
+			t.Fatal("the key was not replaced at renewal")
+		}
+	})
+}
+
+// TestSurvivesOutage: while the identity service is down the source keeps
+// serving the current SVID and retries; it recovers when the service
+// returns. An SVID that expires during a longer outage is no longer served.
+func TestSurvivesOutage(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := newCertifier(t, webID)
+		s := newSource(t, c)
+		before := serial(t, s)
+		c.down.Store(true)
+		calls := c.calls.Load()
+		time.Sleep(50 * time.Minute)
+		if serial(t, s) != before {
+			t.Fatal("SVID changed while the service was down")
+		}
+		if c.calls.Load()-calls < 3 {
+			t.Fatalf("only %d attempts during the outage; want retries", c.calls.Load()-calls)
+		}
+		c.down.Store(false)
+		time.Sleep(5 * time.Minute)
+		if serial(t, s) == before {
+			t.Fatal("no new SVID within 5 minutes of the service returning")
+		}
+
+		// A long outage: the SVID expires and is not served past NotAfter.
+		c.down.Store(true)
+		time.Sleep(61 * time.Minute)
+		if _, err := s.GetX509SVID(); err == nil {
+			t.Fatal("served an expired SVID")
+		}
+		c.down.Store(false)
+		time.Sleep(2 * time.Minute)
+		if _, err := s.GetX509SVID(); err != nil {
+			t.Fatalf("did not recover after the outage: %v", err)
+		}
+	})
+}
+
+// TestNewBundleWithoutRestart: a root added by the CA reaches the source's
+// bundle at the next renewal.
+func TestNewBundleWithoutRestart(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := newCertifier(t, webID)
+		s := newSource(t, c)
+		b, err := s.GetX509BundleForTrustDomain(td)
+		if err != nil || len(b.X509Authorities()) != 1 {
+			t.Fatalf("bundle = %v, %v", b, err)
+		}
+		if err := c.ca.PrepareRoot(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		<-s.Updated()
+		b, _ = s.GetX509BundleForTrustDomain(td)
+		if len(b.X509Authorities()) != 2 {
+			t.Fatalf("bundle has %d roots after the CA added one, want 2", len(b.X509Authorities()))
+		}
+		if _, err := s.GetX509BundleForTrustDomain(spiffeid.RequireTrustDomainFromString("other.example")); err == nil {
+			t.Fatal("returned a bundle for another trust domain")
+		}
+	})
+}
+
+// TestRefusesBadResponses: an SVID for another key, or one that does not
+// verify against the bundle it came with, is never installed.
+func TestRefusesBadResponses(t *testing.T) {
+	c := newCertifier(t, webID)
+	other := newCertifier(t, webID) // another CA entirely
+	var mode atomic.Int32
+	bad := certifierFunc(func(ctx context.Context, req *identityv1.CertifyRequest) (*identityv1.CertifyResponse, error) {
+		resp, err := c.Certify(ctx, req)
+		if err != nil {
+			return nil, err
+		}
+		switch mode.Load() {
+		case 1: // bundle of another CA
+			resp.TrustBundle = [][]byte{other.ca.Bundle()[0].Raw}
+		case 2: // an SVID for a key we do not hold
+			stolen, _ := other.Certify(ctx, req)
+			resp.SvidChain, resp.TrustBundle = stolen.SvidChain, stolen.TrustBundle
+			resp.SvidChain[0] = mustSVIDForOtherKey(t, other)
+		}
+		return resp, nil
+	})
+	for _, m := range []int32{1, 2} {
+		mode.Store(m)
+		ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+		_, err := source.New(ctx, source.Config{Certifier: bad, TrustDomain: td, Logger: quiet, MinBackoff: 10 * time.Millisecond, Token: func() (string, error) { return "t", nil }})
+		cancel()
+		if err == nil {
+			t.Fatalf("mode %d: a bad response was accepted", m)
+		}
+	}
+}
+
+type certifierFunc func(context.Context, *identityv1.CertifyRequest) (*identityv1.CertifyResponse, error)
+
+func (f certifierFunc) Certify(ctx context.Context, req *identityv1.CertifyRequest, _ ...grpc.CallOption) (*identityv1.CertifyResponse, error) {
+	return f(ctx, req)
+}
+
+func mustSVIDForOtherKey(t *testing.T, c *certifier) []byte {
+	t.Helper()
+	s := newSource(t, c)
+	svid, err := s.GetX509SVID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return svid.Certificates[0].Raw
+}
+
+// TestTLSConfigFromSource: go-spiffe's tlsconfig works with the source as
+// it is, on a real loopback mutual-TLS handshake.
+func TestTLSConfigFromSource(t *testing.T) {
+	c := newCertifier(t, webID)
+	server := newSource(t, c)
+	clientCert := newCertifier(t, spiffeid.RequireFromString("spiffe://cluster.local/ns/shop/sa/db"))
+	clientCert.ca = c.ca // same trust domain, same CA
+	client := newSource(t, clientCert)
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	peers := make(chan string, 4)
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			tc := tls.Server(conn, tlsconfig.MTLSServerConfig(server, server, tlsconfig.AuthorizeID(clientCert.id)))
+			if err := tc.Handshake(); err == nil {
+				id, _ := spiffeid.FromURI(tc.ConnectionState().PeerCertificates[0].URIs[0])
+				peers <- id.String()
+			}
+			tc.Close()
+		}
+	}()
+	dial := func() string {
+		conn, err := tls.Dial("tcp", ln.Addr().String(), tlsconfig.MTLSClientConfig(client, client, tlsconfig.AuthorizeID(webID)))
+		if err != nil {
+			t.Fatalf("handshake: %v", err)
+		}
+		defer conn.Close()
+		return conn.ConnectionState().PeerCertificates[0].SerialNumber.String()
+	}
+	s1 := dial()
+	if got := <-peers; got != "spiffe://cluster.local/ns/shop/sa/db" {
+		t.Fatalf("server saw %q", got)
+	}
+	if s1 != serial(t, server) {
+		t.Fatal("server presented something other than its source's SVID")
+	}
+}
