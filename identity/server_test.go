@@ -143,7 +143,6 @@ func newEnv(c *cluster.Cluster) (*env, error) {
 	if err != nil {
 		return nil, err
 	}
-	controllerID := spiffeid.RequireFromString("spiffe://cluster.local/ns/mesh-system/sa/mesh-controller")
 	self, err := identity.NewSelfSource(authority, controllerID)
 	if err != nil {
 		return nil, err
@@ -157,15 +156,24 @@ func newEnv(c *cluster.Cluster) (*env, error) {
 	go gs.Serve(lis)
 	e.svcAddr = lis.Addr().String()
 
-	// The client trusts only the bundle it was given at start, and only the
-	// controller's identity.
 	e.bundle = x509bundle.FromX509Authorities(td, authority.Bundle())
-	conn, err := grpc.NewClient(e.svcAddr, grpc.WithTransportCredentials(credentials.NewTLS(tlsconfig.TLSClientConfig(e.bundle, tlsconfig.AuthorizeID(controllerID)))))
+	conn, err := grpc.NewClient(e.svcAddr, e.clientCreds())
 	if err != nil {
 		return nil, err
 	}
 	e.client = identityv1.NewIdentityClient(conn)
 	return e, nil
+}
+
+var (
+	controllerID = spiffeid.RequireFromString("spiffe://cluster.local/ns/mesh-system/sa/mesh-controller")
+	quiet        = slog.New(slog.DiscardHandler)
+)
+
+// clientCreds trusts only the bundle the client was given at start, and
+// only the controller's identity.
+func (e *env) clientCreds() grpc.DialOption {
+	return grpc.WithTransportCredentials(credentials.NewTLS(tlsconfig.TLSClientConfig(e.bundle, tlsconfig.AuthorizeID(controllerID))))
 }
 
 // pod creates a scheduled pod of sa in shop. The local cluster has no node

@@ -1,0 +1,65 @@
+package identity_test
+
+import (
+	"crypto/rand"
+	"crypto/x509"
+	"net/url"
+	"testing"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/mesh-dev/mesh/identity"
+)
+
+// FuzzParseCSR feeds arbitrary bytes to the CSR checks the identity service
+// runs on every request: they must never panic, and anything they accept
+// must be a well-signed CSR with an acceptable key.
+func FuzzParseCSR(f *testing.F) {
+	key := p256(f)
+	id := spiffeid.RequireFromString("spiffe://cluster.local/ns/shop/sa/web")
+	good, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{id.URL()}}, key)
+	f.Add(good)
+	f.Add([]byte{})
+	f.Add([]byte("garbage"))
+	f.Add(good[:len(good)/2])
+	f.Fuzz(func(t *testing.T, der []byte) {
+		csr, err := identity.ParseCSR(der)
+		if err != nil {
+			return
+		}
+		if csr.CheckSignature() != nil {
+			t.Fatal("accepted a CSR with a bad signature")
+		}
+		if err := identity.CheckCSRIdentity(csr, id); err == nil {
+			for _, u := range csr.URIs {
+				if u.String() != id.String() {
+					t.Fatalf("accepted a CSR asking for %q", u)
+				}
+			}
+			if len(csr.DNSNames)+len(csr.IPAddresses)+len(csr.EmailAddresses) > 0 {
+				t.Fatal("accepted a CSR with other names")
+			}
+		}
+	})
+}
+
+// FuzzForServiceAccount: any namespace and ServiceAccount either yield an ID
+// that parses back to the same pair, or an error; never a panic, and never
+// an ID with extra path segments.
+func FuzzForServiceAccount(f *testing.F) {
+	td := spiffeid.RequireTrustDomainFromString("cluster.local")
+	f.Add("shop", "web")
+	f.Add("a/b", "c")
+	f.Add("", "")
+	f.Add("ns", "sa/../../x")
+	f.Fuzz(func(t *testing.T, ns, sa string) {
+		id, err := identity.ForServiceAccount(td, ns, sa)
+		if err != nil {
+			return
+		}
+		gotNS, gotSA, err := identity.ServiceAccountOf(id)
+		if err != nil || gotNS != ns || gotSA != sa {
+			t.Fatalf("%q does not round-trip: %q %q %v", id, gotNS, gotSA, err)
+		}
+	})
+}
