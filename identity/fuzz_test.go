@@ -7,8 +7,10 @@ import (
 	"testing"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/mesh-dev/mesh/identity"
+	identityv1 "github.com/mesh-dev/mesh/identity/api/v1"
 )
 
 // FuzzParseCSR feeds arbitrary bytes to the CSR checks the identity service
@@ -60,6 +62,23 @@ func FuzzForServiceAccount(f *testing.F) {
 		gotNS, gotSA, err := identity.ServiceAccountOf(id)
 		if err != nil || gotNS != ns || gotSA != sa {
 			t.Fatalf("%q does not round-trip: %q %q %v", id, gotNS, gotSA, err)
+		}
+	})
+}
+
+// FuzzCertifyRequest decodes arbitrary wire bytes as a CertifyRequest and
+// runs the service's request checks on it: they must never panic.
+func FuzzCertifyRequest(f *testing.F) {
+	good, _ := proto.Marshal(&identityv1.CertifyRequest{Csr: []byte("x"), Token: "t"})
+	f.Add(good)
+	f.Add([]byte{0x0a, 0xff, 0xff, 0xff, 0x0f})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var req identityv1.CertifyRequest
+		if proto.Unmarshal(b, &req) != nil {
+			return
+		}
+		if csr, err := identity.ParseCSR(req.GetCsr()); err == nil {
+			_ = identity.CheckCSRIdentity(csr, spiffeid.RequireFromString("spiffe://cluster.local/ns/a/sa/b"))
 		}
 	})
 }
