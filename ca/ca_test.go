@@ -1,7 +1,6 @@
 package ca_test
 
 import (
-	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -11,8 +10,7 @@ import (
 	"crypto/x509"
 	"log/slog"
 	"maps"
-	"strconv"
-	"strings"
+		"strings"
 	"sync"
 	"testing"
 	"time"
@@ -30,35 +28,6 @@ var (
 
 	quiet = slog.New(slog.DiscardHandler)
 )
-
-// memStore is a Store in memory with the same optimistic concurrency as the
-// Secret store.
-type memStore struct {
-	mu      sync.Mutex
-	data    map[string][]byte
-	version int
-	saves   int
-}
-
-func (m *memStore) Load(context.Context) (map[string][]byte, string, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.data == nil {
-		return nil, "", ca.ErrNotFound
-	}
-	return maps.Clone(m.data), strconv.Itoa(m.version), nil
-}
-
-func (m *memStore) Save(_ context.Context, data map[string][]byte, version string) (string, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if (version == "" && m.data != nil) || (version != "" && version != strconv.Itoa(m.version)) {
-		return "", ca.ErrConflict
-	}
-	m.data, m.version = maps.Clone(data), m.version+1
-	m.saves++
-	return strconv.Itoa(m.version), nil
-}
 
 // clock is a settable clock.
 type clock struct {
@@ -112,7 +81,7 @@ func verify(t *testing.T, svid *ca.SVID, roots []*x509.Certificate, at time.Time
 }
 
 func TestBootstrapAndSign(t *testing.T) {
-	store := &memStore{}
+	store := &ca.MemoryStore{}
 	clk := &clock{now: t0}
 	c := newCA(t, store, clk)
 
@@ -164,14 +133,14 @@ func TestBootstrapAndSign(t *testing.T) {
 
 	// A second CA on the same store loads, it does not bootstrap again.
 	c2 := newCA(t, store, clk)
-	if !c2.Bundle()[0].Equal(root) || store.saves != 1 {
-		t.Fatalf("second CA did not load the stored one (saves=%d)", store.saves)
+	if !c2.Bundle()[0].Equal(root) || store.Saves() != 1 {
+		t.Fatalf("second CA did not load the stored one (saves=%d)", store.Saves())
 	}
 }
 
 func TestSignRefuses(t *testing.T) {
 	clk := &clock{now: t0}
-	c := newCA(t, &memStore{}, clk)
+	c := newCA(t, &ca.MemoryStore{}, clk)
 	id := spiffeid.RequireFromString("spiffe://cluster.local/ns/shop/sa/web")
 	rsa1024, _ := rsa.GenerateKey(rand.Reader, 1024)
 	p224, _ := ecdsa.GenerateKey(elliptic.P224(), rand.Reader)
@@ -216,12 +185,12 @@ func TestConfigValidation(t *testing.T) {
 		cfg  ca.Config
 		want string
 	}{
-		{ca.Config{Store: &memStore{}}, "TrustDomain is required"},
+		{ca.Config{Store: &ca.MemoryStore{}}, "TrustDomain is required"},
 		{ca.Config{TrustDomain: td}, "Store is required"},
-		{ca.Config{TrustDomain: td, Store: &memStore{}, SVIDTTL: 2 * time.Hour, MaxSVIDTTL: time.Hour}, "SVIDTTL 2h0m0s exceeds MaxSVIDTTL 1h0m0s"},
-		{ca.Config{TrustDomain: td, Store: &memStore{}, MaxSVIDTTL: 10 * 24 * time.Hour}, "at most a sixth of IssuerTTL"},
-		{ca.Config{TrustDomain: td, Store: &memStore{}, IssuerTTL: 400 * 24 * time.Hour, MaxSVIDTTL: time.Hour}, "IssuerTTL 9600h0m0s exceeds RootTTL"},
-		{ca.Config{TrustDomain: td, Store: &memStore{}, SVIDTTL: -time.Second}, "SVIDTTL is negative"},
+		{ca.Config{TrustDomain: td, Store: &ca.MemoryStore{}, SVIDTTL: 2 * time.Hour, MaxSVIDTTL: time.Hour}, "SVIDTTL 2h0m0s exceeds MaxSVIDTTL 1h0m0s"},
+		{ca.Config{TrustDomain: td, Store: &ca.MemoryStore{}, MaxSVIDTTL: 10 * 24 * time.Hour}, "at most a sixth of IssuerTTL"},
+		{ca.Config{TrustDomain: td, Store: &ca.MemoryStore{}, IssuerTTL: 400 * 24 * time.Hour, MaxSVIDTTL: time.Hour}, "IssuerTTL 9600h0m0s exceeds RootTTL"},
+		{ca.Config{TrustDomain: td, Store: &ca.MemoryStore{}, SVIDTTL: -time.Second}, "SVIDTTL is negative"},
 	}
 	for _, tt := range tests {
 		_, err := ca.New(t.Context(), tt.cfg)
@@ -236,7 +205,7 @@ func TestConfigValidation(t *testing.T) {
 // whole life, issuers rotate at 5/6 of their life, and the root never
 // changes.
 func TestIssuerRotation(t *testing.T) {
-	store := &memStore{}
+	store := &ca.MemoryStore{}
 	clk := &clock{now: t0}
 	c := newCA(t, store, clk)
 	root := c.Bundle()[0]
@@ -287,7 +256,7 @@ func TestIssuerRotation(t *testing.T) {
 func TestRootRotation(t *testing.T) {
 	ctx := t.Context()
 	clk := &clock{now: t0}
-	c := newCA(t, &memStore{}, clk)
+	c := newCA(t, &ca.MemoryStore{}, clk)
 	id := spiffeid.RequireFromString("spiffe://cluster.local/ns/shop/sa/web")
 	var issued []*ca.SVID
 	sign := func() {
@@ -358,7 +327,7 @@ func TestRootRotation(t *testing.T) {
 }
 
 func TestConcurrentBootstrapConverges(t *testing.T) {
-	store := &memStore{}
+	store := &ca.MemoryStore{}
 	clk := &clock{now: t0}
 	var wg sync.WaitGroup
 	cas := make([]*ca.CA, 4)
@@ -376,12 +345,12 @@ func TestConcurrentBootstrapConverges(t *testing.T) {
 func TestExternalCA(t *testing.T) {
 	// A user-supplied CA: made here by a CA of our own, then handed over
 	// without its root key.
-	src := &memStore{}
+	src := &ca.MemoryStore{}
 	clk := &clock{now: t0}
 	newCA(t, src, clk)
 	data, _, _ := src.Load(t.Context())
 	delete(data, ca.KeyRootKey)
-	user := &memStore{data: data}
+	user := storeWith(t, data)
 
 	c, err := ca.New(t.Context(), ca.Config{TrustDomain: td, Store: user, External: true, Now: clk.Now, Logger: quiet})
 	if err != nil {
@@ -394,7 +363,7 @@ func TestExternalCA(t *testing.T) {
 	if err := c.RotateIssuer(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	if user.saves != 0 {
+	if user.Saves() != 1 {
 		t.Fatal("the CA wrote to a user-supplied store")
 	}
 	if err := c.PrepareRoot(t.Context()); err == nil {
@@ -402,16 +371,16 @@ func TestExternalCA(t *testing.T) {
 	}
 
 	// Empty, broken and mismatched supplies are refused with the reason.
-	if _, err := ca.New(t.Context(), ca.Config{TrustDomain: td, Store: &memStore{}, External: true}); err == nil || !strings.Contains(err.Error(), "supplied CA store is empty") {
+	if _, err := ca.New(t.Context(), ca.Config{TrustDomain: td, Store: &ca.MemoryStore{}, External: true}); err == nil || !strings.Contains(err.Error(), "supplied CA store is empty") {
 		t.Fatalf("empty external store: %v", err)
 	}
 	bad := maps.Clone(data)
 	bad[ca.KeyIssuerKey] = data[ca.KeyRootCert]
-	if _, err := ca.New(t.Context(), ca.Config{TrustDomain: td, Store: &memStore{data: bad}, External: true}); err == nil || !strings.Contains(err.Error(), "issuer.key") {
+	if _, err := ca.New(t.Context(), ca.Config{TrustDomain: td, Store: storeWith(t, bad), External: true}); err == nil || !strings.Contains(err.Error(), "issuer.key") {
 		t.Fatalf("broken issuer key: %v", err)
 	}
 	other := spiffeid.RequireTrustDomainFromString("other.example")
-	if _, err := ca.New(t.Context(), ca.Config{TrustDomain: other, Store: &memStore{data: data}, External: true, Now: clk.Now, Logger: quiet}); err == nil || !strings.Contains(err.Error(), "constrained to [cluster.local]") {
+	if _, err := ca.New(t.Context(), ca.Config{TrustDomain: other, Store: storeWith(t, data), External: true, Now: clk.Now, Logger: quiet}); err == nil || !strings.Contains(err.Error(), "constrained to [cluster.local]") {
 		t.Fatalf("issuer for another trust domain: %v", err)
 	}
 }
@@ -419,7 +388,7 @@ func TestExternalCA(t *testing.T) {
 // BenchmarkSignSVID measures the CA's signing throughput (SVIDs per
 // second), validation of every minted SVID included.
 func BenchmarkSignSVID(b *testing.B) {
-	c, err := ca.New(b.Context(), ca.Config{TrustDomain: td, Store: &memStore{}, Logger: quiet})
+	c, err := ca.New(b.Context(), ca.Config{TrustDomain: td, Store: &ca.MemoryStore{}, Logger: quiet})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -432,4 +401,14 @@ func BenchmarkSignSVID(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "svids/s")
+}
+
+// storeWith is a store holding data, as a user would supply it.
+func storeWith(t *testing.T, data map[string][]byte) *ca.MemoryStore {
+	t.Helper()
+	s := &ca.MemoryStore{}
+	if _, err := s.Save(t.Context(), data, ""); err != nil {
+		t.Fatal(err)
+	}
+	return s
 }

@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"strconv"
+	"sync"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -87,4 +90,40 @@ func (s *SecretStore) Save(ctx context.Context, data map[string][]byte, version 
 		return "", fmt.Errorf("ca: write secret %s/%s: %w", s.Namespace, s.Name, err)
 	}
 	return sec.ResourceVersion, nil
+}
+
+// MemoryStore keeps the CA in memory, with the same optimistic concurrency
+// as SecretStore. It is for tests and throwaway CAs: a restart loses the CA.
+type MemoryStore struct {
+	mu      sync.Mutex
+	data    map[string][]byte
+	version int
+}
+
+// Load implements Store.
+func (m *MemoryStore) Load(context.Context) (map[string][]byte, string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.data == nil {
+		return nil, "", ErrNotFound
+	}
+	return maps.Clone(m.data), strconv.Itoa(m.version), nil
+}
+
+// Save implements Store.
+func (m *MemoryStore) Save(_ context.Context, data map[string][]byte, version string) (string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if (version == "" && m.data != nil) || (version != "" && version != strconv.Itoa(m.version)) {
+		return "", ErrConflict
+	}
+	m.data, m.version = maps.Clone(data), m.version+1
+	return strconv.Itoa(m.version), nil
+}
+
+// Saves is how many times the store was written.
+func (m *MemoryStore) Saves() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.version
 }

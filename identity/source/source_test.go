@@ -6,10 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"log/slog"
-	"maps"
 	"net"
-	"strconv"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -31,31 +28,6 @@ var (
 	webID = spiffeid.RequireFromString("spiffe://cluster.local/ns/shop/sa/web")
 	quiet = slog.New(slog.DiscardHandler)
 )
-
-type memStore struct {
-	mu   sync.Mutex
-	data map[string][]byte
-	v    int
-}
-
-func (m *memStore) Load(context.Context) (map[string][]byte, string, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.data == nil {
-		return nil, "", ca.ErrNotFound
-	}
-	return maps.Clone(m.data), strconv.Itoa(m.v), nil
-}
-
-func (m *memStore) Save(_ context.Context, d map[string][]byte, v string) (string, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if v != "" && v != strconv.Itoa(m.v) {
-		return "", ca.ErrConflict
-	}
-	m.data, m.v = maps.Clone(d), m.v+1
-	return strconv.Itoa(m.v), nil
-}
 
 // certifier signs with a real CA for a fixed identity; down simulates an
 // unreachable identity service. (The real service, with TokenReview, is
@@ -92,7 +64,7 @@ func (c *certifier) Certify(_ context.Context, req *identityv1.CertifyRequest, _
 
 func newCertifier(t *testing.T, id spiffeid.ID) *certifier {
 	t.Helper()
-	authority, err := ca.New(t.Context(), ca.Config{TrustDomain: td, Store: &memStore{}, Logger: quiet})
+	authority, err := ca.New(t.Context(), ca.Config{TrustDomain: td, Store: &ca.MemoryStore{}, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
