@@ -1,0 +1,86 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/mesh-dev/mesh/ca"
+)
+
+// IdentityInfo is what /identity answers: the public facts of the current
+// SVID. Never key material.
+type IdentityInfo struct {
+	SPIFFEID     string    `json:"spiffeID"`
+	Serial       string    `json:"serial"`
+	NotBefore    time.Time `json:"notBefore"`
+	NotAfter     time.Time `json:"notAfter"`
+	Issuer       string    `json:"issuer"`
+	BundleRoots  []string  `json:"bundleRootFingerprints"`
+	InboundMode  Mode      `json:"inboundMode"`
+	OutboundMode Mode      `json:"outboundMode"`
+}
+
+// AdminHandler serves /metrics, /ready, /live, /identity and /shutdown.
+func (p *Proxy) AdminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(p.cfg.Gatherer, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /live", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, _ *http.Request) {
+		if !p.ready.Load() {
+			http.Error(w, "not ready: no valid SVID", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /identity", func(w http.ResponseWriter, _ *http.Request) {
+		svid, err := p.cfg.Identity.GetX509SVID()
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		leaf := svid.Certificates[0]
+		info := IdentityInfo{
+			SPIFFEID: svid.ID.String(), Serial: leaf.SerialNumber.Text(16),
+			NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, Issuer: leaf.Issuer.String(),
+			InboundMode: p.cfg.InboundMode, OutboundMode: p.cfg.OutboundMode,
+		}
+		if b, err := p.cfg.Identity.GetX509BundleForTrustDomain(p.cfg.TrustDomain); err == nil {
+			for _, r := range b.X509Authorities() {
+				info.BundleRoots = append(info.BundleRoots, ca.Fingerprint(r))
+			}
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(info)
+	})
+	// Jobs call it when their main container is done, so the pod can finish.
+	mux.HandleFunc("POST /shutdown", func(w http.ResponseWriter, _ *http.Request) {
+		p.Shutdown()
+		w.Write([]byte("shutting down\n"))
+	})
+	return mux
+}
+
+func (p *Proxy) serveAdmin(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{Handler: p.AdminHandler(), ReadHeaderTimeout: 5 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+		<-errc
+		return nil
+	case err := <-errc:
+		if errors.Is(err, http.ErrServerClosed) {
+			return nil
+		}
+		return err
+	}
+}

@@ -1,0 +1,61 @@
+package proxy
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the proxy's Prometheus metrics; every name is prefixed
+// mesh_proxy_.
+type metrics struct {
+	opened     *prometheus.CounterVec
+	closed     *prometheus.CounterVec
+	open       *prometheus.GaugeVec
+	bytes      *prometheus.CounterVec
+	handshakes *prometheus.CounterVec
+	hsErrors   *prometheus.CounterVec
+	refused    *prometheus.CounterVec
+	decisions  *prometheus.CounterVec
+	svidExpiry prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		opened: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mesh_proxy_connections_opened_total", Help: "Connections opened, by direction, peer identity and TLS status.",
+		}, []string{"direction", "peer", "tls"}),
+		closed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mesh_proxy_connections_closed_total", Help: "Connections closed, by direction, peer identity and TLS status.",
+		}, []string{"direction", "peer", "tls"}),
+		open: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "mesh_proxy_connections_open", Help: "Connections open now, by direction.",
+		}, []string{"direction"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mesh_proxy_bytes_total", Help: "Bytes proxied, by direction and flow (to_app: towards the local application; from_app: from it).",
+		}, []string{"direction", "flow"}),
+		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mesh_proxy_tls_handshakes_total", Help: "Completed mTLS handshakes, by direction, TLS version and whether the session was resumed.",
+		}, []string{"direction", "version", "resumed"}),
+		hsErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mesh_proxy_tls_handshake_errors_total", Help: "Failed mTLS handshakes, by direction and reason.",
+		}, []string{"direction", "reason"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mesh_proxy_connections_refused_total", Help: "Connections refused before reaching their destination, by direction and reason.",
+		}, []string{"direction", "reason"}),
+		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mesh_proxy_authz_decisions_total", Help: "Authorization decisions, by decision, deciding policy and direction.",
+		}, []string{"decision", "policy", "direction"}),
+		svidExpiry: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "mesh_proxy_svid_expiry_timestamp_seconds", Help: "When the proxy's current SVID expires, Unix seconds.",
+		}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.opened, m.closed, m.open, m.bytes, m.handshakes, m.hsErrors, m.refused, m.decisions, m.svidExpiry} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("proxy: register metrics: %w", err)
+			}
+		}
+	}
+	return m, nil
+}

@@ -1,0 +1,60 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"net"
+	"strconv"
+
+	"github.com/mesh-dev/mesh/proxy/origdst"
+)
+
+// outbound handles one connection from the local application.
+func (p *Proxy) outbound(ctx context.Context, app net.Conn) {
+	const dir = "outbound"
+	tc, ok := app.(*net.TCPConn)
+	if !ok {
+		return
+	}
+	dst, err := origdst.Get(tc)
+	if err != nil {
+		p.refuse(dir, "no_original_destination", "err", err)
+		return
+	}
+	addr := dst.String()
+	want, meshed := p.cfg.Destinations.Lookup(dst)
+	if !meshed && p.cfg.OutboundMode == Strict {
+		p.refuse(dir, "not_meshed", "destination", addr)
+		return
+	}
+	dctx, cancel := context.WithTimeout(ctx, p.cfg.ConnectTimeout)
+	defer cancel()
+	up, err := p.cfg.Dial(dctx, "tcp", addr)
+	if err != nil {
+		p.refuse(dir, "connect_failed", "destination", addr, "err", err)
+		return
+	}
+	defer up.Close()
+	if !meshed {
+		p.m.opened.WithLabelValues(dir, "-", "plaintext").Inc()
+		p.m.open.WithLabelValues(dir).Inc()
+		p.splice(dir, app, up)
+		p.m.open.WithLabelValues(dir).Dec()
+		p.m.closed.WithLabelValues(dir, "-", "plaintext").Inc()
+		return
+	}
+	conn := tls.Client(up, p.clientTLS(want, addr))
+	if err := conn.HandshakeContext(dctx); err != nil {
+		p.m.hsErrors.WithLabelValues(dir, handshakeReason(err)).Inc()
+		p.refuse(dir, "handshake_failed", "destination", addr, "want", want.String(), "err", err)
+		return
+	}
+	cs := conn.ConnectionState()
+	p.m.handshakes.WithLabelValues(dir, tlsVersion(cs.Version), strconv.FormatBool(cs.DidResume)).Inc()
+	peer := want.String()
+	p.m.opened.WithLabelValues(dir, peer, "mtls").Inc()
+	p.m.open.WithLabelValues(dir).Inc()
+	p.splice(dir, app, conn)
+	p.m.open.WithLabelValues(dir).Dec()
+	p.m.closed.WithLabelValues(dir, peer, "mtls").Inc()
+}

@@ -1,0 +1,243 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/time/rate"
+)
+
+// Proxy is one pod's sidecar.
+type Proxy struct {
+	cfg      Config
+	m        *metrics
+	sessions tls.ClientSessionCache
+	srvTLS   *tls.Config
+	// refusals limits "connection refused" log lines, which an attacker
+	// could otherwise use to flood the log.
+	refusals *rate.Limiter
+	dropped  atomic.Int64
+
+	mu      sync.Mutex
+	conns   map[net.Conn]struct{}
+	wg      sync.WaitGroup
+	stopped bool
+
+	shutdown chan struct{}
+	ready    atomic.Bool
+}
+
+// New validates cfg and returns a proxy; Run starts it.
+func New(cfg Config) (*Proxy, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	m, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	p := &Proxy{
+		cfg: cfg, m: m,
+		sessions: tls.NewLRUClientSessionCache(1024),
+		refusals: rate.NewLimiter(rate.Every(100*time.Millisecond), 20),
+		conns:    map[net.Conn]struct{}{},
+		shutdown: make(chan struct{}),
+	}
+	p.srvTLS = p.serverTLS()
+	return p, nil
+}
+
+// Run serves until ctx ends or /shutdown is called, then stops accepting
+// and lets open connections finish for up to DrainTimeout before closing
+// them.
+func (p *Proxy) Run(ctx context.Context) error {
+	in, err := p.cfg.Listen(ctx, "tcp", p.cfg.InboundAddr)
+	if err != nil {
+		return fmt.Errorf("proxy: inbound listener: %w", err)
+	}
+	out, err := p.cfg.Listen(ctx, "tcp", p.cfg.OutboundAddr)
+	if err != nil {
+		in.Close()
+		return fmt.Errorf("proxy: outbound listener: %w", err)
+	}
+	var admin net.Listener
+	if p.cfg.AdminAddr != "-" {
+		if admin, err = p.cfg.Listen(ctx, "tcp", p.cfg.AdminAddr); err != nil {
+			in.Close()
+			out.Close()
+			return fmt.Errorf("proxy: admin listener: %w", err)
+		}
+	}
+	p.cfg.Logger.Info("proxy listening", "inbound", in.Addr().String(), "outbound", out.Addr().String(), "inboundMode", p.cfg.InboundMode, "outboundMode", p.cfg.OutboundMode)
+
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	g, gctx := errgroup.WithContext(runCtx)
+	g.Go(func() error { return p.accept(gctx, in, p.inbound) })
+	g.Go(func() error { return p.accept(gctx, out, p.outbound) })
+	if admin != nil {
+		g.Go(func() error { return p.serveAdmin(gctx, admin) })
+	}
+	g.Go(func() error { return p.watchSVID(gctx) })
+	g.Go(func() error {
+		select {
+		case <-gctx.Done():
+		case <-p.shutdown:
+		}
+		cancel()
+		in.Close()
+		out.Close()
+		return nil
+	})
+	err = g.Wait()
+	p.drain()
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	return err
+}
+
+// Shutdown asks Run to stop, as /shutdown does.
+func (p *Proxy) Shutdown() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.stopped {
+		p.stopped = true
+		close(p.shutdown)
+	}
+}
+
+func (p *Proxy) accept(ctx context.Context, ln net.Listener, handle func(context.Context, net.Conn)) error {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("proxy: accept on %s: %w", ln.Addr(), err)
+		}
+		if !p.track(c) {
+			c.Close()
+			continue
+		}
+		go func() {
+			defer p.untrack(c)
+			handle(ctx, c)
+		}()
+	}
+}
+
+func (p *Proxy) track(c net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.conns == nil {
+		return false
+	}
+	p.conns[c] = struct{}{}
+	p.wg.Add(1)
+	return true
+}
+
+func (p *Proxy) untrack(c net.Conn) {
+	c.Close()
+	p.mu.Lock()
+	delete(p.conns, c)
+	p.mu.Unlock()
+	p.wg.Done()
+}
+
+// drain waits for open connections up to DrainTimeout, then closes them.
+func (p *Proxy) drain() {
+	done := make(chan struct{})
+	go func() { p.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return
+	case <-time.After(p.cfg.DrainTimeout):
+	}
+	p.mu.Lock()
+	for c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+	p.mu.Unlock()
+	<-done
+}
+
+// refuse logs a refused connection (rate-limited) and counts it.
+func (p *Proxy) refuse(direction, reason string, attrs ...any) {
+	p.m.refused.WithLabelValues(direction, reason).Inc()
+	if !p.refusals.Allow() {
+		p.dropped.Add(1)
+		return
+	}
+	if n := p.dropped.Swap(0); n > 0 {
+		attrs = append(attrs, "suppressed", n)
+	}
+	p.cfg.Logger.Warn("connection refused", append([]any{"direction", direction, "reason", reason}, attrs...)...)
+}
+
+// halfCloser is a connection whose write side can be closed alone.
+type halfCloser interface {
+	net.Conn
+	CloseWrite() error
+}
+
+// splice copies both ways until both sides are done, passing half-closes
+// through, and counts bytes.
+func (p *Proxy) splice(direction string, app, peer net.Conn) {
+	var wg sync.WaitGroup
+	cp := func(dst, src net.Conn, flow string) {
+		defer wg.Done()
+		n, _ := io.Copy(dst, src)
+		p.m.bytes.WithLabelValues(direction, flow).Add(float64(n))
+		if hc, ok := dst.(halfCloser); ok {
+			_ = hc.CloseWrite()
+		} else {
+			_ = dst.Close()
+		}
+	}
+	wg.Add(2)
+	go cp(app, peer, "to_app")
+	go cp(peer, app, "from_app")
+	wg.Wait()
+}
+
+// watchSVID keeps /ready and the expiry metric current.
+func (p *Proxy) watchSVID(ctx context.Context) error {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		svid, err := p.cfg.Identity.GetX509SVID()
+		ok := err == nil && time.Now().Before(svid.Certificates[0].NotAfter)
+		p.ready.Store(ok)
+		if err == nil {
+			p.m.svidExpiry.Set(float64(svid.Certificates[0].NotAfter.Unix()))
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+func tlsVersion(v uint16) string {
+	if v == tls.VersionTLS13 {
+		return "1.3"
+	}
+	return fmt.Sprintf("%#x", v)
+}
+
