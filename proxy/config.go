@@ -13,6 +13,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/mesh-dev/mesh/proxy/origdst"
 )
 
 // ALPN marks a TLS connection between mesh proxies.
@@ -89,6 +91,10 @@ type Config struct {
 	// use them to open sockets inside a network namespace.
 	Listen func(ctx context.Context, network, addr string) (net.Listener, error)
 	Dial   func(ctx context.Context, network, addr string) (net.Conn, error)
+	// OriginalDst recovers a redirected connection's destination. Zero
+	// means SO_ORIGINAL_DST (package origdst); benchmarks on loopback
+	// replace it.
+	OriginalDst func(*net.TCPConn) (netip.AddrPort, error)
 	// DetectTimeout bounds how long the inbound side waits for a client's
 	// first bytes. Zero means 5 seconds.
 	DetectTimeout time.Duration
@@ -147,6 +153,9 @@ func (c *Config) setDefaults() error {
 	if c.Dial == nil {
 		var d net.Dialer
 		c.Dial = d.DialContext
+	}
+	if c.OriginalDst == nil {
+		c.OriginalDst = origdst.Get
 	}
 	dur := func(d *time.Duration, v time.Duration) {
 		if *d == 0 {

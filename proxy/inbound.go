@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/mesh-dev/mesh/proxy/origdst"
 	"github.com/mesh-dev/mesh/proxy/sniff"
 )
 
@@ -21,13 +20,17 @@ import (
 // an HTTP request head.
 const sniffBytes = 5 + 1<<14 + 256
 
-// bufConn is a connection whose first bytes were peeked into r.
+// bufConn is a connection whose first bytes were peeked into r. It embeds
+// the net.Conn interface, not *net.TCPConn, so that io.Copy cannot use
+// TCPConn.WriteTo and skip the peeked bytes.
 type bufConn struct {
-	*net.TCPConn
-	r *bufio.Reader
+	net.Conn
+	tc *net.TCPConn
+	r  *bufio.Reader
 }
 
 func (b *bufConn) Read(p []byte) (int, error) { return b.r.Read(p) }
+func (b *bufConn) CloseWrite() error          { return b.tc.CloseWrite() }
 
 // inbound handles one connection to the local application.
 func (p *Proxy) inbound(ctx context.Context, c net.Conn) {
@@ -37,7 +40,7 @@ func (p *Proxy) inbound(ctx context.Context, c net.Conn) {
 		return
 	}
 	src := tc.RemoteAddr().(*net.TCPAddr).AddrPort()
-	dst, err := origdst.Get(tc)
+	dst, err := p.cfg.OriginalDst(tc)
 	if err != nil {
 		p.refuse(dir, "no_original_destination", "source", src.String(), "err", err)
 		return
@@ -51,7 +54,7 @@ func (p *Proxy) inbound(ctx context.Context, c net.Conn) {
 		p.refuse(dir, "detect_failed", "source", src.String(), "err", err)
 		return
 	}
-	var client net.Conn = &bufConn{TCPConn: tc, r: br}
+	var client net.Conn = &bufConn{Conn: tc, tc: tc, r: br}
 	tlsState := "plaintext"
 	probe := false
 	switch {

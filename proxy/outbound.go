@@ -5,8 +5,6 @@ import (
 	"crypto/tls"
 	"net"
 	"strconv"
-
-	"github.com/mesh-dev/mesh/proxy/origdst"
 )
 
 // outbound handles one connection from the local application.
@@ -16,7 +14,7 @@ func (p *Proxy) outbound(ctx context.Context, app net.Conn) {
 	if !ok {
 		return
 	}
-	dst, err := origdst.Get(tc)
+	dst, err := p.cfg.OriginalDst(tc)
 	if err != nil {
 		p.refuse(dir, "no_original_destination", "err", err)
 		return

@@ -240,4 +240,3 @@ func tlsVersion(v uint16) string {
 	}
 	return fmt.Sprintf("%#x", v)
 }
-

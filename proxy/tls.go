@@ -82,7 +82,11 @@ func (p *Proxy) clientTLS(want spiffeid.ID, addr string) *tls.Config {
 				return err
 			}
 			if got != want {
-				return fmt.Errorf("%w: peer at %s is %q, want %q", errWrongIdentity, addr, got, want)
+				how := "new session"
+				if cs.DidResume {
+					how = "resumed session"
+				}
+				return fmt.Errorf("%w: peer at %s is %q, want %q (%s)", errWrongIdentity, addr, got, want, how)
 			}
 			return nil
 		},

@@ -1,0 +1,237 @@
+package proxy_test
+
+// The applications of the network-namespace tests: this test binary,
+// started again inside a namespace as an unprivileged user with
+// MESH_PROXY_TEST_ROLE set, so that its traffic is intercepted like a
+// pod's.
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	testgrpc "google.golang.org/grpc/interop/grpc_testing"
+)
+
+const roleEnv = "MESH_PROXY_TEST_ROLE"
+
+// Application ports.
+const (
+	httpPort = 8080
+	tcpPort  = 9000
+	grpcPort = 9090
+)
+
+// runRole runs the role named in the environment and reports whether there
+// was one.
+func runRole() bool {
+	role := os.Getenv(roleEnv)
+	if role == "" {
+		return false
+	}
+	var err error
+	switch role {
+	case "server":
+		err = serve(os.Getenv("APP_NAME"))
+	case "http":
+		err = httpGet(os.Getenv("TARGET"))
+	case "tcp":
+		err = tcpEcho(os.Getenv("TARGET"), os.Getenv("MESSAGE"))
+	case "grpc":
+		err = grpcStream(os.Getenv("TARGET"), os.Getenv("MESSAGE"))
+	case "soak":
+		err = soak(os.Getenv("TARGET_HTTP"), os.Getenv("TARGET_TCP"), os.Getenv("DURATION"))
+	default:
+		err = fmt.Errorf("unknown role %q", role)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "app:", err)
+		os.Exit(1)
+	}
+	return true
+}
+
+// serve answers HTTP, echoes TCP and echoes a gRPC bidirectional stream.
+func serve(name string) error {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello from %s path=%s", name, r.URL.Path)
+	})
+	errc := make(chan error, 3)
+	go func() { errc <- http.ListenAndServe(fmt.Sprintf(":%d", httpPort), mux) }()
+	go func() {
+		ln, err := net.Listen("tcp", fmt.Sprintf(":%d", tcpPort))
+		if err != nil {
+			errc <- err
+			return
+		}
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				errc <- err
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(c, c)
+			}()
+		}
+	}()
+	go func() {
+		ln, err := net.Listen("tcp", fmt.Sprintf(":%d", grpcPort))
+		if err != nil {
+			errc <- err
+			return
+		}
+		gs := grpc.NewServer()
+		testgrpc.RegisterTestServiceServer(gs, echoService{})
+		errc <- gs.Serve(ln)
+	}()
+	return <-errc
+}
+
+type echoService struct{ testgrpc.UnimplementedTestServiceServer }
+
+func (echoService) FullDuplexCall(stream testgrpc.TestService_FullDuplexCallServer) error {
+	for {
+		req, err := stream.Recv()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if err := stream.Send(&testgrpc.StreamingOutputCallResponse{Payload: req.GetPayload()}); err != nil {
+			return err
+		}
+	}
+}
+
+var client = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+
+func httpGet(url string) error {
+	resp, err := client.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	fmt.Print(string(b))
+	return nil
+}
+
+func tcpEcho(addr, msg string) error {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte(msg)); err != nil {
+		return err
+	}
+	// Half-close: the echo server sees EOF, answers, and closes.
+	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+		return err
+	}
+	b, err := io.ReadAll(c)
+	if err != nil {
+		return err
+	}
+	fmt.Print(string(b))
+	return nil
+}
+
+func grpcStream(addr, msg string) error {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	stream, err := testgrpc.NewTestServiceClient(conn).FullDuplexCall(ctx)
+	if err != nil {
+		return err
+	}
+	var got []string
+	for i := range 5 {
+		part := fmt.Sprintf("%s-%d", msg, i)
+		if err := stream.Send(&testgrpc.StreamingOutputCallRequest{Payload: &testgrpc.Payload{Body: []byte(part)}}); err != nil {
+			return err
+		}
+		resp, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		got = append(got, string(resp.GetPayload().GetBody()))
+	}
+	if err := stream.CloseSend(); err != nil {
+		return err
+	}
+	fmt.Print(strings.Join(got, ","))
+	return nil
+}
+
+// soakResult is what the soak role prints.
+type soakResult struct {
+	Requests, Failures int
+	LongLivedRounds    int
+	Errors             []string
+}
+
+// soak keeps one long-lived TCP connection echoing and sends a steady
+// stream of HTTP requests, each on a new connection, for a bounded time.
+func soak(httpURL, tcpAddr, duration string) error {
+	d, err := time.ParseDuration(duration)
+	if err != nil {
+		return err
+	}
+	long, err := net.DialTimeout("tcp", tcpAddr, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer long.Close()
+	var res soakResult
+	buf := make([]byte, 64)
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) && res.Requests < 2000 {
+		res.Requests++
+		resp, err := client.Get(httpURL)
+		if err == nil {
+			_, err = io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err == nil && resp.StatusCode != http.StatusOK {
+				err = fmt.Errorf("status %s", resp.Status)
+			}
+		}
+		if err != nil {
+			res.Failures++
+			res.Errors = append(res.Errors, err.Error())
+		}
+		msg := fmt.Sprintf("round-%d\n", res.Requests)
+		_ = long.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := long.Write([]byte(msg)); err != nil {
+			res.Errors = append(res.Errors, "long-lived write: "+err.Error())
+			break
+		}
+		if _, err := io.ReadFull(long, buf[:len(msg)]); err != nil || string(buf[:len(msg)]) != msg {
+			res.Errors = append(res.Errors, fmt.Sprintf("long-lived read: %v", err))
+			break
+		}
+		res.LongLivedRounds++
+		time.Sleep(20 * time.Millisecond)
+	}
+	return json.NewEncoder(os.Stdout).Encode(res)
+}
