@@ -98,7 +98,9 @@ func serve(name string) error {
 	return <-errc
 }
 
-type echoService struct{ testgrpc.UnimplementedTestServiceServer }
+type echoService struct {
+	testgrpc.UnimplementedTestServiceServer
+}
 
 func (echoService) FullDuplexCall(stream testgrpc.TestService_FullDuplexCallServer) error {
 	for {
