@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/mesh-dev/mesh/proxy/sniff"
@@ -19,6 +20,10 @@ import (
 // TLS record (a ClientHello with a post-quantum key share is over 1 KiB) or
 // an HTTP request head.
 const sniffBytes = 5 + 1<<14 + 256
+
+// readers are the inbound side's sniffing buffers, reused across
+// connections.
+var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, sniffBytes) }}
 
 // bufConn is a connection whose first bytes were peeked into r. It embeds
 // the net.Conn interface, not *net.TCPConn, so that io.Copy cannot use
@@ -48,7 +53,12 @@ func (p *Proxy) inbound(ctx context.Context, c net.Conn) {
 	req := &Request{Source: netip.AddrPortFrom(src.Addr().Unmap(), src.Port()), DestinationPort: dst.Port(), Protocol: "tcp"}
 
 	_ = tc.SetReadDeadline(time.Now().Add(p.cfg.DetectTimeout))
-	br := bufio.NewReaderSize(tc, sniffBytes)
+	br := readers.Get().(*bufio.Reader)
+	br.Reset(tc)
+	defer func() {
+		br.Reset(nil)
+		readers.Put(br)
+	}()
 	proto, first, err := peek(br)
 	if err != nil {
 		p.refuse(dir, "detect_failed", "source", src.String(), "err", err)

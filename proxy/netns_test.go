@@ -278,8 +278,7 @@ func waitFor(t *testing.T, bound time.Duration, what string, f func() error) {
 }
 
 // metric sums the samples of a counter whose labels include want.
-func metric(t *testing.T, reg *prometheus.Registry, name string, want map[string]string) float64 {
-	t.Helper()
+func metric(t testing.TB, reg *prometheus.Registry, name string, want map[string]string) float64 {
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)

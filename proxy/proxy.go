@@ -201,7 +201,9 @@ func (p *Proxy) splice(direction string, app, peer net.Conn) {
 	var wg sync.WaitGroup
 	cp := func(dst, src net.Conn, flow string) {
 		defer wg.Done()
-		n, _ := io.Copy(dst, src)
+		buf := copyBufs.Get().(*[]byte)
+		n, _ := io.CopyBuffer(dst, src, *buf)
+		copyBufs.Put(buf)
 		p.m.bytes.WithLabelValues(direction, flow).Add(float64(n))
 		if hc, ok := dst.(halfCloser); ok {
 			_ = hc.CloseWrite()
@@ -214,6 +216,10 @@ func (p *Proxy) splice(direction string, app, peer net.Conn) {
 	go cp(peer, app, "from_app")
 	wg.Wait()
 }
+
+// copyBufs are splice buffers, reused across connections: the
+// per-connection path allocates no 32 KiB buffers.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 // watchSVID keeps /ready and the expiry metric current.
 func (p *Proxy) watchSVID(ctx context.Context) error {
