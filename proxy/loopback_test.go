@@ -89,7 +89,7 @@ func newLoopback(tb testing.TB, drain time.Duration) *loopback {
 		Identity: pki.Source(tb, clientID.String()), TrustDomain: pki.TD,
 		Destinations: proxy.StaticDestinations{inBAddr: serverID},
 		InboundAddr:  "127.0.0.1:0", OutboundAddr: outA, AdminAddr: "-", Logger: quiet, DrainTimeout: drain,
-		Registerer: lb.regA,
+		Registerer:  lb.regA,
 		OriginalDst: func(*net.TCPConn) (netip.AddrPort, error) { return inBAddr, nil },
 	})
 	lb.outbound = outA
@@ -249,4 +249,3 @@ func BenchmarkRequest(b *testing.B) {
 		}
 	}
 }
-
