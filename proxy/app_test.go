@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/net/websocket"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
@@ -42,7 +43,9 @@ func runRole() bool {
 	case "server":
 		err = serve(os.Getenv("APP_NAME"))
 	case "http":
-		err = httpGet(os.Getenv("TARGET"))
+		err = httpGet(os.Getenv("TARGET"), os.Getenv("SPOOF"))
+	case "ws":
+		err = wsEcho(os.Getenv("TARGET"), os.Getenv("MESSAGE"))
 	case "tcp":
 		err = tcpEcho(os.Getenv("TARGET"), os.Getenv("MESSAGE"))
 	case "grpc":
@@ -63,8 +66,9 @@ func runRole() bool {
 func serve(name string) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "hello from %s path=%s", name, r.URL.Path)
+		fmt.Fprintf(w, "hello from %s path=%s peer=%s", name, r.URL.Path, r.Header.Get("X-Mesh-Peer-Identity"))
 	})
+	mux.Handle("/ws", websocket.Handler(func(ws *websocket.Conn) { io.Copy(ws, ws) }))
 	errc := make(chan error, 3)
 	go func() { errc <- http.ListenAndServe(fmt.Sprintf(":%d", httpPort), mux) }()
 	go func() {
@@ -119,8 +123,15 @@ func (echoService) FullDuplexCall(stream testgrpc.TestService_FullDuplexCallServ
 
 var client = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 
-func httpGet(url string) error {
-	resp, err := client.Get(url)
+func httpGet(url, spoof string) error {
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	if spoof != "" {
+		req.Header.Set("X-Mesh-Peer-Identity", spoof)
+	}
+	resp, err := client.Do(req)
 	if err != nil {
 		return err
 	}
@@ -130,6 +141,27 @@ func httpGet(url string) error {
 		return err
 	}
 	fmt.Print(string(b))
+	return nil
+}
+
+func wsEcho(url, msg string) error {
+	ws, err := websocket.Dial(url, "", "http://mesh.test/")
+	if err != nil {
+		return err
+	}
+	defer ws.Close()
+	var got []string
+	for i := range 3 {
+		if err := websocket.Message.Send(ws, fmt.Sprintf("%s-%d", msg, i)); err != nil {
+			return err
+		}
+		var reply string
+		if err := websocket.Message.Receive(ws, &reply); err != nil {
+			return err
+		}
+		got = append(got, reply)
+	}
+	fmt.Print(strings.Join(got, ","))
 	return nil
 }
 

@@ -98,6 +98,11 @@ type Config struct {
 	// DetectTimeout bounds how long the inbound side waits for a client's
 	// first bytes. Zero means 5 seconds.
 	DetectTimeout time.Duration
+	// HTTPDetectTimeout bounds how long the inbound side waits, inside an
+	// mTLS connection, for the client's first bytes to tell HTTP from
+	// opaque TCP. Zero means 200 milliseconds: the delay a protocol whose
+	// server speaks first pays once per connection.
+	HTTPDetectTimeout time.Duration
 	// ConnectTimeout bounds upstream connects and TLS handshakes. Zero
 	// means 10 seconds.
 	ConnectTimeout time.Duration
@@ -163,6 +168,7 @@ func (c *Config) setDefaults() error {
 		}
 	}
 	dur(&c.DetectTimeout, 5*time.Second)
+	dur(&c.HTTPDetectTimeout, 200*time.Millisecond)
 	dur(&c.ConnectTimeout, 10*time.Second)
 	dur(&c.DrainTimeout, 20*time.Second)
 	if c.Gatherer == nil {

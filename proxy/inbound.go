@@ -13,6 +13,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
 	"github.com/mesh-dev/mesh/proxy/sniff"
 )
 
@@ -80,8 +82,8 @@ func (p *Proxy) inbound(ctx context.Context, c net.Conn) {
 		}
 		cs := conn.ConnectionState()
 		p.m.handshakes.WithLabelValues(dir, tlsVersion(cs.Version), strconv.FormatBool(cs.DidResume)).Inc()
-		// verifyPeer already accepted this chain in VerifyConnection.
-		id, err := p.verifyPeer(cs)
+		// VerifyConnection verified the chain; only the ID is read here.
+		id, err := x509svid.IDFromCert(cs.PeerCertificates[0])
 		if err != nil {
 			p.refuse(dir, "peer_rejected", "source", src.String(), "err", err)
 			return
@@ -96,35 +98,38 @@ func (p *Proxy) inbound(ctx context.Context, c net.Conn) {
 		probe = true
 	}
 	_ = tc.SetReadDeadline(time.Time{})
-	if proto == sniff.HTTP1 {
-		if h, err := sniff.ParseRequestHead(first); err == nil {
-			req.Protocol = "http1"
-			req.HTTP = &HTTPRequest{Method: h.Method, Path: h.Path, Host: h.Host}
+	if probe {
+		p.countDecision(Decision{Allow: true, Policy: "probe"}, dir)
+		up, err := p.dialApp(ctx, dst.Port())
+		if err != nil {
+			return
 		}
+		defer up.Close()
+		p.forwardOneRequest(client, up, first)
+		return
 	}
 
-	var d Decision
-	if probe {
-		d = Decision{Allow: true, Policy: "probe", Reason: "kubelet probe from the node"}
-	} else {
-		d = p.cfg.Authorizer.Authorize(req)
+	// What the application protocol is: for mTLS, the decrypted stream's
+	// first bytes; for plaintext, the bytes already peeked.
+	app := proto
+	if tlsState == "mtls" {
+		client, app = p.sniffApp(client)
 	}
-	decision := "allow"
-	if !d.Allow {
-		decision = "deny"
+	if app == sniff.HTTP1 || app == sniff.HTTP2 {
+		// HTTP is decided request by request.
+		p.serveHTTP(ctx, client, req, tlsState)
+		return
 	}
-	p.m.decisions.WithLabelValues(decision, d.Policy, dir).Inc()
+
+	d := p.cfg.Authorizer.Authorize(req)
+	p.countDecision(d, dir)
 	if !d.Allow {
 		// Closed right after the handshake: not a byte reaches the app.
 		p.refuse(dir, "denied_by_policy", "source", src.String(), "peer", req.Peer.String(), "port", dst.Port(), "policy", d.Policy, "rule", d.Rule, "why", d.Reason)
 		return
 	}
-
-	dctx, cancel := context.WithTimeout(ctx, p.cfg.ConnectTimeout)
-	up, err := p.cfg.Dial(dctx, "tcp", net.JoinHostPort(p.cfg.AppHost, strconv.Itoa(int(dst.Port()))))
-	cancel()
+	up, err := p.dialApp(ctx, dst.Port())
 	if err != nil {
-		p.refuse(dir, "app_connect_failed", "port", dst.Port(), "err", err)
 		return
 	}
 	defer up.Close()
@@ -134,13 +139,52 @@ func (p *Proxy) inbound(ctx context.Context, c net.Conn) {
 	}
 	p.m.opened.WithLabelValues(dir, peer, tlsState).Inc()
 	p.m.open.WithLabelValues(dir).Inc()
-	if probe {
-		p.forwardOneRequest(client, up, first)
-	} else {
-		p.splice(dir, up, client)
-	}
+	p.splice(dir, up, client)
 	p.m.open.WithLabelValues(dir).Dec()
 	p.m.closed.WithLabelValues(dir, peer, tlsState).Inc()
+}
+
+func (p *Proxy) dialApp(ctx context.Context, port uint16) (net.Conn, error) {
+	dctx, cancel := context.WithTimeout(ctx, p.cfg.ConnectTimeout)
+	defer cancel()
+	up, err := p.cfg.Dial(dctx, "tcp", net.JoinHostPort(p.cfg.AppHost, strconv.Itoa(int(port))))
+	if err != nil {
+		p.refuse("inbound", "app_connect_failed", "port", port, "err", err)
+	}
+	return up, err
+}
+
+// appConn is a decrypted connection whose first bytes were peeked. It is
+// not a *tls.Conn, so the HTTP server treats it as the cleartext stream it
+// carries.
+type appConn struct {
+	*tls.Conn
+	r *bufio.Reader
+}
+
+func (a *appConn) Read(b []byte) (int, error) { return a.r.Read(b) }
+
+// sniffApp waits up to HTTPDetectTimeout for the client's first bytes
+// inside the tunnel. Protocols whose server speaks first send nothing: they
+// fall back to opaque TCP when the wait ends.
+func (p *Proxy) sniffApp(c net.Conn) (net.Conn, sniff.Protocol) {
+	tc := c.(*tls.Conn)
+	br := bufio.NewReaderSize(tc, 4096)
+	_ = tc.SetReadDeadline(time.Now().Add(p.cfg.HTTPDetectTimeout))
+	defer tc.SetReadDeadline(time.Time{})
+	for n := 1; n <= len(sniff.H2Preface); {
+		_, err := br.Peek(n)
+		b, _ := br.Peek(br.Buffered())
+		proto, derr := sniff.Detect(b)
+		if !errors.Is(derr, sniff.ErrMore) {
+			return &appConn{Conn: tc, r: br}, proto
+		}
+		if err != nil {
+			break
+		}
+		n = len(b) + 1
+	}
+	return &appConn{Conn: tc, r: br}, sniff.Unknown
 }
 
 // peek reads until the first bytes are classified, within the read

@@ -18,6 +18,10 @@ type metrics struct {
 	refused    *prometheus.CounterVec
 	decisions  *prometheus.CounterVec
 	svidExpiry prometheus.Gauge
+	renewals   prometheus.Counter
+
+	httpRequests *prometheus.CounterVec
+	httpLatency  *prometheus.HistogramVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -49,9 +53,19 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		svidExpiry: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "mesh_proxy_svid_expiry_timestamp_seconds", Help: "When the proxy's current SVID expires, Unix seconds.",
 		}),
+		renewals: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "mesh_proxy_svid_renewals_total", Help: "Times the proxy's SVID changed (renewal or rotation).",
+		}),
+		httpRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mesh_proxy_http_requests_total", Help: "HTTP requests, by direction, method and response status class.",
+		}, []string{"direction", "method", "status_class"}),
+		httpLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "mesh_proxy_http_request_duration_seconds", Help: "Time from an HTTP request's headers to the end of its response.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}, []string{"direction"}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.opened, m.closed, m.open, m.bytes, m.handshakes, m.hsErrors, m.refused, m.decisions, m.svidExpiry} {
+		for _, c := range []prometheus.Collector{m.opened, m.closed, m.open, m.bytes, m.handshakes, m.hsErrors, m.refused, m.decisions, m.svidExpiry, m.renewals, m.httpRequests, m.httpLatency} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("proxy: register metrics: %w", err)
 			}

@@ -72,15 +72,21 @@ func (d *dests) expect(id spiffeid.ID) {
 
 // authz is an Authorizer the test can change while proxies run.
 type authz struct {
-	mu   sync.Mutex
-	deny map[spiffeid.ID]bool
+	mu        sync.Mutex
+	deny      map[spiffeid.ID]bool
+	denyPaths map[string]bool
+	seen      []proxy.Request
 }
 
 func (a *authz) Authorize(r *proxy.Request) proxy.Decision {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.seen = append(a.seen, *r)
 	if a.deny[r.Peer] {
 		return proxy.Decision{Policy: "test/deny", Reason: "denied by the test"}
+	}
+	if r.HTTP != nil && a.denyPaths[r.HTTP.Path] {
+		return proxy.Decision{Policy: "test/paths", Rule: "0", Reason: "path denied by the test"}
 	}
 	return proxy.Decision{Allow: true, Policy: "test/allow"}
 }
@@ -134,7 +140,7 @@ func newMesh(t *testing.T, inboundMode proxy.Mode) *mesh {
 	m := &mesh{
 		pki:      testpki.New(t, "cluster.local"),
 		dests:    &dests{m: map[netip.AddrPort]spiffeid.ID{}},
-		authzB:   &authz{deny: map[spiffeid.ID]bool{}},
+		authzB:   &authz{deny: map[spiffeid.ID]bool{}, denyPaths: map[string]bool{"/admin": true}},
 		proxyBin: prereq.Bin(t, "mesh-proxy"),
 		bin:      appBinary(t),
 	}
@@ -314,9 +320,15 @@ func metric(t testing.TB, reg *prometheus.Registry, name string, want map[string
 // and B's proxy saw A's identity over TLS 1.3.
 func TestTransparentMTLS(t *testing.T) {
 	m := newMesh(t, proxy.Strict)
-	out, err := m.app(t, "http", fmt.Sprintf("TARGET=http://%s:%d/orders", ipB, httpPort))
-	if err != nil || out != "hello from backend-0 path=/orders" {
-		t.Fatalf("HTTP through the mesh = %q, %v", out, err)
+	// The app learns the caller's verified identity; a header the caller
+	// sent under the same name is replaced, not passed on.
+	out, err := m.app(t, "http", fmt.Sprintf("TARGET=http://%s:%d/orders", ipB, httpPort), "SPOOF=spiffe://cluster.local/ns/shop/sa/admin")
+	if want := "hello from backend-0 path=/orders peer=" + clientID.String(); err != nil || out != want {
+		t.Fatalf("HTTP through the mesh = %q, %v; want %q", out, err, want)
+	}
+	out, err = m.app(t, "ws", fmt.Sprintf("TARGET=ws://%s:%d/ws", ipB, httpPort), "MESSAGE=frame")
+	if err != nil || out != "frame-0,frame-1,frame-2" {
+		t.Fatalf("WebSocket through the mesh = %q, %v", out, err)
 	}
 	out, err = m.app(t, "grpc", fmt.Sprintf("TARGET=%s:%d", ipB, grpcPort), "MESSAGE=ping")
 	if err != nil || out != "ping-0,ping-1,ping-2,ping-3,ping-4" {
@@ -326,9 +338,19 @@ func TestTransparentMTLS(t *testing.T) {
 	if err != nil || out != "raw bytes \x01\x02\xff end" {
 		t.Fatalf("TCP echo through the mesh = %q, %v", out, err)
 	}
-	if n := metric(t, m.b.reg, "mesh_proxy_connections_opened_total", map[string]string{"direction": "inbound", "peer": clientID.String(), "tls": "mtls"}); n < 3 {
-		t.Fatalf("B's proxy counted %v mTLS connections from %s, want ≥ 3", n, clientID)
+	if n := metric(t, m.b.reg, "mesh_proxy_connections_opened_total", map[string]string{"direction": "inbound", "peer": clientID.String(), "tls": "mtls"}); n < 4 {
+		t.Fatalf("B's proxy counted %v mTLS connections from %s, want ≥ 4", n, clientID)
 	}
+	if n := metric(t, m.b.reg, "mesh_proxy_http_requests_total", map[string]string{"direction": "inbound", "method": "GET", "status_class": "2xx"}); n != 1 {
+		t.Fatalf("B's proxy counted %v GET 2xx requests, want 1 (the plain GET)", n)
+	}
+	// The gRPC stream's request ends when the client has gone: wait for it.
+	waitFor(t, 5*time.Second, "the gRPC stream counted as one POST", func() error {
+		if n := metric(t, m.b.reg, "mesh_proxy_http_requests_total", map[string]string{"direction": "inbound", "method": "POST", "status_class": "2xx"}); n != 1 {
+			return fmt.Errorf("%v POST 2xx requests", n)
+		}
+		return nil
+	})
 	if n := metric(t, m.a.reg, "mesh_proxy_connections_opened_total", map[string]string{"direction": "outbound", "peer": serverID.String(), "tls": "mtls"}); n < 3 {
 		t.Fatalf("A's proxy counted %v mTLS connections to %s, want ≥ 3", n, serverID)
 	}
@@ -544,7 +566,7 @@ func TestStrictRefusals(t *testing.T) {
 // app, as unauthenticated.
 func TestPermissiveAcceptsPlaintext(t *testing.T) {
 	m := newMesh(t, proxy.Permissive)
-	if got := request(m.dialB(t), "/plain"); !strings.Contains(got, "hello from backend-0 path=/plain") {
+	if got := request(m.dialB(t), "/plain"); !strings.Contains(got, "hello from backend-0 path=/plain peer=\n") && !strings.HasSuffix(got, "path=/plain peer=") {
 		t.Fatalf("plaintext refused in permissive mode: %q", got)
 	}
 	if n := metric(t, m.b.reg, "mesh_proxy_connections_opened_total", map[string]string{"direction": "inbound", "peer": "unauthenticated", "tls": "plaintext"}); n != 1 {
@@ -590,8 +612,8 @@ func TestResumedSessionRechecked(t *testing.T) {
 	// The client is no longer authorized: refused after a resumed handshake.
 	m.authzB.denyPeer(clientID)
 	before := metric(t, m.b.reg, "mesh_proxy_tls_handshakes_total", map[string]string{"direction": "inbound", "resumed": "true"})
-	if out, err := m.app(t, "http", target); err == nil {
-		t.Fatalf("a resumed session of a denied client reached the app: %q", out)
+	if out, err := m.app(t, "http", target); err != nil || out != "mesh: denied by policy test/deny\n" {
+		t.Fatalf("a resumed session of a denied client: %q, %v; want the 403 body", out, err)
 	}
 	if after := metric(t, m.b.reg, "mesh_proxy_tls_handshakes_total", map[string]string{"direction": "inbound", "resumed": "true"}); after <= before {
 		t.Fatal("the denied connection did not resume, so it proves nothing about resumption")
@@ -647,5 +669,52 @@ func TestRotationUnderLoad(t *testing.T) {
 	}
 	if got, want := conn.ConnectionState().PeerCertificates[0].SerialNumber, newB.Certificates[0].SerialNumber; got.Cmp(want) != 0 {
 		t.Fatalf("new connection got serial %s, want the rotated %s", got, want)
+	}
+}
+
+// TestDenials: the authorization hook decides each HTTP request with its
+// method and path, and a denial is a 403 naming the policy for HTTP,
+// PERMISSION_DENIED for gRPC, and for opaque TCP a connection closed before
+// a byte reaches the app.
+func TestDenials(t *testing.T) {
+	m := newMesh(t, proxy.Strict)
+	base := fmt.Sprintf("http://%s:%d", ipB, httpPort)
+	if out, err := m.app(t, "http", "TARGET="+base+"/admin"); err != nil || out != "mesh: denied by policy test/paths\n" {
+		t.Fatalf("GET /admin = %q, %v; want the 403 body", out, err)
+	}
+	if out, err := m.app(t, "http", "TARGET="+base+"/ok"); err != nil || !strings.HasPrefix(out, "hello") {
+		t.Fatalf("GET /ok = %q, %v", out, err)
+	}
+	m.authzB.mu.Lock()
+	var paths []string
+	for _, r := range m.authzB.seen {
+		if r.HTTP != nil {
+			paths = append(paths, r.HTTP.Method+" "+r.HTTP.Path+" "+r.Protocol+" "+r.Peer.String())
+		}
+	}
+	m.authzB.mu.Unlock()
+	if want := []string{"GET /admin http1 " + clientID.String(), "GET /ok http1 " + clientID.String()}; strings.Join(paths, ";") != strings.Join(want, ";") {
+		t.Fatalf("the hook saw %q, want %q", paths, want)
+	}
+	if n := metric(t, m.b.reg, "mesh_proxy_http_requests_total", map[string]string{"method": "GET", "status_class": "4xx"}); n != 1 {
+		t.Fatalf("GET 4xx = %v, want 1", n)
+	}
+
+	m.authzB.denyPeer(clientID)
+	out, err := m.app(t, "grpc", fmt.Sprintf("TARGET=%s:%d", ipB, grpcPort), "MESSAGE=x")
+	if err == nil || !strings.Contains(err.Error(), "PermissionDenied") || !strings.Contains(err.Error(), "test/deny") {
+		t.Fatalf("denied gRPC call = %q, %v; want PermissionDenied naming the policy", out, err)
+	}
+
+	appConns := metric(t, m.b.reg, "mesh_proxy_connections_opened_total", map[string]string{"direction": "inbound", "tls": "mtls"})
+	denied := metric(t, m.b.reg, "mesh_proxy_connections_refused_total", map[string]string{"reason": "denied_by_policy"})
+	if out, err := m.app(t, "tcp", fmt.Sprintf("TARGET=%s:%d", ipB, tcpPort), "MESSAGE=nothing"); err == nil && out != "" {
+		t.Fatalf("denied TCP echoed %q", out)
+	}
+	if n := metric(t, m.b.reg, "mesh_proxy_connections_opened_total", map[string]string{"direction": "inbound", "tls": "mtls"}); n != appConns {
+		t.Fatal("a denied TCP connection was passed to the app")
+	}
+	if n := metric(t, m.b.reg, "mesh_proxy_connections_refused_total", map[string]string{"reason": "denied_by_policy"}); n <= denied {
+		t.Fatal("the TCP denial was not counted")
 	}
 }

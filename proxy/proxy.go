@@ -21,6 +21,8 @@ type Proxy struct {
 	m        *metrics
 	sessions tls.ClientSessionCache
 	srvTLS   *tls.Config
+	// transports reach the local app for terminated HTTP.
+	transports *httpTransports
 	// refusals limits "connection refused" log lines, which an attacker
 	// could otherwise use to flood the log.
 	refusals *rate.Limiter
@@ -52,6 +54,7 @@ func New(cfg Config) (*Proxy, error) {
 		shutdown: make(chan struct{}),
 	}
 	p.srvTLS = p.serverTLS()
+	p.transports = newHTTPTransports(cfg.Dial)
 	return p, nil
 }
 
@@ -225,12 +228,20 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b 
 func (p *Proxy) watchSVID(ctx context.Context) error {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
+	var serial string
 	for {
 		svid, err := p.cfg.Identity.GetX509SVID()
 		ok := err == nil && time.Now().Before(svid.Certificates[0].NotAfter)
 		p.ready.Store(ok)
 		if err == nil {
-			p.m.svidExpiry.Set(float64(svid.Certificates[0].NotAfter.Unix()))
+			leaf := svid.Certificates[0]
+			p.m.svidExpiry.Set(float64(leaf.NotAfter.Unix()))
+			if s := leaf.SerialNumber.String(); s != serial {
+				if serial != "" {
+					p.m.renewals.Inc()
+				}
+				serial = s
+			}
 		}
 		select {
 		case <-ctx.Done():
