@@ -228,4 +228,3 @@ func (s slogWriter) Write(b []byte) (int, error) {
 	s.p.cfg.Logger.Debug("http", "msg", strings.TrimSpace(string(b)))
 	return len(b), nil
 }
-
