@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -10,6 +11,7 @@ import (
 	"net/http"
 	"net/netip"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -247,5 +249,90 @@ func BenchmarkRequest(b *testing.B) {
 		if err := get(c); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestAdmin: the admin port serves liveness, readiness with a valid SVID,
+// the SVID's public facts, Prometheus metrics, and a shutdown for Jobs.
+func TestAdmin(t *testing.T) {
+	pki := testpki.New(t, "cluster.local")
+	src := pki.Source(t, serverID.String())
+	reg := prometheus.NewRegistry()
+	admin := freeAddr(t)
+	p, err := proxy.New(proxy.Config{
+		Identity: src, TrustDomain: pki.TD, Destinations: proxy.StaticDestinations{},
+		InboundAddr: "127.0.0.1:0", OutboundAddr: "127.0.0.1:0", AdminAddr: admin,
+		Registerer: reg, Gatherer: reg, Logger: slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- p.Run(t.Context()) }()
+	base := "http://" + admin
+	body := func(method, path string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, base+path, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if code, _ := body("GET", "/ready"); code == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("/ready never answered 200")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if code, b := body("GET", "/live"); code != 200 || b != "ok\n" {
+		t.Fatalf("/live = %d %q", code, b)
+	}
+	code, b := body("GET", "/identity")
+	var info proxy.IdentityInfo
+	if err := json.Unmarshal([]byte(b), &info); code != 200 || err != nil {
+		t.Fatalf("/identity = %d %q: %v", code, b, err)
+	}
+	svid, _ := src.GetX509SVID()
+	if info.SPIFFEID != serverID.String() || info.Serial != svid.Certificates[0].SerialNumber.Text(16) || len(info.BundleRoots) != 1 || info.InboundMode != proxy.Strict {
+		t.Fatalf("/identity = %+v", info)
+	}
+	if strings.Contains(b, "PRIVATE") {
+		t.Fatal("/identity leaks key material")
+	}
+	if code, b := body("GET", "/metrics"); code != 200 || !strings.Contains(b, "mesh_proxy_svid_expiry_timestamp_seconds") {
+		t.Fatalf("/metrics = %d, missing the SVID expiry", code)
+	}
+	// Without a valid SVID the proxy is not ready.
+	src.Set(nil)
+	deadline = time.Now().Add(5 * time.Second)
+	for {
+		if code, _ := body("GET", "/ready"); code == http.StatusServiceUnavailable {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("/ready stayed 200 without an SVID")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if code, _ := body("GET", "/shutdown"); code != http.StatusMethodNotAllowed {
+		t.Fatalf("GET /shutdown = %d, want 405", code)
+	}
+	if code, _ := body("POST", "/shutdown"); code != 200 {
+		t.Fatalf("POST /shutdown = %d", code)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the proxy did not stop after /shutdown")
 	}
 }
