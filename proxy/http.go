@@ -93,6 +93,7 @@ func (p *Proxy) serveHTTP(ctx context.Context, conn net.Conn, base *Request, tls
 		},
 		Transport:     p.transports,
 		FlushInterval: -1,
+		BufferPool:    bufferPool{},
 		ErrorLog:      log.New(slogWriter{p}, "", 0),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			p.cfg.Logger.Warn("app unreachable", "direction", "inbound", "port", base.DestinationPort, "err", err)
@@ -179,6 +180,13 @@ func deny(w http.ResponseWriter, r *http.Request, d Decision) {
 	w.WriteHeader(http.StatusForbidden)
 	fmt.Fprintln(w, msg)
 }
+
+// bufferPool lends ReverseProxy the splice buffers, so a request does not
+// allocate a 32 KiB copy buffer.
+type bufferPool struct{}
+
+func (bufferPool) Get() []byte  { return *copyBufs.Get().(*[]byte) }
+func (bufferPool) Put(b []byte) { copyBufs.Put(&b) }
 
 // statusWriter remembers the response status for metrics.
 type statusWriter struct {
