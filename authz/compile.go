@@ -1,0 +1,277 @@
+package authz
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
+)
+
+// DefaultMode is what happens to a request no ALLOW policy governs.
+type DefaultMode string
+
+// Default modes.
+const (
+	DefaultDeny               DefaultMode = "deny"
+	DefaultAllowMesh          DefaultMode = "allow-mesh"
+	DefaultAllowSameNamespace DefaultMode = "allow-same-namespace"
+	DefaultAllowAll           DefaultMode = "allow-all"
+)
+
+// DefaultPolicyAnnotation overrides the mesh default for a namespace.
+const DefaultPolicyAnnotation = "security.mesh.dev/default-policy"
+
+// RootNamespace holds policies that apply mesh-wide.
+const RootNamespace = "mesh-system"
+
+// ParseDefaultMode checks a default mode's name.
+func ParseDefaultMode(s string) (DefaultMode, error) {
+	switch m := DefaultMode(s); m {
+	case DefaultDeny, DefaultAllowMesh, DefaultAllowSameNamespace, DefaultAllowAll:
+		return m, nil
+	}
+	return "", fmt.Errorf("authz: default policy %q is not one of deny, allow-mesh, allow-same-namespace, allow-all", s)
+}
+
+// Workload is the pod a table is compiled for.
+type Workload struct {
+	Namespace, Pod string
+	Labels         map[string]string
+	// Ports maps container port names to numbers, for rules that name ports.
+	Ports map[string]uint16
+	// NamespaceAnnotations are its namespace's annotations.
+	NamespaceAnnotations map[string]string
+}
+
+// Input is everything a workload's table depends on.
+type Input struct {
+	TrustDomain spiffeid.TrustDomain
+	// MeshDefault is the install-time default. Zero means allow-mesh.
+	MeshDefault DefaultMode
+	Workload    Workload
+	// Policies may include any namespace's; those that do not apply to
+	// the workload are ignored.
+	Policies []v1alpha1.AuthorizationPolicy
+}
+
+// Table is one workload's compiled policy. It is immutable: a policy change
+// compiles a new table, which the proxy swaps in atomically.
+type Table struct {
+	namespace, pod string
+	trustDomain    string // "spiffe://<td>/"
+	defaultMode    DefaultMode
+	defaultPolicy  string // "default:<mode>"
+
+	deny, allow, audit  ruleSet // enforced
+	dryDeny, dryAllow   ruleSet
+	hasAllow, hasDryRun bool
+	// allowPolicy names the ALLOW policies in a "no rule matched" denial;
+	// wouldAllowPolicy adds the dry-run ones.
+	allowPolicy, wouldAllowPolicy string
+}
+
+// ruleSet indexes rules by the exact caller identities they name, so a
+// table of thousands of identity rules is searched in one map lookup; the
+// rules that need a scan (prefixes, namespaces, unauthenticated, any
+// caller) are kept apart, in order.
+type ruleSet struct {
+	byID map[string][]ruleRef
+	scan []ruleRef
+	n    int
+}
+
+type ruleRef struct {
+	order  int
+	policy *policy
+	rule   *rule
+}
+
+func (rs *ruleSet) add(p *policy) {
+	for i := range p.rules {
+		r := &p.rules[i]
+		ref := ruleRef{order: rs.n, policy: p, rule: r}
+		rs.n++
+		needScan := len(r.from) == 0
+		for _, f := range r.from {
+			if f.unauthenticated || len(f.prefixes)+len(f.namespaces)+len(f.sas) > 0 {
+				needScan = true
+				continue
+			}
+			for _, id := range f.exact {
+				if rs.byID == nil {
+					rs.byID = map[string][]ruleRef{}
+				}
+				if l := rs.byID[id]; len(l) == 0 || l[len(l)-1].rule != r {
+					rs.byID[id] = append(l, ref)
+				}
+			}
+		}
+		if needScan {
+			rs.scan = append(rs.scan, ref)
+		}
+	}
+}
+
+type policy struct {
+	name  string // <ns>/<name>
+	rules []rule
+}
+
+type rule struct {
+	name string // index, as a string, for decisions
+	from []source
+	to   []operation
+}
+
+type source struct {
+	exact, prefixes  []string // identities
+	namespaces, sas  []string
+	unauthenticated  bool
+	anyIdentityField bool
+}
+
+type operation struct {
+	ports        []uint16
+	portsSet     bool // ports named but none resolved: matches nothing
+	methods      []string
+	paths        []pathMatch
+	httpRequired bool
+}
+
+type pathMatch struct {
+	kind  byte // '=' exact, 'p' prefix, 's' suffix, '*' any
+	value string
+}
+
+// Compile builds the table of the policies that apply to in.Workload:
+// those of its namespace whose selector matches its labels, and those of
+// the root namespace. A policy that fails validation is an error, and
+// nothing is compiled.
+func Compile(in Input) (*Table, error) {
+	if in.TrustDomain.IsZero() {
+		return nil, errors.New("authz: Input.TrustDomain is required")
+	}
+	mode := in.MeshDefault
+	if mode == "" {
+		mode = DefaultAllowMesh
+	}
+	if s, ok := in.Workload.NamespaceAnnotations[DefaultPolicyAnnotation]; ok {
+		m, err := ParseDefaultMode(s)
+		if err != nil {
+			return nil, fmt.Errorf("authz: namespace %s annotation %s: %w", in.Workload.Namespace, DefaultPolicyAnnotation, err)
+		}
+		mode = m
+	}
+	t := &Table{
+		namespace: in.Workload.Namespace, pod: in.Workload.Pod,
+		trustDomain: in.TrustDomain.IDString() + "/",
+		defaultMode: mode, defaultPolicy: "default:" + string(mode),
+	}
+	// A stable order, so decisions name the same policy every time.
+	pols := append([]v1alpha1.AuthorizationPolicy(nil), in.Policies...)
+	sort.Slice(pols, func(i, j int) bool {
+		if pols[i].Namespace != pols[j].Namespace {
+			return pols[i].Namespace < pols[j].Namespace
+		}
+		return pols[i].Name < pols[j].Name
+	})
+	for i := range pols {
+		p := &pols[i]
+		if p.Namespace != in.Workload.Namespace && p.Namespace != RootNamespace {
+			continue
+		}
+		if errs := Validate(p); len(errs) > 0 {
+			return nil, fmt.Errorf("authz: policy %s/%s: %w", p.Namespace, p.Name, errs.ToAggregate())
+		}
+		if p.Spec.Selector != nil {
+			sel, err := metav1.LabelSelectorAsSelector(p.Spec.Selector)
+			if err != nil {
+				return nil, fmt.Errorf("authz: policy %s/%s: selector: %w", p.Namespace, p.Name, err)
+			}
+			if !sel.Matches(labels.Set(in.Workload.Labels)) {
+				continue
+			}
+		}
+		cp := compilePolicy(p, in.Workload.Ports)
+		switch {
+		case p.Spec.Action == v1alpha1.Audit:
+			t.audit.add(cp)
+		case p.Spec.DryRun && p.Spec.Action == v1alpha1.Deny:
+			t.dryDeny.add(cp)
+		case p.Spec.DryRun:
+			t.dryAllow.add(cp)
+			t.wouldAllowPolicy = joinName(t.wouldAllowPolicy, cp.name)
+		case p.Spec.Action == v1alpha1.Deny:
+			t.deny.add(cp)
+		default:
+			t.allow.add(cp)
+			t.allowPolicy = joinName(t.allowPolicy, cp.name)
+			t.wouldAllowPolicy = joinName(t.wouldAllowPolicy, cp.name)
+			t.hasAllow = true
+		}
+		if p.Spec.DryRun && p.Spec.Action != v1alpha1.Audit {
+			t.hasDryRun = true
+		}
+	}
+	return t, nil
+}
+
+func joinName(list, name string) string {
+	if list == "" {
+		return name
+	}
+	return list + "," + name
+}
+
+func compilePolicy(p *v1alpha1.AuthorizationPolicy, ports map[string]uint16) *policy {
+	cp := &policy{name: p.Namespace + "/" + p.Name}
+	for i, r := range p.Spec.Rules {
+		cr := rule{name: strconv.Itoa(i)}
+		for _, s := range r.From {
+			cs := source{namespaces: s.Namespaces, sas: s.ServiceAccounts, unauthenticated: s.Unauthenticated}
+			for _, id := range s.Identities {
+				if base, ok := strings.CutSuffix(id, "*"); ok {
+					cs.prefixes = append(cs.prefixes, base)
+				} else {
+					cs.exact = append(cs.exact, id)
+				}
+			}
+			cs.anyIdentityField = len(s.Identities)+len(s.Namespaces)+len(s.ServiceAccounts) > 0
+			cr.from = append(cr.from, cs)
+		}
+		for _, o := range r.To {
+			co := operation{methods: o.Methods, httpRequired: len(o.Methods)+len(o.Paths) > 0}
+			for _, port := range o.Ports {
+				co.portsSet = true
+				if port.Type == intstr.Int {
+					co.ports = append(co.ports, uint16(port.IntVal))
+				} else if n, ok := ports[port.StrVal]; ok {
+					co.ports = append(co.ports, n)
+				}
+			}
+			for _, path := range o.Paths {
+				switch {
+				case path == "*":
+					co.paths = append(co.paths, pathMatch{kind: '*'})
+				case strings.HasSuffix(path, "*"):
+					co.paths = append(co.paths, pathMatch{kind: 'p', value: strings.TrimSuffix(path, "*")})
+				case strings.HasPrefix(path, "*"):
+					co.paths = append(co.paths, pathMatch{kind: 's', value: strings.TrimPrefix(path, "*")})
+				default:
+					co.paths = append(co.paths, pathMatch{kind: '=', value: path})
+				}
+			}
+			cr.to = append(cr.to, co)
+		}
+		cp.rules = append(cp.rules, cr)
+	}
+	return cp
+}

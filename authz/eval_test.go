@@ -1,0 +1,297 @@
+package authz_test
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"sigs.k8s.io/yaml"
+
+	"github.com/mesh-dev/mesh/authz"
+	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
+)
+
+var td = spiffeid.RequireTrustDomainFromString("cluster.local")
+
+// policies parses policy YAML documents separated by ---.
+func policies(t testing.TB, docs string) []v1alpha1.AuthorizationPolicy {
+	t.Helper()
+	var out []v1alpha1.AuthorizationPolicy
+	for _, doc := range strings.Split(docs, "\n---\n") {
+		if strings.TrimSpace(doc) == "" {
+			continue
+		}
+		var p v1alpha1.AuthorizationPolicy
+		if err := yaml.UnmarshalStrict([]byte(doc), &p); err != nil {
+			t.Fatalf("policy YAML: %v\n%s", err, doc)
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+func backend(annotations map[string]string) authz.Workload {
+	return authz.Workload{
+		Namespace: "shop", Pod: "backend-0",
+		Labels:               map[string]string{"app": "backend"},
+		Ports:                map[string]uint16{"http-api": 8080, "metrics": 9090},
+		NamespaceAnnotations: annotations,
+	}
+}
+
+func compile(t testing.TB, mode authz.DefaultMode, w authz.Workload, docs string) *authz.Table {
+	t.Helper()
+	tbl, err := authz.Compile(authz.Input{TrustDomain: td, MeshDefault: mode, Workload: w, Policies: policies(t, docs)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tbl
+}
+
+const (
+	frontend   = "spiffe://cluster.local/ns/shop/sa/frontend"
+	opsJob     = "spiffe://cluster.local/ns/ops/sa/job"
+	prometheus = "spiffe://cluster.local/ns/monitoring/sa/prometheus"
+	grafana    = "spiffe://cluster.local/ns/monitoring/sa/grafana"
+	shopOther  = "spiffe://cluster.local/ns/shop/sa/other"
+	foreign    = "spiffe://other.example/ns/shop/sa/frontend"
+)
+
+const issueExample = `
+apiVersion: security.mesh.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: backend-from-frontend, namespace: shop}
+spec:
+  selector: {matchLabels: {app: backend}}
+  action: ALLOW
+  rules:
+  - from:
+    - identities: ["spiffe://cluster.local/ns/shop/sa/frontend", "spiffe://cluster.local/ns/ops/*"]
+    - namespaces: ["monitoring"]
+      serviceAccounts: ["prometheus"]
+    - unauthenticated: true
+    to:
+    - ports: [8080, "http-api"]
+      methods: ["GET", "HEAD"]
+      paths: ["/api/*", "/healthz"]
+`
+
+func TestEvaluate(t *testing.T) {
+	get := func(peer string, port uint16, path string) *authz.Request {
+		return &authz.Request{Peer: peer, Port: port, HTTP: true, Method: "GET", Path: path}
+	}
+	tcp := func(peer string, port uint16) *authz.Request { return &authz.Request{Peer: peer, Port: port} }
+	denyAdmin := `
+apiVersion: security.mesh.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: no-admin, namespace: shop}
+spec:
+  action: DENY
+  rules:
+  - to: [{paths: ["/api/admin*"]}]
+`
+	meshWideDeny := `
+apiVersion: security.mesh.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: no-ops, namespace: mesh-system}
+spec:
+  action: DENY
+  rules:
+  - from: [{namespaces: ["ops"]}]
+`
+	otherNS := `
+apiVersion: security.mesh.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: elsewhere, namespace: billing}
+spec:
+  action: DENY
+  rules: [{from: [{namespaces: ["shop"]}]}]
+`
+	otherApp := `
+apiVersion: security.mesh.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: web-only, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  action: ALLOW
+  rules: [{from: [{identities: ["spiffe://cluster.local/ns/ops/sa/job"]}]}]
+`
+	tests := []struct {
+		name   string
+		mode   authz.DefaultMode
+		annot  map[string]string
+		docs   string
+		req    *authz.Request
+		allow  bool
+		policy string
+		rule   string
+		reason string
+	}{
+		// Defaults, with no policy at all.
+		{"allow-mesh allows a mesh identity", authz.DefaultAllowMesh, nil, "", tcp(frontend, 5432), true, "default:allow-mesh", "", authz.ReasonDefaultAllow},
+		{"allow-mesh denies plaintext", authz.DefaultAllowMesh, nil, "", tcp("", 5432), false, "default:allow-mesh", "", authz.ReasonNotMesh},
+		{"allow-mesh denies another trust domain", authz.DefaultAllowMesh, nil, "", tcp(foreign, 5432), false, "default:allow-mesh", "", authz.ReasonNotMesh},
+		{"deny default denies everything", authz.DefaultDeny, nil, "", tcp(frontend, 5432), false, "default:deny", "", authz.ReasonDefaultDeny},
+		{"allow-same-namespace allows shop", authz.DefaultAllowSameNamespace, nil, "", tcp(shopOther, 5432), true, "default:allow-same-namespace", "", authz.ReasonDefaultAllow},
+		{"allow-same-namespace denies ops", authz.DefaultAllowSameNamespace, nil, "", tcp(opsJob, 5432), false, "default:allow-same-namespace", "", authz.ReasonNotSameNS},
+		{"allow-all allows plaintext", authz.DefaultAllowAll, nil, "", tcp("", 5432), true, "default:allow-all", "", authz.ReasonDefaultAllow},
+		{"namespace annotation overrides the mesh default", authz.DefaultAllowMesh, map[string]string{authz.DefaultPolicyAnnotation: "deny"}, "", tcp(frontend, 1), false, "default:deny", "", authz.ReasonDefaultDeny},
+
+		// The issue's example: ALLOW governs the workload.
+		{"exact identity, GET /api/x on 8080", authz.DefaultAllowMesh, nil, issueExample, get(frontend, 8080, "/api/x"), true, "shop/backend-from-frontend", "0", authz.ReasonAllowRule},
+		{"prefix identity, exact path", authz.DefaultAllowMesh, nil, issueExample, get(opsJob, 8080, "/healthz"), true, "shop/backend-from-frontend", "0", authz.ReasonAllowRule},
+		{"namespace and service account together", authz.DefaultAllowMesh, nil, issueExample, get(prometheus, 8080, "/api/metrics"), true, "shop/backend-from-frontend", "0", authz.ReasonAllowRule},
+		{"namespace without the service account", authz.DefaultAllowMesh, nil, issueExample, get(grafana, 8080, "/api/x"), false, "shop/backend-from-frontend", "", authz.ReasonNoAllowRule},
+		{"unauthenticated entry", authz.DefaultAllowMesh, nil, issueExample, get("", 8080, "/healthz"), true, "shop/backend-from-frontend", "0", authz.ReasonAllowRule},
+		{"wrong method", authz.DefaultAllowMesh, nil, issueExample, &authz.Request{Peer: frontend, Port: 8080, HTTP: true, Method: "POST", Path: "/api/x"}, false, "shop/backend-from-frontend", "", authz.ReasonNoAllowRule},
+		{"wrong path", authz.DefaultAllowMesh, nil, issueExample, get(frontend, 8080, "/internal"), false, "shop/backend-from-frontend", "", authz.ReasonNoAllowRule},
+		{"wrong port", authz.DefaultAllowMesh, nil, issueExample, get(frontend, 9090, "/api/x"), false, "shop/backend-from-frontend", "", authz.ReasonNoAllowRule},
+		{"HTTP fields never match TCP", authz.DefaultAllowMesh, nil, issueExample, tcp(frontend, 8080), false, "shop/backend-from-frontend", "", authz.ReasonNoAllowRule},
+		{"an ALLOW policy overrides allow-all", authz.DefaultAllowAll, nil, issueExample, get(shopOther, 8080, "/api/x"), false, "shop/backend-from-frontend", "", authz.ReasonNoAllowRule},
+
+		// DENY wins.
+		{"DENY beats a matching ALLOW", authz.DefaultAllowMesh, nil, issueExample + "\n---\n" + denyAdmin, get(frontend, 8080, "/api/admin/users"), false, "shop/no-admin", "0", authz.ReasonDenyRule},
+		{"DENY not matching leaves ALLOW", authz.DefaultAllowMesh, nil, issueExample + "\n---\n" + denyAdmin, get(frontend, 8080, "/api/orders"), true, "shop/backend-from-frontend", "0", authz.ReasonAllowRule},
+		{"root-namespace DENY applies mesh-wide", authz.DefaultAllowMesh, nil, issueExample + "\n---\n" + meshWideDeny, get(opsJob, 8080, "/api/x"), false, "mesh-system/no-ops", "0", authz.ReasonDenyRule},
+		{"DENY with HTTP fields does not match TCP", authz.DefaultAllowMesh, nil, denyAdmin, tcp(frontend, 8080), true, "default:allow-mesh", "", authz.ReasonDefaultAllow},
+
+		// Policies that do not apply.
+		{"another namespace's policy", authz.DefaultAllowMesh, nil, otherNS, tcp(frontend, 1), true, "default:allow-mesh", "", authz.ReasonDefaultAllow},
+		{"a selector for other pods", authz.DefaultAllowMesh, nil, otherApp, tcp(frontend, 1), true, "default:allow-mesh", "", authz.ReasonDefaultAllow},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tbl := compile(t, tt.mode, backend(tt.annot), tt.docs)
+			d := tbl.Evaluate(tt.req)
+			if d.Allow != tt.allow || d.Policy != tt.policy || d.Rule != tt.rule || d.Reason != tt.reason {
+				t.Fatalf("Evaluate = allow=%v policy=%q rule=%q reason=%q; want allow=%v policy=%q rule=%q reason=%q",
+					d.Allow, d.Policy, d.Rule, d.Reason, tt.allow, tt.policy, tt.rule, tt.reason)
+			}
+		})
+	}
+}
+
+func TestAuditAndDryRun(t *testing.T) {
+	docs := `
+apiVersion: security.mesh.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: watch-ops, namespace: shop}
+spec:
+  action: AUDIT
+  rules: [{from: [{namespaces: ["ops"]}]}]
+---
+apiVersion: security.mesh.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: lockdown, namespace: shop}
+spec:
+  action: ALLOW
+  dryRun: true
+  rules: [{from: [{identities: ["spiffe://cluster.local/ns/shop/sa/frontend"]}]}]
+---
+apiVersion: security.mesh.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: no-deletes, namespace: shop}
+spec:
+  action: DENY
+  dryRun: true
+  rules: [{to: [{methods: ["DELETE"]}]}]
+`
+	tbl := compile(t, authz.DefaultAllowMesh, backend(nil), docs)
+
+	d := tbl.Evaluate(&authz.Request{Peer: opsJob, Port: 8080})
+	if !d.Allow || d.Policy != "default:allow-mesh" || d.Audit != "shop/watch-ops" {
+		t.Fatalf("ops caller: %+v; want allowed by the default, audited by shop/watch-ops", d)
+	}
+	if !d.HasDryRun || d.DryRun.Allow || d.DryRun.Policy != "shop/lockdown" || d.DryRun.Reason != authz.ReasonNoAllowRule {
+		t.Fatalf("ops caller's would-be decision: %+v; want denied by the dry-run lockdown", d.DryRun)
+	}
+
+	d = tbl.Evaluate(&authz.Request{Peer: frontend, Port: 8080, HTTP: true, Method: "DELETE", Path: "/x"})
+	if !d.Allow || d.Audit != "" {
+		t.Fatalf("frontend DELETE: %+v; want allowed, not audited", d)
+	}
+	if d.DryRun.Allow || d.DryRun.Policy != "shop/no-deletes" {
+		t.Fatalf("frontend DELETE would-be: %+v; want denied by the dry-run no-deletes", d.DryRun)
+	}
+
+	d = tbl.Evaluate(&authz.Request{Peer: frontend, Port: 8080, HTTP: true, Method: "GET", Path: "/x"})
+	if !d.Allow || !d.DryRun.Allow || d.DryRun.Policy != "shop/lockdown" {
+		t.Fatalf("frontend GET: %+v; want allowed in both worlds, by lockdown in the would-be one", d)
+	}
+}
+
+func TestCompileRefuses(t *testing.T) {
+	bad := `
+apiVersion: security.mesh.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: broken, namespace: shop}
+spec:
+  action: ALLOW
+  rules: [{from: [{identities: ["spiffe://cluster.local/ns/*/sa/x"]}]}]
+`
+	_, err := authz.Compile(authz.Input{TrustDomain: td, Workload: backend(nil), Policies: policies(t, bad)})
+	if err == nil || !strings.Contains(err.Error(), "spec.rules[0].from[0].identities[0]") {
+		t.Fatalf("Compile of a broken policy = %v", err)
+	}
+	_, err = authz.Compile(authz.Input{TrustDomain: td, Workload: backend(map[string]string{authz.DefaultPolicyAnnotation: "maybe"})})
+	if err == nil || !strings.Contains(err.Error(), `default policy "maybe"`) {
+		t.Fatalf("Compile with a bad annotation = %v", err)
+	}
+}
+
+func TestEvaluateDoesNotAllocate(t *testing.T) {
+	tbl := compile(t, authz.DefaultAllowMesh, backend(nil), issueExample+"\n---\n"+manyRules(1000))
+	reqs := []*authz.Request{
+		{Peer: frontend, Port: 8080, HTTP: true, Method: "GET", Path: "/api/x"},
+		{Peer: grafana, Port: 8080, HTTP: true, Method: "GET", Path: "/api/x"},
+		{Peer: "spiffe://cluster.local/ns/load/sa/sa-999", Port: 8080},
+		{Port: 8080},
+	}
+	for _, r := range reqs {
+		if n := testing.AllocsPerRun(100, func() { tbl.Evaluate(r) }); n != 0 {
+			t.Fatalf("Evaluate(%+v) allocates %v times", r, n)
+		}
+	}
+}
+
+// manyRules is one ALLOW policy with n rules, each for its own identity.
+func manyRules(n int) string {
+	var b strings.Builder
+	b.WriteString("apiVersion: security.mesh.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: many, namespace: shop}\nspec:\n  action: ALLOW\n  rules:\n")
+	for i := range n {
+		fmt.Fprintf(&b, "  - from: [{identities: [\"spiffe://cluster.local/ns/load/sa/sa-%d\"]}]\n    to: [{ports: [8080]}]\n", i)
+	}
+	return b.String()
+}
+
+// BenchmarkEvaluate1000Rules: a workload with 1,000 identity rules (the
+// issue's bound: under 1 µs, no allocations).
+func BenchmarkEvaluate1000Rules(b *testing.B) {
+	tbl := compile(b, authz.DefaultAllowMesh, backend(nil), manyRules(1000))
+	req := &authz.Request{Peer: "spiffe://cluster.local/ns/load/sa/sa-999", Port: 8080}
+	b.ReportAllocs()
+	for b.Loop() {
+		if !tbl.Evaluate(req).Allow {
+			b.Fatal("denied")
+		}
+	}
+}
+
+// BenchmarkEvaluate1000ScanRules: the worst case, 1,000 rules that cannot
+// be indexed by identity (namespace rules), none matching.
+func BenchmarkEvaluate1000ScanRules(b *testing.B) {
+	var sb strings.Builder
+	sb.WriteString("apiVersion: security.mesh.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: ns, namespace: shop}\nspec:\n  action: ALLOW\n  rules:\n")
+	for i := range 1000 {
+		fmt.Fprintf(&sb, "  - from: [{namespaces: [\"ns-%d\"]}]\n", i)
+	}
+	tbl := compile(b, authz.DefaultAllowMesh, backend(nil), sb.String())
+	req := &authz.Request{Peer: frontend, Port: 8080}
+	b.ReportAllocs()
+	for b.Loop() {
+		if tbl.Evaluate(req).Allow {
+			b.Fatal("allowed")
+		}
+	}
+}
