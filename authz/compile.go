@@ -83,7 +83,8 @@ type Table struct {
 // rules that need a scan (prefixes, namespaces, unauthenticated, any
 // caller) are kept apart, in order.
 type ruleSet struct {
-	byID map[string][]ruleRef
+	byID map[string][]ruleRef // by exact caller identity
+	byNS map[string][]ruleRef // by caller namespace
 	scan []ruleRef
 	n    int
 }
@@ -94,24 +95,31 @@ type ruleRef struct {
 	rule   *rule
 }
 
-func (rs *ruleSet) add(p *policy) {
+func (rs *ruleSet) add(p *policy, trustDomain string) {
 	for i := range p.rules {
 		r := &p.rules[i]
 		ref := ruleRef{order: rs.n, policy: p, rule: r}
 		rs.n++
 		needScan := len(r.from) == 0
 		for _, f := range r.from {
-			if f.unauthenticated || len(f.prefixes)+len(f.namespaces)+len(f.sas) > 0 {
+			switch {
+			case len(f.namespaces) > 0:
+				// Every caller this entry matches is in one of these
+				// namespaces.
+				rs.byNS = index(rs.byNS, f.namespaces, ref)
+			case len(f.exact)+len(f.prefixes) > 0:
+				// ... or is one of these IDs, or under one of these
+				// prefixes; a prefix of a whole namespace is indexed by it.
+				rs.byID = index(rs.byID, f.exact, ref)
+				for _, pfx := range f.prefixes {
+					if ns, ok := prefixNamespace(pfx, trustDomain); ok {
+						rs.byNS = index(rs.byNS, []string{ns}, ref)
+					} else {
+						needScan = true
+					}
+				}
+			default:
 				needScan = true
-				continue
-			}
-			for _, id := range f.exact {
-				if rs.byID == nil {
-					rs.byID = map[string][]ruleRef{}
-				}
-				if l := rs.byID[id]; len(l) == 0 || l[len(l)-1].rule != r {
-					rs.byID[id] = append(l, ref)
-				}
 			}
 		}
 		if needScan {
@@ -203,16 +211,16 @@ func Compile(in Input) (*Table, error) {
 		cp := compilePolicy(p, in.Workload.Ports)
 		switch {
 		case p.Spec.Action == v1alpha1.Audit:
-			t.audit.add(cp)
+			t.audit.add(cp, t.trustDomain)
 		case p.Spec.DryRun && p.Spec.Action == v1alpha1.Deny:
-			t.dryDeny.add(cp)
+			t.dryDeny.add(cp, t.trustDomain)
 		case p.Spec.DryRun:
-			t.dryAllow.add(cp)
+			t.dryAllow.add(cp, t.trustDomain)
 			t.wouldAllowPolicy = joinName(t.wouldAllowPolicy, cp.name)
 		case p.Spec.Action == v1alpha1.Deny:
-			t.deny.add(cp)
+			t.deny.add(cp, t.trustDomain)
 		default:
-			t.allow.add(cp)
+			t.allow.add(cp, t.trustDomain)
 			t.allowPolicy = joinName(t.allowPolicy, cp.name)
 			t.wouldAllowPolicy = joinName(t.wouldAllowPolicy, cp.name)
 			t.hasAllow = true
@@ -222,6 +230,30 @@ func Compile(in Input) (*Table, error) {
 		}
 	}
 	return t, nil
+}
+
+// prefixNamespace recognises spiffe://<td>/ns/<ns>/ (a glob of a whole
+// namespace).
+func prefixNamespace(prefix, trustDomain string) (string, bool) {
+	rest, ok := strings.CutPrefix(prefix, trustDomain+"ns/")
+	if !ok {
+		return "", false
+	}
+	ns, tail, ok := strings.Cut(rest, "/")
+	return ns, ok && ns != "" && tail == ""
+}
+
+// index adds ref under each key, once.
+func index(m map[string][]ruleRef, keys []string, ref ruleRef) map[string][]ruleRef {
+	if m == nil {
+		m = map[string][]ruleRef{}
+	}
+	for _, k := range keys {
+		if l := m[k]; len(l) == 0 || l[len(l)-1].rule != ref.rule {
+			m[k] = append(l, ref)
+		}
+	}
+	return m
 }
 
 func joinName(list, name string) string {

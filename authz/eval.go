@@ -106,22 +106,28 @@ func (t *Table) decide(req *Request, deny1, deny2, allow1, allow2 *ruleSet, hasA
 func (rs *ruleSet) first(t *Table, req *Request) (ruleRef, bool) {
 	var best ruleRef
 	found := false
-	if req.Peer != "" && rs.byID != nil {
-		for _, ref := range rs.byID[req.Peer] {
+	try := func(refs []ruleRef) {
+		for _, ref := range refs {
+			if found && ref.order > best.order {
+				return
+			}
 			if t.matchRule(ref.rule, req) {
 				best, found = ref, true
-				break
+				return
 			}
 		}
 	}
-	for _, ref := range rs.scan {
-		if found && ref.order > best.order {
-			break
+	if req.Peer != "" {
+		if rs.byID != nil {
+			try(rs.byID[req.Peer])
 		}
-		if t.matchRule(ref.rule, req) {
-			return ref, true
+		if rs.byNS != nil {
+			if ns, _, ok := t.parse(req.Peer); ok {
+				try(rs.byNS[ns])
+			}
 		}
 	}
+	try(rs.scan)
 	return best, found
 }
 

@@ -278,13 +278,25 @@ func BenchmarkEvaluate1000Rules(b *testing.B) {
 	}
 }
 
-// BenchmarkEvaluate1000ScanRules: the worst case, 1,000 rules that cannot
-// be indexed by identity (namespace rules), none matching.
-func BenchmarkEvaluate1000ScanRules(b *testing.B) {
+// BenchmarkEvaluate1000NamespaceRules: 1,000 namespace rules, none
+// matching (indexed by namespace).
+func BenchmarkEvaluate1000NamespaceRules(b *testing.B) {
+	benchmarkNoMatch(b, "namespaces: [\"ns-%d\"]")
+}
+
+// BenchmarkEvaluate1000PrefixRules: 1,000 rules with namespace-wide
+// identity prefixes (spiffe://td/ns/<ns>/*), none matching (indexed by the
+// namespace). Only rules naming ServiceAccounts alone, unauthenticated
+// callers, or anyone are scanned in order.
+func BenchmarkEvaluate1000PrefixRules(b *testing.B) {
+	benchmarkNoMatch(b, "identities: [\"spiffe://cluster.local/ns/p-%d/*\"]")
+}
+
+func benchmarkNoMatch(b *testing.B, from string) {
 	var sb strings.Builder
 	sb.WriteString("apiVersion: security.mesh.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: ns, namespace: shop}\nspec:\n  action: ALLOW\n  rules:\n")
 	for i := range 1000 {
-		fmt.Fprintf(&sb, "  - from: [{namespaces: [\"ns-%d\"]}]\n", i)
+		fmt.Fprintf(&sb, "  - from: [{"+from+"}]\n", i)
 	}
 	tbl := compile(b, authz.DefaultAllowMesh, backend(nil), sb.String())
 	req := &authz.Request{Peer: frontend, Port: 8080}
