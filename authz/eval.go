@@ -45,6 +45,7 @@ const (
 	ReasonDefaultAllow = "allowed by the default"
 	ReasonNotMesh      = "the caller is not a mesh identity"
 	ReasonNotSameNS    = "the caller is not in the workload's namespace"
+	ReasonNoPolicy     = "the proxy has no policy yet"
 )
 
 // Evaluate decides req. It is a pure function of the table and the request

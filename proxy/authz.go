@@ -59,3 +59,24 @@ type AuthorizerFunc func(*Request) Decision
 
 // Authorize implements Authorizer.
 func (f AuthorizerFunc) Authorize(r *Request) Decision { return f(r) }
+
+// Observer, when the Authorizer also implements it, is told the outcome of
+// every request it decided: after an HTTP response (with its status), and
+// once per opaque TCP connection (status 0). It writes audit records; it
+// must not block.
+type Observer interface {
+	Observe(r *Request, d Decision, status int)
+}
+
+// Readier, when the Authorizer also implements it, gates the proxy's
+// readiness: a proxy with no policy yet is not ready.
+type Readier interface {
+	Ready() bool
+}
+
+// Notifier, when the Authorizer also implements it, signals policy
+// changes: the proxy then re-decides its open TCP connections and closes
+// those no longer allowed. (HTTP requests are decided one by one anyway.)
+type Notifier interface {
+	Updated() <-chan struct{}
+}

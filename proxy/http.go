@@ -109,11 +109,13 @@ func (p *Proxy) serveHTTP(ctx context.Context, conn net.Conn, base *Request, tls
 		sw := &statusWriter{ResponseWriter: w}
 		// Deferred: ReverseProxy aborts a stream whose client went away by
 		// panicking with http.ErrAbortHandler, and the request still counts.
+		var d Decision
+		req := *base
 		defer func() {
 			p.m.httpRequests.WithLabelValues("inbound", methodLabel(r.Method), statusClass(sw.status)).Inc()
 			p.m.httpLatency.WithLabelValues("inbound").Observe(time.Since(start).Seconds())
+			p.observe(&req, d, sw.status)
 		}()
-		req := *base
 		req.Protocol = "http1"
 		if r.ProtoMajor == 2 {
 			req.Protocol = "http2"
@@ -122,7 +124,7 @@ func (p *Proxy) serveHTTP(ctx context.Context, conn net.Conn, base *Request, tls
 			}
 		}
 		req.HTTP = &HTTPRequest{Method: r.Method, Path: r.URL.Path, Host: r.Host}
-		d := p.cfg.Authorizer.Authorize(&req)
+		d = p.cfg.Authorizer.Authorize(&req)
 		p.countDecision(d, "inbound")
 		if !d.Allow {
 			p.refuse("inbound", "denied_by_policy", "source", base.Source.String(), "peer", peer, "method", r.Method, "path", r.URL.Path, "policy", d.Policy, "rule", d.Rule, "why", d.Reason)

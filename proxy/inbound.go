@@ -123,6 +123,7 @@ func (p *Proxy) inbound(ctx context.Context, c net.Conn) {
 
 	d := p.cfg.Authorizer.Authorize(req)
 	p.countDecision(d, dir)
+	p.observe(req, d, 0)
 	if !d.Allow {
 		// Closed right after the handshake: not a byte reaches the app.
 		p.refuse(dir, "denied_by_policy", "source", src.String(), "peer", req.Peer.String(), "port", dst.Port(), "policy", d.Policy, "rule", d.Rule, "why", d.Reason)
@@ -139,7 +140,13 @@ func (p *Proxy) inbound(ctx context.Context, c net.Conn) {
 	}
 	p.m.opened.WithLabelValues(dir, peer, tlsState).Inc()
 	p.m.open.WithLabelValues(dir).Inc()
+	p.mu.Lock()
+	p.tcp[c] = req
+	p.mu.Unlock()
 	p.splice(dir, up, client)
+	p.mu.Lock()
+	delete(p.tcp, c)
+	p.mu.Unlock()
 	p.m.open.WithLabelValues(dir).Dec()
 	p.m.closed.WithLabelValues(dir, peer, tlsState).Inc()
 }

@@ -70,15 +70,15 @@ func (d *dests) expect(id spiffeid.ID) {
 	}
 }
 
-// authz is an Authorizer the test can change while proxies run.
-type authz struct {
+// testAuthz is an Authorizer the test can change while proxies run.
+type testAuthz struct {
 	mu        sync.Mutex
 	deny      map[spiffeid.ID]bool
 	denyPaths map[string]bool
 	seen      []proxy.Request
 }
 
-func (a *authz) Authorize(r *proxy.Request) proxy.Decision {
+func (a *testAuthz) Authorize(r *proxy.Request) proxy.Decision {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.seen = append(a.seen, *r)
@@ -91,7 +91,7 @@ func (a *authz) Authorize(r *proxy.Request) proxy.Decision {
 	return proxy.Decision{Allow: true, Policy: "test/allow"}
 }
 
-func (a *authz) denyPeer(id spiffeid.ID) {
+func (a *testAuthz) denyPeer(id spiffeid.ID) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.deny[id] = true
@@ -127,12 +127,18 @@ type mesh struct {
 	ifA      string
 	pki      *testpki.PKI
 	dests    *dests
-	authzB   *authz
+	authzB   *testAuthz
 	bin      string // this test binary, runnable by the app user
 	proxyBin string
 }
 
 func newMesh(t *testing.T, inboundMode proxy.Mode) *mesh {
+	t.Helper()
+	return newMeshWith(t, inboundMode, nil)
+}
+
+// newMeshWith runs B's proxy with az deciding (m.authzB when nil).
+func newMeshWith(t *testing.T, inboundMode proxy.Mode, az proxy.Authorizer) *mesh {
 	t.Helper()
 	prereq.Root(t)
 	prereq.Command(t, "setpriv")
@@ -140,7 +146,7 @@ func newMesh(t *testing.T, inboundMode proxy.Mode) *mesh {
 	m := &mesh{
 		pki:      testpki.New(t, "cluster.local"),
 		dests:    &dests{m: map[netip.AddrPort]spiffeid.ID{}},
-		authzB:   &authz{deny: map[spiffeid.ID]bool{}, denyPaths: map[string]bool{"/admin": true}},
+		authzB:   &testAuthz{deny: map[spiffeid.ID]bool{}, denyPaths: map[string]bool{"/admin": true}},
 		proxyBin: prereq.Bin(t, "mesh-proxy"),
 		bin:      appBinary(t),
 	}
@@ -153,7 +159,10 @@ func newMesh(t *testing.T, inboundMode proxy.Mode) *mesh {
 	m.a = &side{ns: nsA, src: m.pki.Source(t, clientID.String())}
 	m.b = &side{ns: nsB, src: m.pki.Source(t, serverID.String())}
 	m.startProxy(t, m.a, proxy.Strict, proxy.AllowAll{})
-	m.startProxy(t, m.b, inboundMode, m.authzB)
+	if az == nil {
+		az = m.authzB
+	}
+	m.startProxy(t, m.b, inboundMode, az)
 	m.startServer(t)
 	return m
 }

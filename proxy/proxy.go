@@ -28,8 +28,11 @@ type Proxy struct {
 	refusals *rate.Limiter
 	dropped  atomic.Int64
 
-	mu      sync.Mutex
-	conns   map[net.Conn]struct{}
+	mu    sync.Mutex
+	conns map[net.Conn]struct{}
+	// tcp are the open opaque inbound connections and what was decided
+	// for them, re-decided when the policy changes.
+	tcp     map[net.Conn]*Request
 	wg      sync.WaitGroup
 	stopped bool
 
@@ -51,6 +54,7 @@ func New(cfg Config) (*Proxy, error) {
 		sessions: tls.NewLRUClientSessionCache(1024),
 		refusals: rate.NewLimiter(rate.Every(100*time.Millisecond), 20),
 		conns:    map[net.Conn]struct{}{},
+		tcp:      map[net.Conn]*Request{},
 		shutdown: make(chan struct{}),
 	}
 	p.srvTLS = p.serverTLS()
@@ -90,6 +94,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 		g.Go(func() error { return p.serveAdmin(gctx, admin) })
 	}
 	g.Go(func() error { return p.watchSVID(gctx) })
+	if n, ok := p.cfg.Authorizer.(Notifier); ok {
+		g.Go(func() error { return p.watchPolicy(gctx, n) })
+	}
 	g.Go(func() error {
 		select {
 		case <-gctx.Done():
@@ -224,6 +231,40 @@ func (p *Proxy) splice(direction string, app, peer net.Conn) {
 // per-connection path allocates no 32 KiB buffers.
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
+// watchPolicy re-decides open TCP connections at every policy change and
+// closes those the new policy denies.
+func (p *Proxy) watchPolicy(ctx context.Context, n Notifier) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-n.Updated():
+		}
+		p.mu.Lock()
+		open := make(map[net.Conn]*Request, len(p.tcp))
+		for c, r := range p.tcp {
+			open[c] = r
+		}
+		p.mu.Unlock()
+		for c, r := range open {
+			d := p.cfg.Authorizer.Authorize(r)
+			if d.Allow {
+				continue
+			}
+			p.countDecision(d, "inbound")
+			p.observe(r, d, 0)
+			p.refuse("inbound", "denied_by_policy_change", "source", r.Source.String(), "peer", r.Peer.String(), "port", r.DestinationPort, "policy", d.Policy, "rule", d.Rule, "why", d.Reason)
+			c.Close()
+		}
+	}
+}
+
+func (p *Proxy) observe(r *Request, d Decision, status int) {
+	if o, ok := p.cfg.Authorizer.(Observer); ok {
+		o.Observe(r, d, status)
+	}
+}
+
 // watchSVID keeps /ready and the expiry metric current.
 func (p *Proxy) watchSVID(ctx context.Context) error {
 	t := time.NewTicker(time.Second)
@@ -232,6 +273,9 @@ func (p *Proxy) watchSVID(ctx context.Context) error {
 	for {
 		svid, err := p.cfg.Identity.GetX509SVID()
 		ok := err == nil && time.Now().Before(svid.Certificates[0].NotAfter)
+		if r, isReadier := p.cfg.Authorizer.(Readier); isReadier && !r.Ready() {
+			ok = false
+		}
 		p.ready.Store(ok)
 		if err == nil {
 			leaf := svid.Certificates[0]

@@ -1,0 +1,199 @@
+package proxy_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/mesh-dev/mesh/authz"
+	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
+	"github.com/mesh-dev/mesh/authz/audit"
+	"github.com/mesh-dev/mesh/proxy"
+)
+
+const backendPolicies = `
+apiVersion: security.mesh.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: backend, namespace: shop}
+spec:
+  selector: {matchLabels: {app: backend}}
+  action: ALLOW
+  rules:
+  - from: [{identities: ["spiffe://cluster.local/ns/shop/sa/frontend"]}]
+    to:
+    - {ports: [8080], methods: ["GET"], paths: ["/api/*"]}
+    - {ports: ["echo"]}
+---
+apiVersion: security.mesh.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: no-admin, namespace: shop}
+spec:
+  action: DENY
+  rules: [{to: [{paths: ["/api/admin*"]}]}]
+---
+apiVersion: security.mesh.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: watch, namespace: shop}
+spec:
+  action: AUDIT
+  rules: [{to: [{paths: ["/api/audited"]}]}]
+`
+
+func table(t *testing.T, docs string) *authz.Table {
+	t.Helper()
+	var ps []v1alpha1.AuthorizationPolicy
+	for _, doc := range strings.Split(docs, "\n---\n") {
+		var p v1alpha1.AuthorizationPolicy
+		if err := yaml.UnmarshalStrict([]byte(doc), &p); err != nil {
+			t.Fatal(err)
+		}
+		ps = append(ps, p)
+	}
+	tbl, err := authz.Compile(authz.Input{
+		TrustDomain: clientID.TrustDomain(), MeshDefault: authz.DefaultAllowMesh, Policies: ps,
+		Workload: authz.Workload{Namespace: "shop", Pod: "backend-0", Labels: map[string]string{"app": "backend"}, Ports: map[string]uint16{"echo": tcpPort}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tbl
+}
+
+// TestPolicyEnforcement runs real AuthorizationPolicies in B's proxy: an
+// allowed request passes, a denied one gets 403 naming the policy, a denied
+// gRPC call gets PERMISSION_DENIED, a TCP connection a policy change
+// de-authorizes is closed; and each produces a verifiable audit record with
+// the right fields.
+func TestPolicyEnforcement(t *testing.T) {
+	logPath := filepath.Join(t.TempDir(), "audit.log")
+	f, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := audit.New(audit.Config{Out: f, Stream: "shop/backend-0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	wrote := make(chan error, 1)
+	go func() { wrote <- w.Run(ctx) }()
+	enf := authz.NewEnforcer(table(t, backendPolicies), w)
+	m := newMeshWith(t, proxy.Strict, enf)
+	base := fmt.Sprintf("http://%s:%d", ipB, httpPort)
+
+	if out, err := m.app(t, "http", "TARGET="+base+"/api/orders"); err != nil || !strings.HasPrefix(out, "hello") {
+		t.Fatalf("allowed GET = %q, %v", out, err)
+	}
+	if out, err := m.app(t, "http", "TARGET="+base+"/api/admin/users"); err != nil || out != "mesh: denied by policy shop/no-admin\n" {
+		t.Fatalf("GET /api/admin/users = %q, %v; want the 403 naming shop/no-admin", out, err)
+	}
+	if out, err := m.app(t, "http", "TARGET="+base+"/private"); err != nil || out != "mesh: denied by policy shop/backend\n" {
+		t.Fatalf("GET /private = %q, %v; want the 403 naming shop/backend", out, err)
+	}
+	if out, err := m.app(t, "http", "TARGET="+base+"/api/audited"); err != nil || !strings.HasPrefix(out, "hello") {
+		t.Fatalf("audited GET = %q, %v", out, err)
+	}
+	if _, err := m.app(t, "grpc", fmt.Sprintf("TARGET=%s:%d", ipB, grpcPort), "MESSAGE=x"); err == nil || !strings.Contains(err.Error(), "PermissionDenied") || !strings.Contains(err.Error(), "shop/backend") {
+		t.Fatalf("gRPC = %v; want PermissionDenied naming shop/backend", err)
+	}
+
+	// A TCP connection allowed now is closed when a new policy denies it.
+	type result struct {
+		out string
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		out, err := m.app(t, "soak", "TARGET_HTTP="+base+"/api/soak", fmt.Sprintf("TARGET_TCP=%s:%d", ipB, tcpPort), "DURATION=4s")
+		done <- result{out, err}
+	}()
+	time.Sleep(time.Second)
+	enf.Swap(table(t, strings.Replace(backendPolicies, `    - {ports: ["echo"]}`+"\n", "", 1)))
+	r := <-done
+	var soak soakResult
+	if r.err != nil || json.Unmarshal([]byte(r.out), &soak) != nil {
+		t.Fatalf("soak: %q, %v", r.out, r.err)
+	}
+	if len(soak.Errors) == 0 || !strings.Contains(soak.Errors[len(soak.Errors)-1], "long-lived") || soak.LongLivedRounds < 5 {
+		t.Fatalf("the de-authorized TCP connection was not closed: %+v", soak)
+	}
+
+	cancel()
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	raw, err := os.ReadFile(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := audit.Verify(bytes.NewReader(raw)); err != nil {
+		t.Fatalf("the audit log does not verify: %v", err)
+	}
+	var recs []map[string]any
+	for _, l := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(l), &rec); err != nil {
+			t.Fatal(err)
+		}
+		recs = append(recs, rec)
+	}
+	find := func(match map[string]any) map[string]any {
+		t.Helper()
+	next:
+		for _, rec := range recs {
+			for k, v := range match {
+				if fmt.Sprint(rec[k]) != fmt.Sprint(v) {
+					continue next
+				}
+			}
+			return rec
+		}
+		t.Fatalf("no audit record with %v in:\n%s", match, raw)
+		return nil
+	}
+	admin := find(map[string]any{"http.path": "/api/admin/users"})
+	for k, v := range map[string]any{
+		"type": "mesh.audit.v1", "decision": "deny", "dryRun": false, "policy": "shop/no-admin", "rule": "0",
+		"reason": authz.ReasonDenyRule, "source.identity": clientID.String(), "source.ip": ipA,
+		"destination.namespace": "shop", "destination.pod": "backend-0", "destination.port": httpPort,
+		"protocol": "http1", "http.method": "GET", "http.status": 403,
+	} {
+		if fmt.Sprint(admin[k]) != fmt.Sprint(v) {
+			t.Errorf("denied request's record: %s = %v, want %v", k, admin[k], v)
+		}
+	}
+	find(map[string]any{"http.path": "/private", "decision": "deny", "policy": "shop/backend", "reason": authz.ReasonNoAllowRule})
+	find(map[string]any{"http.path": "/api/audited", "decision": "allow", "audit": "shop/watch", "http.status": 200})
+	find(map[string]any{"protocol": "grpc", "decision": "deny", "policy": "shop/backend"})
+	find(map[string]any{"protocol": "tcp", "decision": "deny", "destination.port": tcpPort, "policy": "shop/backend"})
+	for _, rec := range recs {
+		if rec["http.path"] == "/api/orders" {
+			t.Fatal("an allowed, unaudited request was logged without logAllows")
+		}
+	}
+}
+
+// TestNotReadyWithoutPolicy: a proxy whose enforcer has no table yet is not
+// ready and denies everything.
+func TestNotReadyWithoutPolicy(t *testing.T) {
+	enf := authz.NewEnforcer(nil, nil)
+	if enf.Ready() {
+		t.Fatal("ready without a policy")
+	}
+	if d := enf.Authorize(&proxy.Request{Peer: clientID, Authenticated: true, DestinationPort: 8080, Protocol: "tcp"}); d.Allow {
+		t.Fatal("allowed without a policy")
+	}
+	enf.Swap(table(t, backendPolicies))
+	if !enf.Ready() {
+		t.Fatal("not ready with a policy")
+	}
+}
