@@ -10,7 +10,7 @@ import (
 	"crypto/x509"
 	"log/slog"
 	"maps"
-		"strings"
+	"strings"
 	"sync"
 	"testing"
 	"time"

@@ -126,6 +126,11 @@ func TestPolicyEnforcement(t *testing.T) {
 		t.Fatalf("the de-authorized TCP connection was not closed: %+v", soak)
 	}
 
+	// And a new TCP connection is now denied: nothing reaches the app.
+	if out, err := m.app(t, "tcp", fmt.Sprintf("TARGET=%s:%d", ipB, tcpPort), "MESSAGE=after"); err == nil && out != "" {
+		t.Fatalf("TCP after the policy change echoed %q", out)
+	}
+
 	cancel()
 	if err := <-wrote; err != nil {
 		t.Fatal(err)
@@ -174,7 +179,15 @@ func TestPolicyEnforcement(t *testing.T) {
 	find(map[string]any{"http.path": "/private", "decision": "deny", "policy": "shop/backend", "reason": authz.ReasonNoAllowRule})
 	find(map[string]any{"http.path": "/api/audited", "decision": "allow", "audit": "shop/watch", "http.status": 200})
 	find(map[string]any{"protocol": "grpc", "decision": "deny", "policy": "shop/backend"})
-	find(map[string]any{"protocol": "tcp", "decision": "deny", "destination.port": tcpPort, "policy": "shop/backend"})
+	tcpDenials := 0
+	for _, rec := range recs {
+		if rec["protocol"] == "tcp" && rec["decision"] == "deny" && rec["policy"] == "shop/backend" && fmt.Sprint(rec["destination.port"]) == fmt.Sprint(tcpPort) {
+			tcpDenials++
+		}
+	}
+	if tcpDenials != 2 {
+		t.Fatalf("%d TCP denial records, want 2 (the closed connection and the refused one):\n%s", tcpDenials, raw)
+	}
 	for _, rec := range recs {
 		if rec["http.path"] == "/api/orders" {
 			t.Fatal("an allowed, unaudited request was logged without logAllows")
