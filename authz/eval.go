@@ -1,6 +1,7 @@
 package authz
 
 import (
+	"slices"
 	"strings"
 )
 
@@ -185,10 +186,10 @@ func (t *Table) matchSource(s *source, peer string) bool {
 		if !ok {
 			return false
 		}
-		if len(s.namespaces) > 0 && !containsStr(s.namespaces, ns) {
+		if len(s.namespaces) > 0 && !slices.Contains(s.namespaces, ns) {
 			return false
 		}
-		if len(s.sas) > 0 && !containsStr(s.sas, sa) {
+		if len(s.sas) > 0 && !slices.Contains(s.sas, sa) {
 			return false
 		}
 	}
@@ -199,10 +200,10 @@ func matchOperation(o *operation, req *Request) bool {
 	if o.httpRequired && !req.HTTP {
 		return false
 	}
-	if o.portsSet && !containsPort(o.ports, req.Port) {
+	if o.portsSet && !slices.Contains(o.ports, req.Port) {
 		return false
 	}
-	if len(o.methods) > 0 && !containsStr(o.methods, req.Method) {
+	if len(o.methods) > 0 && !slices.Contains(o.methods, req.Method) {
 		return false
 	}
 	if len(o.paths) > 0 {
@@ -254,20 +255,3 @@ func (t *Table) parse(peer string) (ns, sa string, ok bool) {
 	return ns, sa, true
 }
 
-func containsStr(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
-}
-
-func containsPort(list []uint16, p uint16) bool {
-	for _, x := range list {
-		if x == p {
-			return true
-		}
-	}
-	return false
-}

@@ -2,6 +2,7 @@ package authz
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -83,7 +84,7 @@ func validateRule(r v1alpha1.Rule, path *field.Path) field.ErrorList {
 			}
 		}
 		for j, m := range o.Methods {
-			if !contains(Methods, m) {
+			if !slices.Contains(Methods, m) {
 				errs = append(errs, field.NotSupported(p.Child("methods").Index(j), m, Methods))
 			}
 		}
@@ -138,13 +139,4 @@ func checkPath(p string) error {
 		return fmt.Errorf("must start with / (or * for a suffix)")
 	}
 	return nil
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
