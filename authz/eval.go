@@ -254,4 +254,3 @@ func (t *Table) parse(peer string) (ns, sa string, ok bool) {
 	}
 	return ns, sa, true
 }
-
