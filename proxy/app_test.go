@@ -6,6 +6,7 @@ package proxy_test
 // pod's.
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -26,9 +27,10 @@ const roleEnv = "MESH_PROXY_TEST_ROLE"
 
 // Application ports.
 const (
-	httpPort = 8080
-	tcpPort  = 9000
-	grpcPort = 9090
+	httpPort   = 8080
+	tcpPort    = 9000
+	grpcPort   = 9090
+	bannerPort = 9100 // a protocol whose server speaks first
 )
 
 // runRole runs the role named in the environment and reports whether there
@@ -48,6 +50,8 @@ func runRole() bool {
 		err = wsEcho(os.Getenv("TARGET"), os.Getenv("MESSAGE"))
 	case "tcp":
 		err = tcpEcho(os.Getenv("TARGET"), os.Getenv("MESSAGE"))
+	case "banner":
+		err = readBanner(os.Getenv("TARGET"))
 	case "grpc":
 		err = grpcStream(os.Getenv("TARGET"), os.Getenv("MESSAGE"))
 	case "soak":
@@ -69,7 +73,28 @@ func serve(name string) error {
 		fmt.Fprintf(w, "hello from %s path=%s peer=%s", name, r.URL.Path, r.Header.Get("X-Mesh-Peer-Identity"))
 	})
 	mux.Handle("/ws", websocket.Handler(func(ws *websocket.Conn) { io.Copy(ws, ws) }))
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
+	go func() {
+		ln, err := net.Listen("tcp", fmt.Sprintf(":%d", bannerPort))
+		if err != nil {
+			errc <- err
+			return
+		}
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				errc <- err
+				return
+			}
+			go func() {
+				defer c.Close()
+				fmt.Fprintf(c, "220 %s ready\r\n", name)
+				buf := make([]byte, 64)
+				n, _ := c.Read(buf)
+				c.Write(buf[:n])
+			}()
+		}
+	}()
 	go func() { errc <- http.ListenAndServe(fmt.Sprintf(":%d", httpPort), mux) }()
 	go func() {
 		ln, err := net.Listen("tcp", fmt.Sprintf(":%d", tcpPort))
@@ -162,6 +187,29 @@ func wsEcho(url, msg string) error {
 		got = append(got, reply)
 	}
 	fmt.Print(strings.Join(got, ","))
+	return nil
+}
+
+// readBanner waits for the server's greeting, answers, and prints both.
+func readBanner(addr string) error {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	greeting, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if _, err := c.Write([]byte("HELO")); err != nil {
+		return err
+	}
+	reply, err := io.ReadAll(c)
+	if err != nil {
+		return err
+	}
+	fmt.Print(strings.TrimSpace(greeting) + "|" + string(reply))
 	return nil
 }
 

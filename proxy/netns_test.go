@@ -65,7 +65,7 @@ func (d *dests) Lookup(a netip.AddrPort) (spiffeid.ID, bool) {
 func (d *dests) expect(id spiffeid.ID) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for _, port := range []uint16{httpPort, tcpPort, grpcPort} {
+	for _, port := range []uint16{httpPort, tcpPort, grpcPort, bannerPort} {
 		d.m[netip.AddrPortFrom(netip.MustParseAddr(ipB), port)] = id
 	}
 }
@@ -250,7 +250,7 @@ func (m *mesh) startServer(t *testing.T) {
 		cancel()
 		_ = cmd.Wait()
 	})
-	for _, port := range []int{httpPort, tcpPort, grpcPort} {
+	for _, port := range []int{httpPort, tcpPort, grpcPort, bannerPort} {
 		waitFor(t, 10*time.Second, fmt.Sprintf("app port %d", port), func() error {
 			c, err := m.b.ns.Dial(context.Background(), "tcp", fmt.Sprintf("127.0.0.1:%d", port))
 			if err != nil {
@@ -342,6 +342,12 @@ func TestTransparentMTLS(t *testing.T) {
 	out, err = m.app(t, "grpc", fmt.Sprintf("TARGET=%s:%d", ipB, grpcPort), "MESSAGE=ping")
 	if err != nil || out != "ping-0,ping-1,ping-2,ping-3,ping-4" {
 		t.Fatalf("gRPC stream through the mesh = %q, %v", out, err)
+	}
+	// A protocol whose server speaks first: the inbound proxy waits for
+	// client bytes to detect HTTP, gives up, and passes it opaque.
+	out, err = m.app(t, "banner", fmt.Sprintf("TARGET=%s:%d", ipB, bannerPort))
+	if err != nil || out != "220 backend-0 ready|HELO" {
+		t.Fatalf("server-first protocol through the mesh = %q, %v", out, err)
 	}
 	out, err = m.app(t, "tcp", fmt.Sprintf("TARGET=%s:%d", ipB, tcpPort), "MESSAGE=raw bytes \x01\x02\xff end")
 	if err != nil || out != "raw bytes \x01\x02\xff end" {
