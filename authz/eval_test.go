@@ -6,7 +6,6 @@ import (
 	"testing"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"sigs.k8s.io/yaml"
 
 	"github.com/mesh-dev/mesh/authz"
 	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
@@ -17,16 +16,9 @@ var td = spiffeid.RequireTrustDomainFromString("cluster.local")
 // policies parses policy YAML documents separated by ---.
 func policies(t testing.TB, docs string) []v1alpha1.AuthorizationPolicy {
 	t.Helper()
-	var out []v1alpha1.AuthorizationPolicy
-	for _, doc := range strings.Split(docs, "\n---\n") {
-		if strings.TrimSpace(doc) == "" {
-			continue
-		}
-		var p v1alpha1.AuthorizationPolicy
-		if err := yaml.UnmarshalStrict([]byte(doc), &p); err != nil {
-			t.Fatalf("policy YAML: %v\n%s", err, doc)
-		}
-		out = append(out, p)
+	out, err := authz.ParsePolicies([]byte(docs))
+	if err != nil {
+		t.Fatal(err)
 	}
 	return out
 }
@@ -304,6 +296,21 @@ func benchmarkNoMatch(b *testing.B, from string) {
 	for b.Loop() {
 		if tbl.Evaluate(req).Allow {
 			b.Fatal("allowed")
+		}
+	}
+}
+
+func TestParsePolicies(t *testing.T) {
+	ps, err := authz.ParsePolicies([]byte(issueExample + "\n---\n" + issueExample))
+	if err != nil || len(ps) != 2 || ps[0].Name != "backend-from-frontend" {
+		t.Fatalf("ParsePolicies = %d policies, %v", len(ps), err)
+	}
+	for _, bad := range []struct{ doc, want string }{
+		{"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}", "document 1 is v1 ConfigMap"},
+		{issueExample + "\n---\n" + strings.Replace(issueExample, "action:", "actoin:", 1), `document 2: error unmarshaling JSON: while decoding JSON: json: unknown field "actoin"`},
+	} {
+		if _, err := authz.ParsePolicies([]byte(bad.doc)); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("ParsePolicies = %v, want %q", err, bad.want)
 		}
 	}
 }

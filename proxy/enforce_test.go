@@ -11,10 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"sigs.k8s.io/yaml"
-
 	"github.com/mesh-dev/mesh/authz"
-	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
 	"github.com/mesh-dev/mesh/authz/audit"
 	"github.com/mesh-dev/mesh/proxy"
 )
@@ -49,13 +46,9 @@ spec:
 
 func table(t *testing.T, docs string) *authz.Table {
 	t.Helper()
-	var ps []v1alpha1.AuthorizationPolicy
-	for _, doc := range strings.Split(docs, "\n---\n") {
-		var p v1alpha1.AuthorizationPolicy
-		if err := yaml.UnmarshalStrict([]byte(doc), &p); err != nil {
-			t.Fatal(err)
-		}
-		ps = append(ps, p)
+	ps, err := authz.ParsePolicies([]byte(docs))
+	if err != nil {
+		t.Fatal(err)
 	}
 	tbl, err := authz.Compile(authz.Input{
 		TrustDomain: clientID.TrustDomain(), MeshDefault: authz.DefaultAllowMesh, Policies: ps,

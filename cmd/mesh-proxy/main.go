@@ -13,7 +13,9 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
@@ -22,6 +24,9 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 
+	"github.com/mesh-dev/mesh/authz"
+	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
+	"github.com/mesh-dev/mesh/authz/audit"
 	identityv1 "github.com/mesh-dev/mesh/identity/api/v1"
 	"github.com/mesh-dev/mesh/identity/source"
 	"github.com/mesh-dev/mesh/proxy"
@@ -95,6 +100,10 @@ func runCmd() *cobra.Command {
 		inMode, outMode, probes, probeSources                          string
 		adminPort                                                      int
 		destinations                                                   string
+		policyFile, defaultPolicy, podNS, podName, podLabels, podPorts string
+		auditLog                                                       string
+		logAllows                                                      bool
+		sampleAllows                                                   uint64
 	)
 	cmd := &cobra.Command{
 		Use:   "run",
@@ -149,10 +158,26 @@ func runCmd() *cobra.Command {
 				}
 				sources = append(sources, a)
 			}
+			enf, auditW, closeAudit, err := enforcer(td, policyFile, defaultPolicy, podNS, podName, podLabels, podPorts, auditLog)
+			if err != nil {
+				return err
+			}
+			defer closeAudit()
+			enf.LogAllows, enf.SampleAllows = logAllows, sampleAllows
+			auditCtx, stopAudit := context.WithCancel(context.Background())
+			auditDone := make(chan error, 1)
+			go func() { auditDone <- auditW.Run(auditCtx) }()
+			defer func() {
+				stopAudit()
+				if err := <-auditDone; err != nil {
+					log.Error("audit log", "err", err)
+				}
+			}()
 			p, err := proxy.New(proxy.Config{
-				Identity: src, TrustDomain: td, Destinations: dests,
+				Identity: src, TrustDomain: td, Destinations: dests, Authorizer: enf,
 				InboundMode: proxy.Mode(inMode), OutboundMode: proxy.Mode(outMode),
 				AdminAddr: fmt.Sprintf("0.0.0.0:%d", adminPort), Probes: pr, ProbeSources: sources, Logger: log,
+				Registerer: prometheus.DefaultRegisterer,
 			})
 			if err != nil {
 				return err
@@ -172,7 +197,88 @@ func runCmd() *cobra.Command {
 	f.StringVar(&probes, "probes", "", "comma-separated kubelet probes allowed in strict mode, as port:path (8080:/healthz)")
 	f.StringVar(&probeSources, "probe-sources", "", "comma-separated node addresses kubelet probes come from")
 	f.StringVar(&destinations, "destinations", "", "static destinations until the controller's watch lands: ip:port=spiffe-id,...")
+	f.StringVar(&policyFile, "policies", "", "AuthorizationPolicy YAML to enforce, until the controller streams them; empty: the default only")
+	f.StringVar(&defaultPolicy, "default-policy", string(authz.DefaultAllowMesh), "deny, allow-mesh, allow-same-namespace or allow-all")
+	f.StringVar(&podNS, "pod-namespace", os.Getenv("POD_NAMESPACE"), "this pod's namespace")
+	f.StringVar(&podName, "pod-name", os.Getenv("POD_NAME"), "this pod's name")
+	f.StringVar(&podLabels, "pod-labels", "", "this pod's labels, k=v,...")
+	f.StringVar(&podPorts, "container-ports", "", "this pod's named container ports, name=port,...")
+	f.StringVar(&auditLog, "audit-log", "-", "where audit records go: a file path, or - for standard output")
+	f.BoolVar(&logAllows, "audit-log-allows", false, "audit allowed requests too")
+	f.Uint64Var(&sampleAllows, "audit-sample-allows", 1, "with --audit-log-allows, audit one allowed request in N")
 	return cmd
+}
+
+// enforcer compiles this pod's table from the static policies and opens
+// the audit log.
+func enforcer(td spiffeid.TrustDomain, policyFile, defaultPolicy, ns, pod, labels, ports, auditLog string) (*authz.Enforcer, *audit.Writer, func(), error) {
+	mode, err := authz.ParseDefaultMode(defaultPolicy)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("--default-policy: %w", err)
+	}
+	if ns == "" || pod == "" {
+		return nil, nil, nil, fmt.Errorf("--pod-namespace and --pod-name (or POD_NAMESPACE and POD_NAME) are required")
+	}
+	var policies []v1alpha1.AuthorizationPolicy
+	if policyFile != "" {
+		b, err := os.ReadFile(policyFile)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("--policies: %w", err)
+		}
+		if policies, err = authz.ParsePolicies(b); err != nil {
+			return nil, nil, nil, fmt.Errorf("--policies %s: %w", policyFile, err)
+		}
+	}
+	lbls, err := parsePairs(labels, "--pod-labels")
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	named, err := parsePairs(ports, "--container-ports")
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	portMap := map[string]uint16{}
+	for name, v := range named {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 65535 {
+			return nil, nil, nil, fmt.Errorf("--container-ports: %s=%s is not a port", name, v)
+		}
+		portMap[name] = uint16(n)
+	}
+	tbl, err := authz.Compile(authz.Input{TrustDomain: td, MeshDefault: mode, Policies: policies,
+		Workload: authz.Workload{Namespace: ns, Pod: pod, Labels: lbls, Ports: portMap}})
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	out, closeOut := os.Stdout, func() {}
+	if auditLog != "-" {
+		f, err := os.OpenFile(auditLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("--audit-log: %w", err)
+		}
+		out, closeOut = f, func() { f.Close() }
+	}
+	w, err := audit.New(audit.Config{Out: out, Stream: fmt.Sprintf("%s/%s@%s", ns, pod, time.Now().UTC().Format(time.RFC3339Nano)), Registerer: prometheus.DefaultRegisterer})
+	if err != nil {
+		closeOut()
+		return nil, nil, nil, err
+	}
+	return authz.NewEnforcer(tbl, w), w, closeOut, nil
+}
+
+func parsePairs(s, flag string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(f, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("%s: %q is not key=value", flag, f)
+		}
+		out[k] = v
+	}
+	return out, nil
 }
 
 func parseProbes(s string) ([]proxy.Probe, error) {
