@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mesh-dev/mesh/e2e/cluster"
+	"github.com/mesh-dev/mesh/e2e/node"
 )
 
 func main() {
@@ -62,6 +63,12 @@ func root() *cobra.Command {
 			}
 			if err := cluster.Down(abs); err != nil {
 				return err
+			}
+			if os.Geteuid() == 0 {
+				// A node agent's pod network, if one ran and died.
+				if err := node.Down(); err != nil {
+					return err
+				}
 			}
 			_ = os.Remove(filepath.Join(abs, "ready"))
 			fmt.Println("cluster in", abs, "is down")

@@ -1,0 +1,544 @@
+package node
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/retry"
+
+	"github.com/mesh-dev/mesh/e2e/prereq"
+)
+
+// NodeIP is the node's address: the bridge's host side.
+var NodeIP = strings.Split(BridgeAddr, "/")[0]
+
+// Config configures a node agent.
+type Config struct {
+	// Name of the Node. Zero means "node-1".
+	Name string
+	// Kube talks to the API server. Required.
+	Kube kubernetes.Interface
+	// Dir holds the agent's state and the containers' logs. Required.
+	Dir string
+	// BinDir holds the binaries images map to. Zero means prereq.BinDir().
+	BinDir string
+	// Logger. Zero means slog.Default().
+	Logger *slog.Logger
+}
+
+// Node is a running node agent.
+type Node struct {
+	cfg   Config
+	ipam  *ipam
+	spawn chan func()
+
+	mu   sync.Mutex
+	pods map[types.UID]*pod
+}
+
+type pod struct {
+	obj    *corev1.Pod
+	netns  string
+	hostIf string
+	ip     netip.Addr
+	cancel context.CancelFunc
+	done   chan struct{}
+	procs  []*exec.Cmd
+	mu     sync.Mutex
+}
+
+// New validates cfg.
+func New(cfg Config) (*Node, error) {
+	if cfg.Kube == nil || cfg.Dir == "" {
+		return nil, errors.New("node: Config.Kube and Config.Dir are required")
+	}
+	if cfg.Name == "" {
+		cfg.Name = "node-1"
+	}
+	if cfg.BinDir == "" {
+		cfg.BinDir = prereq.BinDir()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if err := os.MkdirAll(filepath.Join(cfg.Dir, "logs"), 0o755); err != nil {
+		return nil, err
+	}
+	a, err := newIPAM(cfg.Dir)
+	if err != nil {
+		return nil, err
+	}
+	return &Node{cfg: cfg, ipam: a, pods: map[types.UID]*pod{}, spawn: make(chan func())}, nil
+}
+
+// Image maps an image to the binary that runs it.
+func (n *Node) Image(image string) (string, error) {
+	name, _, _ := strings.Cut(image, "@")
+	if i := strings.LastIndex(name, ":"); i > strings.LastIndex(name, "/") {
+		name = name[:i]
+	}
+	var bin string
+	switch {
+	case name == "mesh-e2e/echo":
+		bin = "mesh-e2e-echo"
+	case strings.HasPrefix(name, "mesh/"):
+		bin = strings.TrimPrefix(name, "mesh/")
+	default:
+		return "", fmt.Errorf("image %q is not mapped to a local binary (mesh-e2e/echo or mesh/<name>)", image)
+	}
+	p := filepath.Join(n.cfg.BinDir, bin)
+	if _, err := os.Stat(p); err != nil {
+		return "", fmt.Errorf("image %q: %s not built (make build)", image, p)
+	}
+	return p, nil
+}
+
+// Run registers the node, runs the pods scheduled to it until ctx ends,
+// then stops them all and removes the pod network.
+func (n *Node) Run(ctx context.Context) error {
+	// Processes are started from one locked thread, so their parent-death
+	// signal fires when the agent dies, not when some Go thread exits.
+	// It is stopped only after every pod is, so no pod waits on it.
+	spawnDone := make(chan struct{})
+	go func() {
+		runtime.LockOSThread()
+		defer close(spawnDone)
+		for f := range n.spawn {
+			f()
+		}
+	}()
+	defer func() {
+		n.stopAll()
+		_ = ipcmd("link", "del", Bridge)
+		close(n.spawn)
+		<-spawnDone
+	}()
+	if err := setupBridge(); err != nil {
+		return err
+	}
+	if err := n.register(ctx); err != nil {
+		return err
+	}
+	lease := time.NewTicker(10 * time.Second)
+	defer lease.Stop()
+	sync := time.NewTicker(300 * time.Millisecond)
+	defer sync.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-lease.C:
+			if err := n.renewLease(ctx); err != nil && ctx.Err() == nil {
+				n.cfg.Logger.Warn("lease renewal failed", "err", err)
+			}
+		case <-sync.C:
+			if err := n.sync(ctx); err != nil && ctx.Err() == nil {
+				n.cfg.Logger.Warn("pod sync failed", "err", err)
+			}
+		}
+	}
+}
+
+func (n *Node) register(ctx context.Context) error {
+	node := &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: n.cfg.Name, Labels: map[string]string{"kubernetes.io/hostname": n.cfg.Name, "kubernetes.io/os": "linux"}},
+	}
+	_, err := n.cfg.Kube.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("node: register: %w", err)
+	}
+	if err := n.updateNodeStatus(ctx); err != nil {
+		return err
+	}
+	return n.renewLease(ctx)
+}
+
+func (n *Node) updateNodeStatus(ctx context.Context) error {
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		node, err := n.cfg.Kube.CoreV1().Nodes().Get(ctx, n.cfg.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		now := metav1.Now()
+		node.Status.Capacity = corev1.ResourceList{
+			corev1.ResourceCPU: resource.MustParse("8"), corev1.ResourceMemory: resource.MustParse("16Gi"), corev1.ResourcePods: resource.MustParse("110"),
+		}
+		node.Status.Allocatable = node.Status.Capacity
+		node.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: NodeIP}, {Type: corev1.NodeHostName, Address: n.cfg.Name}}
+		node.Status.Conditions = []corev1.NodeCondition{{
+			Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady", Message: "mesh e2e node agent is ready",
+			LastHeartbeatTime: now, LastTransitionTime: now,
+		}}
+		node.Status.NodeInfo = corev1.NodeSystemInfo{KubeletVersion: "v1.37.2", OperatingSystem: "linux", Architecture: runtime.GOARCH}
+		_, err = n.cfg.Kube.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{})
+		return err
+	})
+}
+
+func (n *Node) renewLease(ctx context.Context) error {
+	leases := n.cfg.Kube.CoordinationV1().Leases(corev1.NamespaceNodeLease)
+	now := metav1.NewMicroTime(time.Now())
+	dur := int32(40)
+	l, err := leases.Get(ctx, n.cfg.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		holder := n.cfg.Name
+		_, err = leases.Create(ctx, &coordinationv1.Lease{
+			ObjectMeta: metav1.ObjectMeta{Name: n.cfg.Name},
+			Spec:       coordinationv1.LeaseSpec{HolderIdentity: &holder, LeaseDurationSeconds: &dur, RenewTime: &now},
+		}, metav1.CreateOptions{})
+		return err
+	}
+	if err != nil {
+		return err
+	}
+	l.Spec.RenewTime = &now
+	_, err = leases.Update(ctx, l, metav1.UpdateOptions{})
+	return err
+}
+
+// sync starts the pods newly scheduled here and stops the deleted ones.
+func (n *Node) sync(ctx context.Context) error {
+	list, err := n.cfg.Kube.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + n.cfg.Name})
+	if err != nil {
+		return err
+	}
+	seen := map[types.UID]bool{}
+	for i := range list.Items {
+		p := &list.Items[i]
+		seen[p.UID] = true
+		n.mu.Lock()
+		rt, running := n.pods[p.UID]
+		n.mu.Unlock()
+		switch {
+		case p.DeletionTimestamp != nil:
+			if running {
+				n.stopPod(rt, gracePeriod(p))
+			}
+			// As the kubelet does: once the containers are gone, the pod
+			// object goes too.
+			zero := int64(0)
+			_ = n.cfg.Kube.CoreV1().Pods(p.Namespace).Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero, Preconditions: &metav1.Preconditions{UID: &p.UID}})
+		case !running && p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed:
+			n.startPod(ctx, p)
+		}
+	}
+	n.mu.Lock()
+	var gone []*pod
+	for uid, rt := range n.pods {
+		if !seen[uid] {
+			gone = append(gone, rt)
+		}
+	}
+	n.mu.Unlock()
+	for _, rt := range gone {
+		n.stopPod(rt, 0)
+	}
+	return nil
+}
+
+func gracePeriod(p *corev1.Pod) time.Duration {
+	if p.DeletionGracePeriodSeconds != nil {
+		return time.Duration(*p.DeletionGracePeriodSeconds) * time.Second
+	}
+	if p.Spec.TerminationGracePeriodSeconds != nil {
+		return time.Duration(*p.Spec.TerminationGracePeriodSeconds) * time.Second
+	}
+	return 30 * time.Second
+}
+
+func hostIf(uid types.UID) string {
+	sum := sha256.Sum256([]byte(uid))
+	return "vh" + hex.EncodeToString(sum[:])[:10]
+}
+
+func (n *Node) startPod(ctx context.Context, p *corev1.Pod) {
+	log := n.cfg.Logger.With("pod", p.Namespace+"/"+p.Name)
+	ip, err := n.ipam.allocate(string(p.UID))
+	if err != nil {
+		log.Error("no pod IP", "err", err)
+		return
+	}
+	rt := &pod{obj: p.DeepCopy(), netns: NetnsName(p.Namespace, p.Name), hostIf: hostIf(p.UID), ip: ip, done: make(chan struct{})}
+	if err := addPodNetwork(rt.netns, rt.hostIf, ip); err != nil {
+		log.Error("pod network", "err", err)
+		_ = n.ipam.release(string(p.UID))
+		return
+	}
+	pctx, cancel := context.WithCancel(context.Background())
+	rt.cancel = cancel
+	n.mu.Lock()
+	n.pods[p.UID] = rt
+	n.mu.Unlock()
+	go n.runPod(pctx, rt, log)
+}
+
+// runPod starts the containers, reports status, and restarts containers
+// that exit, until the pod is stopped.
+func (n *Node) runPod(ctx context.Context, rt *pod, log *slog.Logger) {
+	defer close(rt.done)
+	p := rt.obj
+	statuses := make([]corev1.ContainerStatus, len(p.Spec.Containers))
+	exits := make(chan int, len(p.Spec.Containers))
+	restarts := make([]int32, len(p.Spec.Containers))
+	start := func(i int) {
+		c := p.Spec.Containers[i]
+		st := corev1.ContainerStatus{Name: c.Name, Image: c.Image, RestartCount: restarts[i]}
+		bin, err := n.Image(c.Image)
+		if err != nil {
+			st.State.Waiting = &corev1.ContainerStateWaiting{Reason: "ErrImagePull", Message: err.Error()}
+			statuses[i] = st
+			return
+		}
+		cmd, err := n.startContainer(rt, c, bin)
+		if err != nil {
+			st.State.Waiting = &corev1.ContainerStateWaiting{Reason: "RunContainerError", Message: err.Error()}
+			statuses[i] = st
+			return
+		}
+		st.State.Running = &corev1.ContainerStateRunning{StartedAt: metav1.Now()}
+		st.Started = ptrTo(true)
+		statuses[i] = st
+		go func() { _ = cmd.Wait(); exits <- i }()
+	}
+	for i := range p.Spec.Containers {
+		start(i)
+	}
+	n.report(ctx, rt, statuses)
+	probe := time.NewTicker(500 * time.Millisecond)
+	defer probe.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case i := <-exits:
+			log.Info("container exited", "container", p.Spec.Containers[i].Name)
+			statuses[i].Ready, statuses[i].State = false, corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{Reason: "Exited", FinishedAt: metav1.Now()}}
+			if p.Spec.RestartPolicy != corev1.RestartPolicyNever {
+				backoff := min(time.Duration(1<<min(restarts[i], 5))*time.Second, 30*time.Second)
+				restarts[i]++
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(backoff):
+				}
+				start(i)
+			}
+			n.report(ctx, rt, statuses)
+		case <-probe.C:
+			changed := false
+			for i, c := range p.Spec.Containers {
+				ready := statuses[i].State.Running != nil && n.probe(ctx, rt, c)
+				if ready != statuses[i].Ready {
+					statuses[i].Ready, changed = ready, true
+				}
+			}
+			if changed {
+				n.report(ctx, rt, statuses)
+			}
+		}
+	}
+}
+
+// probe runs a container's HTTP readiness probe from the node's address, as
+// a kubelet does; a container without one is ready once running.
+func (n *Node) probe(ctx context.Context, rt *pod, c corev1.Container) bool {
+	if c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet == nil {
+		return true
+	}
+	g := c.ReadinessProbe.HTTPGet
+	port := g.Port.IntValue()
+	if port == 0 {
+		for _, cp := range c.Ports {
+			if cp.Name == g.Port.StrVal {
+				port = int(cp.ContainerPort)
+			}
+		}
+	}
+	cctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(cctx, http.MethodGet, fmt.Sprintf("http://%s:%d%s", rt.ip, port, g.Path), nil)
+	if err != nil {
+		return false
+	}
+	req.Header.Set("User-Agent", "kube-probe/1.37")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode >= 200 && resp.StatusCode < 400
+}
+
+func (n *Node) startContainer(rt *pod, c corev1.Container, bin string) (*exec.Cmd, error) {
+	p := rt.obj
+	args := []string{"netns", "exec", rt.netns}
+	if sc := c.SecurityContext; sc != nil && sc.RunAsUser != nil {
+		gid := *sc.RunAsUser
+		if sc.RunAsGroup != nil {
+			gid = *sc.RunAsGroup
+		}
+		args = append(args, "setpriv", "--reuid", strconv.FormatInt(*sc.RunAsUser, 10), "--regid", strconv.FormatInt(gid, 10), "--clear-groups", "--")
+	}
+	if len(c.Command) > 0 {
+		// command replaces the image's entrypoint: the binary is the image.
+		args = append(args, bin)
+		args = append(args, c.Command[1:]...)
+	} else {
+		args = append(args, bin)
+	}
+	args = append(args, c.Args...)
+	cmd := exec.Command("ip", args...)
+	cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+	for _, e := range c.Env {
+		v := e.Value
+		if e.ValueFrom != nil && e.ValueFrom.FieldRef != nil {
+			switch e.ValueFrom.FieldRef.FieldPath {
+			case "metadata.name":
+				v = p.Name
+			case "metadata.namespace":
+				v = p.Namespace
+			case "status.podIP":
+				v = rt.ip.String()
+			case "spec.serviceAccountName":
+				v = p.Spec.ServiceAccountName
+			case "spec.nodeName":
+				v = p.Spec.NodeName
+			}
+		}
+		cmd.Env = append(cmd.Env, e.Name+"="+v)
+	}
+	logf, err := os.OpenFile(filepath.Join(n.cfg.Dir, "logs", fmt.Sprintf("%s_%s_%s.log", p.Namespace, p.Name, c.Name)), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	errc := make(chan error, 1)
+	n.spawn <- func() { errc <- cmd.Start() }
+	if err := <-errc; err != nil {
+		return nil, err
+	}
+	rt.mu.Lock()
+	rt.procs = append(rt.procs, cmd)
+	rt.mu.Unlock()
+	return cmd, nil
+}
+
+// report writes the pod's status as a kubelet would.
+func (n *Node) report(ctx context.Context, rt *pod, statuses []corev1.ContainerStatus) {
+	allReady := len(statuses) > 0
+	for _, s := range statuses {
+		allReady = allReady && s.Ready
+	}
+	cond := func(t corev1.PodConditionType, ok bool) corev1.PodCondition {
+		s := corev1.ConditionFalse
+		if ok {
+			s = corev1.ConditionTrue
+		}
+		return corev1.PodCondition{Type: t, Status: s, LastTransitionTime: metav1.Now()}
+	}
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		cur, err := n.cfg.Kube.CoreV1().Pods(rt.obj.Namespace).Get(ctx, rt.obj.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		cur.Status.Phase = corev1.PodRunning
+		cur.Status.HostIP = NodeIP
+		cur.Status.HostIPs = []corev1.HostIP{{IP: NodeIP}}
+		cur.Status.PodIP = rt.ip.String()
+		cur.Status.PodIPs = []corev1.PodIP{{IP: rt.ip.String()}}
+		if cur.Status.StartTime == nil {
+			now := metav1.Now()
+			cur.Status.StartTime = &now
+		}
+		cur.Status.Conditions = []corev1.PodCondition{
+			cond(corev1.PodScheduled, true), cond(corev1.PodInitialized, true),
+			cond(corev1.ContainersReady, allReady), cond(corev1.PodReady, allReady),
+		}
+		cur.Status.ContainerStatuses = statuses
+		_, err = n.cfg.Kube.CoreV1().Pods(cur.Namespace).UpdateStatus(ctx, cur, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil && ctx.Err() == nil && !apierrors.IsNotFound(err) {
+		n.cfg.Logger.Warn("pod status", "pod", rt.obj.Namespace+"/"+rt.obj.Name, "err", err)
+	}
+}
+
+// stopPod terminates the pod's processes (SIGTERM, then SIGKILL after
+// grace), and removes its network and address.
+func (n *Node) stopPod(rt *pod, grace time.Duration) {
+	rt.cancel()
+	<-rt.done
+	rt.mu.Lock()
+	procs := rt.procs
+	rt.mu.Unlock()
+	for _, c := range procs {
+		_ = syscall.Kill(-c.Process.Pid, syscall.SIGTERM)
+	}
+	deadline := time.Now().Add(grace)
+	for _, c := range procs {
+		for alive(c.Process.Pid) && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		_ = syscall.Kill(-c.Process.Pid, syscall.SIGKILL)
+	}
+	for _, c := range procs {
+		for alive(c.Process.Pid) {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if err := removePodNetwork(rt.netns, rt.hostIf); err != nil {
+		n.cfg.Logger.Warn("remove pod network", "netns", rt.netns, "err", err)
+	}
+	_ = n.ipam.release(string(rt.obj.UID))
+	n.mu.Lock()
+	delete(n.pods, rt.obj.UID)
+	n.mu.Unlock()
+}
+
+func (n *Node) stopAll() {
+	n.mu.Lock()
+	var all []*pod
+	for _, rt := range n.pods {
+		all = append(all, rt)
+	}
+	n.mu.Unlock()
+	for _, rt := range all {
+		n.stopPod(rt, 5*time.Second)
+	}
+}
+
+// alive reports whether pid is a live process (reaped or zombie is not).
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
+}
+
+func ptrTo[T any](v T) *T { return &v }

@@ -1,0 +1,240 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/mesh-dev/mesh/e2e/clustertest"
+	"github.com/mesh-dev/mesh/e2e/prereq"
+)
+
+func TestMain(m *testing.M) { os.Exit(clustertest.Run(m)) }
+
+func waitFor(t *testing.T, bound time.Duration, what string, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(bound)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s: %v", what, bound, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func startNode(t *testing.T, cs kubernetes.Interface) *Node {
+	t.Helper()
+	n, err := New(Config{Kube: cs, Dir: t.TempDir(), Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("node agent: %v", err)
+		}
+		// Nothing of the pod network is left.
+		if out, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(out), "pod-") {
+			t.Errorf("network namespaces left after the agent stopped:\n%s", out)
+		}
+		if exec.Command("ip", "link", "show", Bridge).Run() == nil {
+			t.Errorf("bridge %s left after the agent stopped", Bridge)
+		}
+	})
+	waitFor(t, 30*time.Second, "node Ready", func() error {
+		node, err := cs.CoreV1().Nodes().Get(context.Background(), n.cfg.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		for _, c := range node.Status.Conditions {
+			if c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue {
+				return nil
+			}
+		}
+		return fmt.Errorf("not ready")
+	})
+	return n
+}
+
+func echoContainer() corev1.Container {
+	uid := int64(1000)
+	return corev1.Container{
+		Name: "echo", Image: "mesh-e2e/echo:latest",
+		Env:             []corev1.EnvVar{{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}}},
+		Ports:           []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}},
+		ReadinessProbe:  &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromString("http")}}},
+		SecurityContext: &corev1.SecurityContext{RunAsUser: &uid},
+	}
+}
+
+// TestDeploymentOnTheNode: a Deployment of two echo replicas, scheduled by
+// the real scheduler, becomes Ready on the agent; each pod has its own
+// address in 198.18.0.0/16 and answers, from a third pod's network
+// namespace, with its own name; deleting a pod ends its processes and
+// removes its namespace and address.
+func TestDeploymentOnTheNode(t *testing.T) {
+	prereq.Root(t)
+	echo := prereq.Bin(t, "mesh-e2e-echo")
+	c := clustertest.Get(t)
+	cs, ctx := c.Client(), t.Context()
+	n := startNode(t, cs)
+
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "echo"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "default ServiceAccount", func() error {
+		_, err := cs.CoreV1().ServiceAccounts("echo").Get(ctx, "default", metav1.GetOptions{})
+		return err
+	})
+	replicas := int32(2)
+	labels := map[string]string{"app": "echo"}
+	_, err := cs.AppsV1().Deployments("echo").Create(ctx, &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "echo"},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: &replicas, Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec:       corev1.PodSpec{Containers: []corev1.Container{echoContainer()}, TerminationGracePeriodSeconds: ptrTo(int64(5))},
+			},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 90*time.Second, "Deployment available", func() error {
+		d, err := cs.AppsV1().Deployments("echo").Get(ctx, "echo", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if d.Status.AvailableReplicas != 2 {
+			return fmt.Errorf("%d of 2 replicas available", d.Status.AvailableReplicas)
+		}
+		return nil
+	})
+	pods, err := cs.CoreV1().Pods("echo").List(ctx, metav1.ListOptions{LabelSelector: "app=echo"})
+	if err != nil || len(pods.Items) != 2 {
+		t.Fatalf("pods: %v, %v", pods, err)
+	}
+	podNet := netip.MustParsePrefix("198.18.0.0/16")
+	ips := map[string]string{}
+	for _, p := range pods.Items {
+		ip, err := netip.ParseAddr(p.Status.PodIP)
+		if err != nil || !podNet.Contains(ip) {
+			t.Fatalf("pod %s has IP %q, want one in %s", p.Name, p.Status.PodIP, podNet)
+		}
+		if other, dup := ips[p.Status.PodIP]; dup {
+			t.Fatalf("pods %s and %s share %s", p.Name, other, p.Status.PodIP)
+		}
+		ips[p.Status.PodIP] = p.Name
+	}
+
+	// A third pod, and requests from its network namespace.
+	client, err := cs.CoreV1().Pods("echo").Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "client"},
+		Spec:       corev1.PodSpec{Containers: []corev1.Container{echoContainer()}, TerminationGracePeriodSeconds: ptrTo(int64(5))},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 60*time.Second, "client pod running", func() error {
+		p, err := cs.CoreV1().Pods("echo").Get(ctx, client.Name, metav1.GetOptions{})
+		if err != nil || p.Status.PodIP == "" {
+			return fmt.Errorf("no IP yet: %v", err)
+		}
+		return nil
+	})
+	for ip, name := range ips {
+		out, err := exec.Command("ip", "netns", "exec", NetnsName("echo", "client"), echo, "get", "http://"+ip+":8080/").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "hello from "+name+" ") {
+			t.Fatalf("GET %s from the client pod = %q, %v; want %s's name", ip, out, err, name)
+		}
+	}
+
+	// Deleting a pod tears it down.
+	victim := pods.Items[0]
+	n.mu.Lock()
+	rt := n.pods[victim.UID]
+	n.mu.Unlock()
+	if rt == nil {
+		t.Fatalf("the agent does not run %s", victim.Name)
+	}
+	rt.mu.Lock()
+	pid := rt.procs[0].Process.Pid
+	rt.mu.Unlock()
+	if err := cs.CoreV1().Pods("echo").Delete(ctx, victim.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "deleted pod gone", func() error {
+		_, err := cs.CoreV1().Pods("echo").Get(ctx, victim.Name, metav1.GetOptions{})
+		if err == nil {
+			return fmt.Errorf("still there")
+		}
+		return nil
+	})
+	if alive(pid) {
+		t.Fatalf("the deleted pod's process %d still runs", pid)
+	}
+	if exec.Command("ip", "netns", "exec", NetnsName("echo", victim.Name), "true").Run() == nil {
+		t.Fatal("the deleted pod's network namespace is still there")
+	}
+	// The address is free (the ReplicaSet's replacement may take it).
+	n.ipam.mu.Lock()
+	owner := n.ipam.inUse[netip.MustParseAddr(victim.Status.PodIP)]
+	n.ipam.mu.Unlock()
+	if owner == string(victim.UID) {
+		t.Fatalf("the deleted pod's IP %s is still allocated to it", victim.Status.PodIP)
+	}
+}
+
+// TestUnmappedImage: a pod whose image is not a local binary waits with
+// ErrImagePull and a message saying so.
+func TestUnmappedImage(t *testing.T) {
+	prereq.Root(t)
+	n := &Node{cfg: Config{BinDir: prereq.BinDir()}}
+	if _, err := n.Image("nginx:1.27"); err == nil || !strings.Contains(err.Error(), `image "nginx:1.27" is not mapped`) {
+		t.Fatalf("Image(nginx) = %v", err)
+	}
+	if p, err := n.Image("mesh-e2e/echo:v1"); err == nil && !strings.HasSuffix(p, "/mesh-e2e-echo") {
+		t.Fatalf("Image(mesh-e2e/echo:v1) = %s", p)
+	}
+}
+
+// TestDownAfterCrash: what a dead agent leaves (pod namespaces, the bridge)
+// is removed by Down, which `make cluster-down` runs.
+func TestDownAfterCrash(t *testing.T) {
+	prereq.Root(t)
+	if err := setupBridge(); err != nil {
+		t.Fatal(err)
+	}
+	if err := addPodNetwork(NetnsName("crash", "p"), "vhcrashtest", netip.MustParseAddr("198.18.127.250")); err != nil {
+		t.Fatal(err)
+	}
+	if err := Down(); err != nil {
+		t.Fatal(err)
+	}
+	if out, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(out), "pod-crash-p") {
+		t.Fatalf("namespace left:\n%s", out)
+	}
+	if exec.Command("ip", "link", "show", Bridge).Run() == nil {
+		t.Fatal("bridge left")
+	}
+}
