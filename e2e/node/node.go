@@ -93,7 +93,12 @@ func New(cfg Config) (*Node, error) {
 	return &Node{cfg: cfg, ipam: a, pods: map[types.UID]*pod{}, spawn: make(chan func())}, nil
 }
 
-// Image maps an image to the binary that runs it.
+// ToolsImage runs its container's command from the node's PATH, for init
+// containers that need system tools (iptables, ip, sh).
+const ToolsImage = "mesh-e2e/tools"
+
+// Image maps an image to the binary that runs it. For ToolsImage it
+// returns "", and the container's command names the program.
 func (n *Node) Image(image string) (string, error) {
 	name, _, _ := strings.Cut(image, "@")
 	if i := strings.LastIndex(name, ":"); i > strings.LastIndex(name, "/") {
@@ -101,6 +106,8 @@ func (n *Node) Image(image string) (string, error) {
 	}
 	var bin string
 	switch {
+	case name == ToolsImage:
+		return "", nil
 	case name == "mesh-e2e/echo":
 		bin = "mesh-e2e-echo"
 	case strings.HasPrefix(name, "mesh/"):
@@ -322,10 +329,15 @@ func (n *Node) runPod(ctx context.Context, rt *pod, log *slog.Logger) {
 		statuses[i] = st
 		go func() { _ = cmd.Wait(); exits <- i }()
 	}
+	initStatuses, ok := n.runInit(ctx, rt, log)
+	if !ok {
+		n.report(ctx, rt, statuses, initStatuses)
+		return
+	}
 	for i := range p.Spec.Containers {
 		start(i)
 	}
-	n.report(ctx, rt, statuses)
+	n.report(ctx, rt, statuses, initStatuses)
 	probe := time.NewTicker(500 * time.Millisecond)
 	defer probe.Stop()
 	for {
@@ -345,7 +357,7 @@ func (n *Node) runPod(ctx context.Context, rt *pod, log *slog.Logger) {
 				}
 				start(i)
 			}
-			n.report(ctx, rt, statuses)
+			n.report(ctx, rt, statuses, initStatuses)
 		case <-probe.C:
 			changed := false
 			for i, c := range p.Spec.Containers {
@@ -355,10 +367,61 @@ func (n *Node) runPod(ctx context.Context, rt *pod, log *slog.Logger) {
 				}
 			}
 			if changed {
-				n.report(ctx, rt, statuses)
+				n.report(ctx, rt, statuses, initStatuses)
 			}
 		}
 	}
+}
+
+// runInit runs the init containers in order, each to completion (retrying
+// a failure with back-off unless the pod never restarts); a native sidecar
+// (an init container with restartPolicy Always) is started and left
+// running. It reports false when the pod cannot proceed.
+func (n *Node) runInit(ctx context.Context, rt *pod, log *slog.Logger) ([]corev1.ContainerStatus, bool) {
+	p := rt.obj
+	statuses := make([]corev1.ContainerStatus, len(p.Spec.InitContainers))
+	for i, c := range p.Spec.InitContainers {
+		statuses[i] = corev1.ContainerStatus{Name: c.Name, Image: c.Image}
+		for attempt := 0; ; attempt++ {
+			bin, err := n.Image(c.Image)
+			if err != nil {
+				statuses[i].State.Waiting = &corev1.ContainerStateWaiting{Reason: "ErrImagePull", Message: err.Error()}
+				return statuses, false
+			}
+			cmd, err := n.startContainer(rt, c, bin)
+			if err != nil {
+				statuses[i].State.Waiting = &corev1.ContainerStateWaiting{Reason: "RunContainerError", Message: err.Error()}
+				return statuses, false
+			}
+			if c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {
+				statuses[i].State.Running = &corev1.ContainerStateRunning{StartedAt: metav1.Now()}
+				statuses[i].Ready = true
+				break
+			}
+			err = cmd.Wait()
+			code := int32(0)
+			if ee, ok := err.(*exec.ExitError); ok {
+				code = int32(ee.ExitCode())
+			} else if err != nil {
+				code = -1
+			}
+			statuses[i].State = corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: code, Reason: map[bool]string{true: "Completed", false: "Error"}[code == 0], FinishedAt: metav1.Now()}}
+			if code == 0 {
+				break
+			}
+			log.Warn("init container failed", "container", c.Name, "exitCode", code)
+			statuses[i].RestartCount++
+			if p.Spec.RestartPolicy == corev1.RestartPolicyNever {
+				return statuses, false
+			}
+			select {
+			case <-ctx.Done():
+				return statuses, false
+			case <-time.After(min(time.Duration(1<<min(attempt, 5))*time.Second, 30*time.Second)):
+			}
+		}
+	}
+	return statuses, true
 }
 
 // probe runs a container's HTTP readiness probe from the node's address, as
@@ -401,11 +464,23 @@ func (n *Node) startContainer(rt *pod, c corev1.Container, bin string) (*exec.Cm
 		}
 		args = append(args, "setpriv", "--reuid", strconv.FormatInt(*sc.RunAsUser, 10), "--regid", strconv.FormatInt(gid, 10), "--clear-groups", "--")
 	}
-	if len(c.Command) > 0 {
+	switch {
+	case bin == "":
+		// The tools image: the command is a program on the node's PATH.
+		if len(c.Command) == 0 {
+			return nil, fmt.Errorf("container %q of image %s has no command", c.Name, ToolsImage)
+		}
+		prog, err := exec.LookPath(c.Command[0])
+		if err != nil {
+			return nil, fmt.Errorf("container %q: %w", c.Name, err)
+		}
+		args = append(args, prog)
+		args = append(args, c.Command[1:]...)
+	case len(c.Command) > 0:
 		// command replaces the image's entrypoint: the binary is the image.
 		args = append(args, bin)
 		args = append(args, c.Command[1:]...)
-	} else {
+	default:
 		args = append(args, bin)
 	}
 	args = append(args, c.Args...)
@@ -448,7 +523,7 @@ func (n *Node) startContainer(rt *pod, c corev1.Container, bin string) (*exec.Cm
 }
 
 // report writes the pod's status as a kubelet would.
-func (n *Node) report(ctx context.Context, rt *pod, statuses []corev1.ContainerStatus) {
+func (n *Node) report(ctx context.Context, rt *pod, statuses, initStatuses []corev1.ContainerStatus) {
 	allReady := len(statuses) > 0
 	for _, s := range statuses {
 		allReady = allReady && s.Ready
@@ -465,7 +540,12 @@ func (n *Node) report(ctx context.Context, rt *pod, statuses []corev1.ContainerS
 		if err != nil {
 			return err
 		}
-		cur.Status.Phase = corev1.PodRunning
+		cur.Status.Phase = corev1.PodPending
+		for _, st := range statuses {
+			if st.State.Running != nil || st.State.Terminated != nil {
+				cur.Status.Phase = corev1.PodRunning
+			}
+		}
 		cur.Status.HostIP = NodeIP
 		cur.Status.HostIPs = []corev1.HostIP{{IP: NodeIP}}
 		cur.Status.PodIP = rt.ip.String()
@@ -475,10 +555,11 @@ func (n *Node) report(ctx context.Context, rt *pod, statuses []corev1.ContainerS
 			cur.Status.StartTime = &now
 		}
 		cur.Status.Conditions = []corev1.PodCondition{
-			cond(corev1.PodScheduled, true), cond(corev1.PodInitialized, true),
+			cond(corev1.PodScheduled, true), cond(corev1.PodInitialized, initDone(initStatuses)),
 			cond(corev1.ContainersReady, allReady), cond(corev1.PodReady, allReady),
 		}
 		cur.Status.ContainerStatuses = statuses
+		cur.Status.InitContainerStatuses = initStatuses
 		_, err = n.cfg.Kube.CoreV1().Pods(cur.Namespace).UpdateStatus(ctx, cur, metav1.UpdateOptions{})
 		return err
 	})
@@ -542,3 +623,12 @@ func alive(pid int) bool {
 }
 
 func ptrTo[T any](v T) *T { return &v }
+
+func initDone(statuses []corev1.ContainerStatus) bool {
+	for _, s := range statuses {
+		if s.State.Running == nil && (s.State.Terminated == nil || s.State.Terminated.ExitCode != 0) {
+			return false
+		}
+	}
+	return true
+}

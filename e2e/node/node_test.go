@@ -86,17 +86,23 @@ func echoContainer() corev1.Container {
 	}
 }
 
-// TestDeploymentOnTheNode: a Deployment of two echo replicas, scheduled by
-// the real scheduler, becomes Ready on the agent; each pod has its own
-// address in 198.18.0.0/16 and answers, from a third pod's network
-// namespace, with its own name; deleting a pod ends its processes and
-// removes its namespace and address.
-func TestDeploymentOnTheNode(t *testing.T) {
+// TestNodeAgent runs one agent on the real cluster for its subtests.
+func TestNodeAgent(t *testing.T) {
 	prereq.Root(t)
 	echo := prereq.Bin(t, "mesh-e2e-echo")
 	c := clustertest.Get(t)
-	cs, ctx := c.Client(), t.Context()
-	n := startNode(t, cs)
+	n := startNode(t, c.Client())
+	t.Run("deployment", func(t *testing.T) { testDeployment(t, n, echo) })
+	t.Run("init-container-iptables", func(t *testing.T) { testInitIptables(t, n, echo) })
+}
+
+// testDeployment: a Deployment of two echo replicas, scheduled by the real
+// scheduler, becomes Ready on the agent; each pod has its own address in
+// 198.18.0.0/16 and answers, from a third pod's network namespace, with its
+// own name; deleting a pod ends its processes and removes its namespace and
+// address.
+func testDeployment(t *testing.T, n *Node, echo string) {
+	cs, ctx := n.cfg.Kube, t.Context()
 
 	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "echo"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -237,4 +243,87 @@ func TestDownAfterCrash(t *testing.T) {
 	if exec.Command("ip", "link", "show", Bridge).Run() == nil {
 		t.Fatal("bridge left")
 	}
+}
+
+func createPod(t *testing.T, cs kubernetes.Interface, ns string, p *corev1.Pod) {
+	t.Helper()
+	p.Spec.TerminationGracePeriodSeconds = ptrTo(int64(5))
+	if _, err := cs.CoreV1().Pods(ns).Create(t.Context(), p, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 60*time.Second, "pod "+p.Name+" ready", func() error {
+		got, err := cs.CoreV1().Pods(ns).Get(t.Context(), p.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		for _, c := range got.Status.Conditions {
+			if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
+				return nil
+			}
+		}
+		return fmt.Errorf("not ready: %+v", got.Status)
+	})
+}
+
+func podIP(t *testing.T, cs kubernetes.Interface, ns, name string) string {
+	t.Helper()
+	p, err := cs.CoreV1().Pods(ns).Get(t.Context(), name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p.Status.PodIP
+}
+
+// testInitIptables: an init container running iptables as root with
+// NET_ADMIN changes its own pod's rules only: the pod refuses port 8080,
+// its neighbour does not, and the host's rules are untouched.
+func testInitIptables(t *testing.T, n *Node, echo string) {
+	cs := n.cfg.Kube
+	hostBefore, err := exec.Command("iptables-save", "-t", "filter").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	walled := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "walled"},
+		Spec: corev1.PodSpec{
+			InitContainers: []corev1.Container{{
+				Name: "wall", Image: ToolsImage,
+				Command:         []string{"iptables", "-A", "INPUT", "-p", "tcp", "--dport", "8080", "-j", "REJECT"},
+				SecurityContext: &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"NET_ADMIN", "NET_RAW"}}},
+			}},
+			Containers: []corev1.Container{func() corev1.Container { c := echoContainer(); c.ReadinessProbe = nil; return c }()},
+		},
+	}
+	createPod(t, cs, "echo", walled)
+	open := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "open"}, Spec: corev1.PodSpec{Containers: []corev1.Container{echoContainer()}}}
+	createPod(t, cs, "echo", open)
+
+	get := func(ip string) (string, error) {
+		out, err := exec.Command("ip", "netns", "exec", NetnsName("echo", "client"), echo, "get", "http://"+ip+":8080/").CombinedOutput()
+		return string(out), err
+	}
+	if out, err := get(podIP(t, cs, "echo", "walled")); err == nil {
+		t.Fatalf("the walled pod answered: %q", out)
+	}
+	if out, err := get(podIP(t, cs, "echo", "open")); err != nil || !strings.Contains(out, "hello from open ") {
+		t.Fatalf("the open pod: %q, %v", out, err)
+	}
+	rules, err := exec.Command("ip", "netns", "exec", NetnsName("echo", "walled"), "iptables", "-S", "INPUT").Output()
+	if err != nil || !strings.Contains(string(rules), "--dport 8080 -j REJECT") {
+		t.Fatalf("the walled pod's rules: %s %v", rules, err)
+	}
+	hostAfter, _ := exec.Command("iptables-save", "-t", "filter").Output()
+	if stripComments(string(hostBefore)) != stripComments(string(hostAfter)) {
+		t.Fatalf("the host's rules changed:\n%s\n---\n%s", hostBefore, hostAfter)
+	}
+}
+
+func stripComments(s string) string {
+	var keep []string
+	for _, l := range strings.Split(s, "\n") {
+		if !strings.HasPrefix(l, "#") {
+			keep = append(keep, l)
+		}
+	}
+	return strings.Join(keep, "\n")
 }
