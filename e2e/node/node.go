@@ -44,6 +44,10 @@ type Config struct {
 	Dir string
 	// BinDir holds the binaries images map to. Zero means prereq.BinDir().
 	BinDir string
+	// CACertPath and CAKeyPath are the cluster CA, which signs the
+	// kubelet endpoint's certificate and the API server's client
+	// certificate. Zero: no kubelet endpoint (no `kubectl logs`).
+	CACertPath, CAKeyPath string
 	// Logger. Zero means slog.Default().
 	Logger *slog.Logger
 }
@@ -148,6 +152,17 @@ func (n *Node) Run(ctx context.Context) error {
 	if err := n.register(ctx); err != nil {
 		return err
 	}
+	if n.cfg.CACertPath != "" {
+		kctx, stopKubelet := context.WithCancel(ctx)
+		kdone := make(chan error, 1)
+		go func() { kdone <- n.serveKubelet(kctx) }()
+		defer func() {
+			stopKubelet()
+			if err := <-kdone; err != nil {
+				n.cfg.Logger.Error("kubelet endpoint", "err", err)
+			}
+		}()
+	}
 	lease := time.NewTicker(10 * time.Second)
 	defer lease.Stop()
 	sync := time.NewTicker(300 * time.Millisecond)
@@ -198,6 +213,9 @@ func (n *Node) updateNodeStatus(ctx context.Context) error {
 			Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady", Message: "mesh e2e node agent is ready",
 			LastHeartbeatTime: now, LastTransitionTime: now,
 		}}
+		if n.cfg.CACertPath != "" {
+			node.Status.DaemonEndpoints.KubeletEndpoint.Port = KubeletPort
+		}
 		node.Status.NodeInfo = corev1.NodeSystemInfo{KubeletVersion: "v1.37.2", OperatingSystem: "linux", Architecture: runtime.GOARCH}
 		_, err = n.cfg.Kube.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{})
 		return err
@@ -504,7 +522,12 @@ func (n *Node) startContainer(rt *pod, c corev1.Container, bin string) (*exec.Cm
 		}
 		cmd.Env = append(cmd.Env, e.Name+"="+v)
 	}
-	logf, err := os.OpenFile(filepath.Join(n.cfg.Dir, "logs", fmt.Sprintf("%s_%s_%s.log", p.Namespace, p.Name, c.Name)), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	logPath := n.logPath(p.Namespace, p.Name, c.Name, false)
+	if _, err := os.Stat(logPath); err == nil {
+		// A restart: the last run's output becomes --previous.
+		_ = os.Rename(logPath, n.logPath(p.Namespace, p.Name, c.Name, true))
+	}
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
 	}

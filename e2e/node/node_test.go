@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/mesh-dev/mesh/e2e/cluster"
 	"github.com/mesh-dev/mesh/e2e/clustertest"
 	"github.com/mesh-dev/mesh/e2e/prereq"
 )
@@ -38,9 +39,10 @@ func waitFor(t *testing.T, bound time.Duration, what string, f func() error) {
 	}
 }
 
-func startNode(t *testing.T, cs kubernetes.Interface) *Node {
+func startNode(t *testing.T, c *cluster.Cluster) *Node {
 	t.Helper()
-	n, err := New(Config{Kube: cs, Dir: t.TempDir(), Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	cs := c.Client()
+	n, err := New(Config{Kube: cs, Dir: t.TempDir(), CACertPath: c.CACertPath(), CAKeyPath: c.CAKeyPath(), Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,9 +93,10 @@ func TestNodeAgent(t *testing.T) {
 	prereq.Root(t)
 	echo := prereq.Bin(t, "mesh-e2e-echo")
 	c := clustertest.Get(t)
-	n := startNode(t, c.Client())
+	n := startNode(t, c)
 	t.Run("deployment", func(t *testing.T) { testDeployment(t, n, echo) })
 	t.Run("init-container-iptables", func(t *testing.T) { testInitIptables(t, n, echo) })
+	t.Run("kubectl-logs", func(t *testing.T) { testLogs(t, c) })
 }
 
 // testDeployment: a Deployment of two echo replicas, scheduled by the real
@@ -326,4 +329,31 @@ func stripComments(s string) string {
 		}
 	}
 	return strings.Join(keep, "\n")
+}
+
+// testLogs: `kubectl logs` reaches the agent through the API server.
+func testLogs(t *testing.T, c *cluster.Cluster) {
+	kubectl := func(args ...string) (string, error) {
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, prereq.Tool(t, "kubectl"), args...)
+		cmd.Env = append(os.Environ(), "KUBECONFIG="+c.KubeconfigPath())
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	want := "mesh-e2e-echo client serving HTTP on :8080"
+	if out, err := kubectl("-n", "echo", "logs", "client"); err != nil || !strings.Contains(out, want) {
+		t.Fatalf("kubectl logs = %q, %v", out, err)
+	}
+	if out, err := kubectl("-n", "echo", "logs", "client", "-c", "echo", "--tail=1"); err != nil || strings.TrimSpace(out) != want {
+		t.Fatalf("kubectl logs -c echo --tail=1 = %q, %v", out, err)
+	}
+	if out, err := kubectl("-n", "echo", "logs", "client", "-c", "nope"); err == nil {
+		t.Fatalf("logs of a container that does not exist: %q", out)
+	}
+	// -f streams until stopped: the timeout ends it, after the output.
+	out, _ := kubectl("-n", "echo", "logs", "-f", "--request-timeout=3s", "client")
+	if !strings.Contains(out, want) {
+		t.Fatalf("kubectl logs -f = %q", out)
+	}
 }
