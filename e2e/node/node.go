@@ -48,6 +48,10 @@ type Config struct {
 	// kubelet endpoint's certificate and the API server's client
 	// certificate. Zero: no kubelet endpoint (no `kubectl logs`).
 	CACertPath, CAKeyPath string
+	// TokenRefreshInterval renews projected service-account tokens this
+	// often. Zero means at 80% of their life, as the kubelet does; tests
+	// shorten it.
+	TokenRefreshInterval time.Duration
 	// Logger. Zero means slog.Default().
 	Logger *slog.Logger
 }
@@ -70,6 +74,7 @@ type pod struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	procs  []*exec.Cmd
+	tokens map[string]token
 	mu     sync.Mutex
 }
 
@@ -311,6 +316,13 @@ func (n *Node) startPod(ctx context.Context, p *corev1.Pod) {
 		_ = n.ipam.release(string(p.UID))
 		return
 	}
+	if err := n.setupVolumes(ctx, rt); err != nil {
+		log.Error("volumes", "err", err)
+		n.teardownVolumes(rt.obj)
+		_ = removePodNetwork(rt.netns, rt.hostIf)
+		_ = n.ipam.release(string(p.UID))
+		return
+	}
 	pctx, cancel := context.WithCancel(context.Background())
 	rt.cancel = cancel
 	n.mu.Lock()
@@ -377,6 +389,9 @@ func (n *Node) runPod(ctx context.Context, rt *pod, log *slog.Logger) {
 			}
 			n.report(ctx, rt, statuses, initStatuses)
 		case <-probe.C:
+			if _, err := n.refreshVolumes(ctx, rt, false); err != nil && ctx.Err() == nil {
+				log.Warn("volume refresh", "err", err)
+			}
 			changed := false
 			for i, c := range p.Spec.Containers {
 				ready := statuses[i].State.Running != nil && n.probe(ctx, rt, c)
@@ -475,6 +490,13 @@ func (n *Node) probe(ctx context.Context, rt *pod, c corev1.Container) bool {
 func (n *Node) startContainer(rt *pod, c corev1.Container, bin string) (*exec.Cmd, error) {
 	p := rt.obj
 	args := []string{"netns", "exec", rt.netns}
+	if len(c.VolumeMounts) > 0 {
+		script, err := n.mountScript(p, c)
+		if err != nil {
+			return nil, err
+		}
+		args = append(args, "/bin/sh", "-c", script, "mount-volumes")
+	}
 	if sc := c.SecurityContext; sc != nil && sc.RunAsUser != nil {
 		gid := *sc.RunAsUser
 		if sc.RunAsGroup != nil {
@@ -614,6 +636,7 @@ func (n *Node) stopPod(rt *pod, grace time.Duration) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
+	n.teardownVolumes(rt.obj)
 	if err := removePodNetwork(rt.netns, rt.hostIf); err != nil {
 		n.cfg.Logger.Warn("remove pod network", "netns", rt.netns, "err", err)
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -42,7 +43,7 @@ func waitFor(t *testing.T, bound time.Duration, what string, f func() error) {
 func startNode(t *testing.T, c *cluster.Cluster) *Node {
 	t.Helper()
 	cs := c.Client()
-	n, err := New(Config{Kube: cs, Dir: t.TempDir(), CACertPath: c.CACertPath(), CAKeyPath: c.CAKeyPath(), Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	n, err := New(Config{Kube: cs, Dir: t.TempDir(), CACertPath: c.CACertPath(), CAKeyPath: c.CAKeyPath(), TokenRefreshInterval: 2 * time.Second, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,6 +98,7 @@ func TestNodeAgent(t *testing.T) {
 	t.Run("deployment", func(t *testing.T) { testDeployment(t, n, echo) })
 	t.Run("init-container-iptables", func(t *testing.T) { testInitIptables(t, n, echo) })
 	t.Run("kubectl-logs", func(t *testing.T) { testLogs(t, c) })
+	t.Run("volumes", func(t *testing.T) { testVolumes(t, n, c) })
 }
 
 // testDeployment: a Deployment of two echo replicas, scheduled by the real
@@ -355,5 +357,114 @@ func testLogs(t *testing.T, c *cluster.Cluster) {
 	out, _ := kubectl("-n", "echo", "logs", "-f", "--request-timeout=3s", "client")
 	if !strings.Contains(out, want) {
 		t.Fatalf("kubectl logs -f = %q", out)
+	}
+}
+
+// testVolumes: a projected service-account token and a configMap are
+// mounted at their paths inside the pod's own mount namespace; the token
+// reviews as the pod's and is renewed; a new version of the configMap
+// reaches the pod within 10 seconds of kubectl apply; nothing is mounted
+// on the node.
+func testVolumes(t *testing.T, n *Node, c *cluster.Cluster) {
+	cs, ctx := n.cfg.Kube, t.Context()
+	kubectl := func(stdin string, args ...string) {
+		t.Helper()
+		cmd := exec.Command(prereq.Tool(t, "kubectl"), args...)
+		cmd.Env = append(os.Environ(), "KUBECONFIG="+c.KubeconfigPath())
+		cmd.Stdin = strings.NewReader(stdin)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("kubectl %v: %v\n%s", args, err, out)
+		}
+	}
+	cm := func(v string) string {
+		return "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: app-config, namespace: echo}\ndata: {greeting: " + v + "}\n"
+	}
+	kubectl(cm("hello-v1"), "apply", "-f", "-")
+	exp := int64(600)
+	ctr := echoContainer()
+	ctr.VolumeMounts = []corev1.VolumeMount{
+		{Name: "tokens", MountPath: "/var/run/secrets/mesh-e2e/tokens"},
+		{Name: "config", MountPath: "/run/mesh-e2e/config"},
+		{Name: "scratch", MountPath: "/run/mesh-e2e/scratch"},
+	}
+	createPod(t, cs, "echo", &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "vols"},
+		Spec: corev1.PodSpec{
+			Containers: []corev1.Container{ctr},
+			Volumes: []corev1.Volume{
+				{Name: "tokens", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{Sources: []corev1.VolumeProjection{
+					{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Audience: "vault", ExpirationSeconds: &exp, Path: "token"}},
+					{DownwardAPI: &corev1.DownwardAPIProjection{Items: []corev1.DownwardAPIVolumeFile{{Path: "podname", FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}}}},
+				}}}},
+				{Name: "config", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{LocalObjectReference: corev1.LocalObjectReference{Name: "app-config"}}}},
+				{Name: "scratch", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumMemory}}},
+			},
+		},
+	})
+	n.mu.Lock()
+	var pid int
+	for _, rt := range n.pods {
+		if rt.obj.Name == "vols" {
+			rt.mu.Lock()
+			pid = rt.procs[0].Process.Pid
+			rt.mu.Unlock()
+		}
+	}
+	n.mu.Unlock()
+	// Read a file as the container sees it: in its mount namespace.
+	read := func(path string) string {
+		t.Helper()
+		out, err := exec.Command("nsenter", "-t", fmt.Sprint(pid), "-m", "cat", path).CombinedOutput()
+		if err != nil {
+			t.Fatalf("cat %s in the pod: %v: %s", path, err, out)
+		}
+		return string(out)
+	}
+	if _, err := os.Stat("/var/run/secrets/mesh-e2e"); err == nil {
+		t.Fatal("the mountPath was created on the node")
+	}
+	if got := read("/var/run/secrets/mesh-e2e/tokens/podname"); got != "vols" {
+		t.Fatalf("downward API podname = %q", got)
+	}
+	tok := read("/var/run/secrets/mesh-e2e/tokens/token")
+	r, err := cs.AuthenticationV1().TokenReviews().Create(ctx, &authnv1.TokenReview{Spec: authnv1.TokenReviewSpec{Token: tok, Audiences: []string{"vault"}}}, metav1.CreateOptions{})
+	if err != nil || !r.Status.Authenticated || r.Status.User.Username != "system:serviceaccount:echo:default" || r.Status.User.Extra["authentication.kubernetes.io/pod-name"][0] != "vols" {
+		t.Fatalf("the projected token does not review as the pod's: %+v, %v", r.Status, err)
+	}
+	waitFor(t, 15*time.Second, "token renewed", func() error {
+		if read("/var/run/secrets/mesh-e2e/tokens/token") == tok {
+			return fmt.Errorf("same token")
+		}
+		return nil
+	})
+	if got := read("/run/mesh-e2e/config/greeting"); got != "hello-v1" {
+		t.Fatalf("configMap greeting = %q", got)
+	}
+	kubectl(cm("hello-v2"), "apply", "-f", "-")
+	start := time.Now()
+	waitFor(t, 10*time.Second, "configMap update in the pod", func() error {
+		if got := read("/run/mesh-e2e/config/greeting"); got != "hello-v2" {
+			return fmt.Errorf("still %q", got)
+		}
+		return nil
+	})
+	t.Logf("configMap update reached the pod in %s", time.Since(start).Round(100*time.Millisecond))
+	if out, err := exec.Command("nsenter", "-t", fmt.Sprint(pid), "-m", "sh", "-c", "echo x > /run/mesh-e2e/config/evil").CombinedOutput(); err == nil {
+		t.Fatalf("the configMap volume is writable: %s", out)
+	}
+
+	// Deleting the pod leaves no mount on the node.
+	if err := cs.CoreV1().Pods("echo").Delete(ctx, "vols", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "pod gone", func() error {
+		if _, err := cs.CoreV1().Pods("echo").Get(ctx, "vols", metav1.GetOptions{}); err == nil {
+			return fmt.Errorf("still there")
+		}
+		return nil
+	})
+	mounts, _ := os.ReadFile("/proc/self/mountinfo")
+	if strings.Contains(string(mounts), n.cfg.Dir) {
+		t.Fatalf("mounts left on the node:\n%s", mounts)
 	}
 }

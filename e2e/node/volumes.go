@@ -1,0 +1,353 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	authnv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// volumeDir is where a pod's volume lives on the node.
+func (n *Node) volumeDir(p *corev1.Pod, name string) string {
+	return filepath.Join(n.cfg.Dir, "pods", string(p.UID), "volumes", name)
+}
+
+// setupVolumes creates the pod's volumes on the node: emptyDirs (a tmpfs
+// for medium Memory) and the first contents of secret, configMap and
+// projected volumes.
+func (n *Node) setupVolumes(ctx context.Context, rt *pod) error {
+	p := rt.obj
+	for _, v := range p.Spec.Volumes {
+		dir := n.volumeDir(p, v.Name)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+		if v.EmptyDir != nil && v.EmptyDir.Medium == corev1.StorageMediumMemory {
+			if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "mode=0777", "tmpfs", dir).CombinedOutput(); err != nil {
+				return fmt.Errorf("emptyDir %s: mount tmpfs: %w: %s", v.Name, err, bytes.TrimSpace(out))
+			}
+		}
+		if v.EmptyDir != nil {
+			_ = os.Chmod(dir, 0o777)
+		}
+	}
+	_, err := n.refreshVolumes(ctx, rt, true)
+	return err
+}
+
+// refreshVolumes rewrites the secret, configMap and projected volumes whose
+// contents changed (and tokens that are due), with the kubelet's atomic
+// ..data symlink swap. It reports whether anything changed.
+func (n *Node) refreshVolumes(ctx context.Context, rt *pod, first bool) (bool, error) {
+	p := rt.obj
+	changed := false
+	for _, v := range p.Spec.Volumes {
+		var files map[string][]byte
+		var err error
+		switch {
+		case v.ConfigMap != nil:
+			files, err = n.configMapFiles(ctx, p.Namespace, v.ConfigMap.Name, v.ConfigMap.Items, v.ConfigMap.Optional)
+		case v.Secret != nil:
+			files, err = n.secretFiles(ctx, p.Namespace, v.Secret.SecretName, v.Secret.Items, v.Secret.Optional)
+		case v.Projected != nil:
+			files, err = n.projectedFiles(ctx, rt, v.Name, v.Projected, first)
+		default:
+			continue
+		}
+		if err != nil {
+			return changed, fmt.Errorf("volume %s: %w", v.Name, err)
+		}
+		if files == nil {
+			continue // nothing due
+		}
+		w, err := writeAtomic(n.volumeDir(p, v.Name), files)
+		if err != nil {
+			return changed, fmt.Errorf("volume %s: %w", v.Name, err)
+		}
+		changed = changed || w
+	}
+	return changed, nil
+}
+
+func (n *Node) configMapFiles(ctx context.Context, ns, name string, items []corev1.KeyToPath, optional *bool) (map[string][]byte, error) {
+	cm, err := n.cfg.Kube.CoreV1().ConfigMaps(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		if optional != nil && *optional {
+			return map[string][]byte{}, nil
+		}
+		return nil, err
+	}
+	data := map[string][]byte{}
+	for k, v := range cm.Data {
+		data[k] = []byte(v)
+	}
+	for k, v := range cm.BinaryData {
+		data[k] = v
+	}
+	return pick(data, items)
+}
+
+func (n *Node) secretFiles(ctx context.Context, ns, name string, items []corev1.KeyToPath, optional *bool) (map[string][]byte, error) {
+	s, err := n.cfg.Kube.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		if optional != nil && *optional {
+			return map[string][]byte{}, nil
+		}
+		return nil, err
+	}
+	return pick(s.Data, items)
+}
+
+func pick(data map[string][]byte, items []corev1.KeyToPath) (map[string][]byte, error) {
+	if len(items) == 0 {
+		return data, nil
+	}
+	out := map[string][]byte{}
+	for _, it := range items {
+		v, ok := data[it.Key]
+		if !ok {
+			return nil, fmt.Errorf("key %q not found", it.Key)
+		}
+		out[it.Path] = v
+	}
+	return out, nil
+}
+
+// projectedFiles builds a projected volume. Service-account tokens are
+// requested bound to the pod and renewed at 80% of their life (or every
+// TokenRefreshInterval); nil means nothing is due.
+func (n *Node) projectedFiles(ctx context.Context, rt *pod, vol string, pv *corev1.ProjectedVolumeSource, first bool) (map[string][]byte, error) {
+	p := rt.obj
+	out := map[string][]byte{}
+	due := first
+	for _, src := range pv.Sources {
+		switch {
+		case src.ServiceAccountToken != nil:
+			t := src.ServiceAccountToken
+			key := vol + "/" + t.Path
+			rt.mu.Lock()
+			tok, ok := rt.tokens[key]
+			rt.mu.Unlock()
+			if !ok || time.Now().After(tok.refreshAt) {
+				exp := int64(3600)
+				if t.ExpirationSeconds != nil {
+					exp = *t.ExpirationSeconds
+				}
+				var aud []string
+				if t.Audience != "" {
+					aud = []string{t.Audience}
+				}
+				tr, err := n.cfg.Kube.CoreV1().ServiceAccounts(p.Namespace).CreateToken(ctx, p.Spec.ServiceAccountName, &authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{
+					Audiences: aud, ExpirationSeconds: &exp,
+					BoundObjectRef: &authnv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: p.Name, UID: p.UID},
+				}}, metav1.CreateOptions{})
+				if err != nil {
+					return nil, fmt.Errorf("token request: %w", err)
+				}
+				life := time.Until(tr.Status.ExpirationTimestamp.Time)
+				next := life * 8 / 10
+				if n.cfg.TokenRefreshInterval > 0 {
+					next = n.cfg.TokenRefreshInterval
+				}
+				tok = token{value: []byte(tr.Status.Token), refreshAt: time.Now().Add(next)}
+				rt.mu.Lock()
+				if rt.tokens == nil {
+					rt.tokens = map[string]token{}
+				}
+				rt.tokens[key] = tok
+				rt.mu.Unlock()
+				due = true
+			}
+			out[t.Path] = tok.value
+		case src.ConfigMap != nil:
+			files, err := n.configMapFiles(ctx, p.Namespace, src.ConfigMap.Name, src.ConfigMap.Items, src.ConfigMap.Optional)
+			if err != nil {
+				return nil, err
+			}
+			for k, v := range files {
+				out[k] = v
+			}
+			due = true // compared with what is on disk by writeAtomic
+		case src.Secret != nil:
+			files, err := n.secretFiles(ctx, p.Namespace, src.Secret.Name, src.Secret.Items, src.Secret.Optional)
+			if err != nil {
+				return nil, err
+			}
+			for k, v := range files {
+				out[k] = v
+			}
+			due = true
+		case src.DownwardAPI != nil:
+			for _, it := range src.DownwardAPI.Items {
+				if it.FieldRef == nil {
+					continue
+				}
+				switch it.FieldRef.FieldPath {
+				case "metadata.name":
+					out[it.Path] = []byte(p.Name)
+				case "metadata.namespace":
+					out[it.Path] = []byte(p.Namespace)
+				case "metadata.uid":
+					out[it.Path] = []byte(p.UID)
+				}
+			}
+		}
+	}
+	if !due {
+		return nil, nil
+	}
+	return out, nil
+}
+
+type token struct {
+	value     []byte
+	refreshAt time.Time
+}
+
+// writeAtomic lays files out as the kubelet does: a timestamped directory,
+// a ..data symlink to it swapped atomically with rename, and one symlink
+// per file through ..data. It does nothing when the contents are the same.
+func writeAtomic(dir string, files map[string][]byte) (bool, error) {
+	same := true
+	for name, want := range files {
+		got, err := os.ReadFile(filepath.Join(dir, "..data", name))
+		if err != nil || !bytes.Equal(got, want) {
+			same = false
+			break
+		}
+	}
+	if old, err := os.ReadDir(filepath.Join(dir, "..data")); err == nil && len(old) != len(files) {
+		same = false
+	} else if err != nil {
+		same = false
+	}
+	if same {
+		return false, nil
+	}
+	stamp := "..ts_" + time.Now().UTC().Format("2006_01_02_15_04_05.000000000")
+	tsDir := filepath.Join(dir, stamp)
+	if err := os.MkdirAll(tsDir, 0o755); err != nil {
+		return false, err
+	}
+	names := make([]string, 0, len(files))
+	for name, data := range files {
+		if strings.Contains(name, "..") || filepath.IsAbs(name) {
+			return false, fmt.Errorf("path %q leaves the volume", name)
+		}
+		p := filepath.Join(tsDir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return false, err
+		}
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			return false, err
+		}
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	tmp := filepath.Join(dir, "..data_tmp")
+	_ = os.Remove(tmp)
+	if err := os.Symlink(stamp, tmp); err != nil {
+		return false, err
+	}
+	prev, _ := os.Readlink(filepath.Join(dir, "..data"))
+	if err := os.Rename(tmp, filepath.Join(dir, "..data")); err != nil {
+		return false, err
+	}
+	for _, name := range names {
+		top := strings.Split(name, "/")[0]
+		link := filepath.Join(dir, top)
+		if _, err := os.Lstat(link); errors.Is(err, os.ErrNotExist) {
+			if err := os.Symlink(filepath.Join("..data", top), link); err != nil {
+				return false, err
+			}
+		}
+	}
+	if prev != "" && prev != stamp {
+		_ = os.RemoveAll(filepath.Join(dir, prev))
+	}
+	return true, nil
+}
+
+// mountScript is the shell run inside the pod's mount namespace (which
+// `ip netns exec` creates, private to the pod) before the container's
+// program: it bind-mounts each volume at its mountPath. A mountPath whose
+// parent does not exist on the node is made inside an empty tmpfs laid over
+// its nearest existing ancestor, so nothing is created on the node.
+func (n *Node) mountScript(p *corev1.Pod, c corev1.Container) (string, error) {
+	// Covers first (a tmpfs laid later would hide earlier mounts), then
+	// the directories and bind mounts.
+	var covers, binds strings.Builder
+	covered := map[string]bool{}
+	for _, m := range c.VolumeMounts {
+		if !filepath.IsAbs(m.MountPath) || strings.Contains(m.MountPath, "..") {
+			return "", fmt.Errorf("mountPath %q is not an absolute path", m.MountPath)
+		}
+		src := n.volumeDir(p, m.Name)
+		if _, err := os.Stat(src); err != nil {
+			return "", fmt.Errorf("volumeMount %q: no such volume", m.Name)
+		}
+		if m.SubPath != "" {
+			src = filepath.Join(src, m.SubPath)
+		}
+		if _, err := os.Stat(m.MountPath); err != nil {
+			anc := filepath.Dir(m.MountPath)
+			for {
+				if _, err := os.Stat(anc); err == nil {
+					break
+				}
+				anc = filepath.Dir(anc)
+			}
+			real, err := filepath.EvalSymlinks(anc)
+			if err != nil {
+				return "", err
+			}
+			if real == "/" {
+				return "", fmt.Errorf("mountPath %q: only a path under an existing directory of the node can be made (the local cluster has no container filesystem)", m.MountPath)
+			}
+			if !covered[real] {
+				fmt.Fprintf(&covers, "mount -t tmpfs -o mode=0755 tmpfs %q\n", real)
+				covered[real] = true
+			}
+			fmt.Fprintf(&binds, "mkdir -p %q\n", m.MountPath)
+		}
+		fmt.Fprintf(&binds, "mount --bind %q %q\n", src, m.MountPath)
+		if m.ReadOnly || isReadOnlyVolume(p, m.Name) {
+			fmt.Fprintf(&binds, "mount -o remount,bind,ro %q\n", m.MountPath)
+		}
+	}
+	var b strings.Builder
+	b.WriteString("set -e\n")
+	b.WriteString(covers.String())
+	b.WriteString(binds.String())
+	b.WriteString(`exec "$@"` + "\n")
+	return b.String(), nil
+}
+
+func isReadOnlyVolume(p *corev1.Pod, name string) bool {
+	for _, v := range p.Spec.Volumes {
+		if v.Name == name {
+			return v.Secret != nil || v.ConfigMap != nil || v.Projected != nil
+		}
+	}
+	return false
+}
+
+// teardownVolumes unmounts memory emptyDirs and removes the pod's volumes.
+func (n *Node) teardownVolumes(p *corev1.Pod) {
+	for _, v := range p.Spec.Volumes {
+		if v.EmptyDir != nil && v.EmptyDir.Medium == corev1.StorageMediumMemory {
+			_ = exec.Command("umount", n.volumeDir(p, v.Name)).Run()
+		}
+	}
+	_ = os.RemoveAll(filepath.Join(n.cfg.Dir, "pods", string(p.UID)))
+}
