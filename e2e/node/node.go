@@ -339,6 +339,10 @@ func (n *Node) runPod(ctx context.Context, rt *pod, log *slog.Logger) {
 	statuses := make([]corev1.ContainerStatus, len(p.Spec.Containers))
 	exits := make(chan int, len(p.Spec.Containers))
 	restarts := make([]int32, len(p.Spec.Containers))
+	cmds := make([]*exec.Cmd, len(p.Spec.Containers))
+	started := make([]time.Time, len(p.Spec.Containers))
+	lastLive := make([]time.Time, len(p.Spec.Containers))
+	liveFails := make([]int32, len(p.Spec.Containers))
 	start := func(i int) {
 		c := p.Spec.Containers[i]
 		st := corev1.ContainerStatus{Name: c.Name, Image: c.Image, RestartCount: restarts[i]}
@@ -357,6 +361,7 @@ func (n *Node) runPod(ctx context.Context, rt *pod, log *slog.Logger) {
 		st.State.Running = &corev1.ContainerStateRunning{StartedAt: metav1.Now()}
 		st.Started = ptrTo(true)
 		statuses[i] = st
+		cmds[i], started[i], liveFails[i] = cmd, time.Now(), 0
 		go func() { _ = cmd.Wait(); exits <- i }()
 	}
 	initStatuses, ok := n.runInit(ctx, rt, log)
@@ -394,6 +399,11 @@ func (n *Node) runPod(ctx context.Context, rt *pod, log *slog.Logger) {
 			}
 			changed := false
 			for i, c := range p.Spec.Containers {
+				if n.livenessFailed(ctx, rt, c, started[i], &lastLive[i], &liveFails[i]) && cmds[i] != nil && statuses[i].State.Running != nil {
+					log.Info("liveness probe failed; restarting", "container", c.Name)
+					_ = syscall.Kill(-cmds[i].Process.Pid, syscall.SIGKILL)
+					liveFails[i] = 0
+				}
 				ready := statuses[i].State.Running != nil && n.probe(ctx, rt, c)
 				if ready != statuses[i].Ready {
 					statuses[i].Ready, changed = ready, true
@@ -457,13 +467,45 @@ func (n *Node) runInit(ctx context.Context, rt *pod, log *slog.Logger) ([]corev1
 	return statuses, true
 }
 
+// livenessFailed runs a container's HTTP liveness probe when it is due and
+// reports whether it has now failed failureThreshold times in a row.
+func (n *Node) livenessFailed(ctx context.Context, rt *pod, c corev1.Container, started time.Time, last *time.Time, fails *int32) bool {
+	pr := c.LivenessProbe
+	if pr == nil || pr.HTTPGet == nil || started.IsZero() {
+		return false
+	}
+	period := time.Duration(max(pr.PeriodSeconds, 1)) * time.Second
+	if pr.PeriodSeconds == 0 {
+		period = 10 * time.Second
+	}
+	now := time.Now()
+	if now.Before(started.Add(time.Duration(pr.InitialDelaySeconds)*time.Second)) || now.Before(last.Add(period)) {
+		return false
+	}
+	*last = now
+	if n.httpProbe(ctx, rt, c, pr.HTTPGet) {
+		*fails = 0
+		return false
+	}
+	*fails++
+	threshold := pr.FailureThreshold
+	if threshold == 0 {
+		threshold = 3
+	}
+	return *fails >= threshold
+}
+
 // probe runs a container's HTTP readiness probe from the node's address, as
 // a kubelet does; a container without one is ready once running.
 func (n *Node) probe(ctx context.Context, rt *pod, c corev1.Container) bool {
 	if c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet == nil {
 		return true
 	}
-	g := c.ReadinessProbe.HTTPGet
+	return n.httpProbe(ctx, rt, c, c.ReadinessProbe.HTTPGet)
+}
+
+// httpProbe sends a probe's GET from the node's address to the pod.
+func (n *Node) httpProbe(ctx context.Context, rt *pod, c corev1.Container, g *corev1.HTTPGetAction) bool {
 	port := g.Port.IntValue()
 	if port == 0 {
 		for _, cp := range c.Ports {
@@ -497,6 +539,7 @@ func (n *Node) startContainer(rt *pod, c corev1.Container, bin string) (*exec.Cm
 		}
 		args = append(args, "/bin/sh", "-c", script, "mount-volumes")
 	}
+	args = append(args, capabilityArgs(c)...)
 	if sc := c.SecurityContext; sc != nil && sc.RunAsUser != nil {
 		gid := *sc.RunAsUser
 		if sc.RunAsGroup != nil {
@@ -526,24 +569,11 @@ func (n *Node) startContainer(rt *pod, c corev1.Container, bin string) (*exec.Cm
 	args = append(args, c.Args...)
 	cmd := exec.Command("ip", args...)
 	cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
-	for _, e := range c.Env {
-		v := e.Value
-		if e.ValueFrom != nil && e.ValueFrom.FieldRef != nil {
-			switch e.ValueFrom.FieldRef.FieldPath {
-			case "metadata.name":
-				v = p.Name
-			case "metadata.namespace":
-				v = p.Namespace
-			case "status.podIP":
-				v = rt.ip.String()
-			case "spec.serviceAccountName":
-				v = p.Spec.ServiceAccountName
-			case "spec.nodeName":
-				v = p.Spec.NodeName
-			}
-		}
-		cmd.Env = append(cmd.Env, e.Name+"="+v)
+	env, err := n.resolveEnv(p, rt, c)
+	if err != nil {
+		return nil, err
 	}
+	cmd.Env = append(cmd.Env, env...)
 	logPath := n.logPath(p.Namespace, p.Name, c.Name, false)
 	if _, err := os.Stat(logPath); err == nil {
 		// A restart: the last run's output becomes --previous.
@@ -565,6 +595,87 @@ func (n *Node) startContainer(rt *pod, c corev1.Container, bin string) (*exec.Cm
 	rt.procs = append(rt.procs, cmd)
 	rt.mu.Unlock()
 	return cmd, nil
+}
+
+// resolveEnv renders a container's environment: values, the downward
+// API's fields, and keys of secrets and configMaps.
+func (n *Node) resolveEnv(p *corev1.Pod, rt *pod, c corev1.Container) ([]string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var out []string
+	for _, e := range c.Env {
+		v := e.Value
+		switch from := e.ValueFrom; {
+		case from == nil:
+		case from.FieldRef != nil:
+			switch from.FieldRef.FieldPath {
+			case "metadata.name":
+				v = p.Name
+			case "metadata.namespace":
+				v = p.Namespace
+			case "metadata.uid":
+				v = string(p.UID)
+			case "status.podIP":
+				v = rt.ip.String()
+			case "status.hostIP":
+				v = NodeIP
+			case "spec.serviceAccountName":
+				v = p.Spec.ServiceAccountName
+			case "spec.nodeName":
+				v = p.Spec.NodeName
+			default:
+				return nil, fmt.Errorf("env %s: fieldRef %q is not supported", e.Name, from.FieldRef.FieldPath)
+			}
+		case from.SecretKeyRef != nil:
+			files, err := n.secretFiles(ctx, p.Namespace, from.SecretKeyRef.Name, nil, from.SecretKeyRef.Optional)
+			if err != nil {
+				return nil, fmt.Errorf("env %s: secret %s: %w", e.Name, from.SecretKeyRef.Name, err)
+			}
+			v = string(files[from.SecretKeyRef.Key])
+		case from.ConfigMapKeyRef != nil:
+			files, err := n.configMapFiles(ctx, p.Namespace, from.ConfigMapKeyRef.Name, nil, from.ConfigMapKeyRef.Optional)
+			if err != nil {
+				return nil, fmt.Errorf("env %s: configMap %s: %w", e.Name, from.ConfigMapKeyRef.Name, err)
+			}
+			v = string(files[from.ConfigMapKeyRef.Key])
+		}
+		out = append(out, e.Name+"="+v)
+	}
+	return out, nil
+}
+
+// defaultCaps are the capabilities a root container has unless its
+// securityContext adds or drops some (the container runtimes' default).
+var defaultCaps = []string{"chown", "dac_override", "fowner", "fsetid", "kill", "setgid", "setuid", "setpcap", "net_bind_service", "net_raw", "sys_chroot", "mknod", "audit_write", "setfcap"}
+
+// capabilityArgs bounds a container's capabilities with setpriv: a
+// non-root container keeps none, a root one the defaults plus what it adds
+// minus what it drops.
+func capabilityArgs(c corev1.Container) []string {
+	sc := c.SecurityContext
+	if sc != nil && sc.RunAsUser != nil && *sc.RunAsUser != 0 {
+		return nil // setpriv --reuid to a non-root user drops every capability
+	}
+	caps := map[string]bool{}
+	for _, k := range defaultCaps {
+		caps[k] = true
+	}
+	if sc != nil && sc.Capabilities != nil {
+		for _, d := range sc.Capabilities.Drop {
+			if strings.EqualFold(string(d), "ALL") {
+				caps = map[string]bool{}
+			}
+			delete(caps, strings.ToLower(string(d)))
+		}
+		for _, a := range sc.Capabilities.Add {
+			caps[strings.ToLower(string(a))] = true
+		}
+	}
+	set := "-all"
+	for k := range caps {
+		set += ",+" + k
+	}
+	return []string{"setpriv", "--bounding-set", set, "--"}
 }
 
 // report writes the pod's status as a kubelet would.

@@ -99,6 +99,7 @@ func TestNodeAgent(t *testing.T) {
 	t.Run("init-container-iptables", func(t *testing.T) { testInitIptables(t, n, echo) })
 	t.Run("kubectl-logs", func(t *testing.T) { testLogs(t, c) })
 	t.Run("volumes", func(t *testing.T) { testVolumes(t, n, c) })
+	t.Run("env-liveness-previous-logs", func(t *testing.T) { testLifecycle(t, n, c, echo) })
 }
 
 // testDeployment: a Deployment of two echo replicas, scheduled by the real
@@ -343,7 +344,7 @@ func testLogs(t *testing.T, c *cluster.Cluster) {
 		out, err := cmd.CombinedOutput()
 		return string(out), err
 	}
-	want := "mesh-e2e-echo client serving HTTP on :8080"
+	want := "mesh-e2e-echo client serving HTTP on :8080, TCP on :9000, gRPC on :9090"
 	if out, err := kubectl("-n", "echo", "logs", "client"); err != nil || !strings.Contains(out, want) {
 		t.Fatalf("kubectl logs = %q, %v", out, err)
 	}
@@ -466,5 +467,69 @@ func testVolumes(t *testing.T, n *Node, c *cluster.Cluster) {
 	mounts, _ := os.ReadFile("/proc/self/mountinfo")
 	if strings.Contains(string(mounts), n.cfg.Dir) {
 		t.Fatalf("mounts left on the node:\n%s", mounts)
+	}
+}
+
+// testLifecycle: env from secrets, configMaps and fields; a failing
+// liveness probe restarts the container (restartCount counts it, and
+// kubectl logs --previous shows the run before); the echo app's TCP and
+// gRPC ports answer from another pod.
+func testLifecycle(t *testing.T, n *Node, c *cluster.Cluster, echo string) {
+	cs, ctx := n.cfg.Kube, t.Context()
+	if _, err := cs.CoreV1().Secrets("echo").Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "creds"}, StringData: map[string]string{"password": "s3cret"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ctr := echoContainer()
+	ctr.Env = append(ctr.Env,
+		corev1.EnvVar{Name: "PASSWORD", ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "creds"}, Key: "password"}}},
+		corev1.EnvVar{Name: "GREETING", ValueFrom: &corev1.EnvVarSource{ConfigMapKeyRef: &corev1.ConfigMapKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "app-config"}, Key: "greeting"}}},
+		corev1.EnvVar{Name: "MY_IP", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.podIP"}}},
+		corev1.EnvVar{Name: "ECHO_UNHEALTHY_AFTER", Value: "3s"},
+	)
+	ctr.LivenessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/live", Port: intstr.FromInt32(8080)}}, PeriodSeconds: 1, FailureThreshold: 2}
+	createPod(t, cs, "echo", &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "flaky"}, Spec: corev1.PodSpec{Containers: []corev1.Container{ctr}}})
+	ip := podIP(t, cs, "echo", "flaky")
+
+	n.mu.Lock()
+	var pid int
+	for _, rt := range n.pods {
+		if rt.obj.Name == "flaky" {
+			rt.mu.Lock()
+			pid = rt.procs[0].Process.Pid
+			rt.mu.Unlock()
+		}
+	}
+	n.mu.Unlock()
+	environ, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"PASSWORD=s3cret", "GREETING=hello-v2", "MY_IP=" + ip, "POD_NAME=flaky"} {
+		if !strings.Contains(string(environ), want+"\x00") {
+			t.Errorf("container env lacks %s", want)
+		}
+	}
+
+	for _, args := range [][]string{{"tcp", ip + ":9000", "ping"}, {"grpc", ip + ":9090", "ping"}} {
+		out, err := exec.Command("ip", append([]string{"netns", "exec", NetnsName("echo", "client"), echo}, args...)...).CombinedOutput()
+		if err != nil || string(out) != "ping" {
+			t.Fatalf("echo %s from the client pod = %q, %v", args[0], out, err)
+		}
+	}
+
+	waitFor(t, 30*time.Second, "liveness restart", func() error {
+		p, err := cs.CoreV1().Pods("echo").Get(ctx, "flaky", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if len(p.Status.ContainerStatuses) == 0 || p.Status.ContainerStatuses[0].RestartCount < 1 {
+			return fmt.Errorf("no restart yet")
+		}
+		return nil
+	})
+	cmd := exec.Command(prereq.Tool(t, "kubectl"), "-n", "echo", "logs", "flaky", "--previous")
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+c.KubeconfigPath())
+	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "mesh-e2e-echo flaky serving") {
+		t.Fatalf("kubectl logs --previous = %q, %v", out, err)
 	}
 }

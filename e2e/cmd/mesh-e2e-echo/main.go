@@ -1,19 +1,33 @@
 // Command mesh-e2e-echo is the end-to-end tests' application (image
-// mesh-e2e/echo on the local cluster).
+// mesh-e2e/echo on the local cluster). With no arguments it serves:
 //
-//	mesh-e2e-echo                 serve HTTP on :8080 (ECHO_HTTP_ADDR); every body names $POD_NAME
-//	mesh-e2e-echo get URL         GET URL and print the body; exit 1 on failure
+//	:8080  HTTP/1.1 and HTTP/2 cleartext (h2c); every body is one line,
+//	       "hello from <POD_NAME> method=… path=… proto=… remote=… peer=<X-Mesh-Peer-Identity>";
+//	       /live answers 500 once ECHO_UNHEALTHY_AFTER (a duration) has passed
+//	:9000  raw TCP echo
+//	:9090  gRPC: grpc.testing.TestService (UnaryCall and FullDuplexCall echo payloads)
 //
-// HTTP responses are "hello from <POD_NAME> path=<path> peer=<X-Mesh-Peer-Identity>".
+// ECHO_HTTP_ADDR, ECHO_TCP_ADDR and ECHO_GRPC_ADDR move them. Client modes,
+// for tests:
+//
+//	mesh-e2e-echo get URL          GET and print the body; exit 1 unless 200
+//	mesh-e2e-echo tcp ADDR MSG     send MSG, half-close, print the echo
+//	mesh-e2e-echo grpc ADDR MSG    one FullDuplexCall round trip, print the echo
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 )
 
 func main() {
@@ -23,8 +37,12 @@ func main() {
 		err = serve()
 	case len(os.Args) == 3 && os.Args[1] == "get":
 		err = get(os.Args[2])
+	case len(os.Args) == 4 && os.Args[1] == "tcp":
+		err = tcp(os.Args[2], os.Args[3])
+	case len(os.Args) == 4 && os.Args[1] == "grpc":
+		err = grpcCall(os.Args[2], os.Args[3])
 	default:
-		err = errors.New("usage: mesh-e2e-echo [get URL]")
+		err = errors.New("usage: mesh-e2e-echo [get URL | tcp ADDR MSG | grpc ADDR MSG]")
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "mesh-e2e-echo:", err)
@@ -32,19 +50,97 @@ func main() {
 	}
 }
 
-func serve() error {
-	addr := os.Getenv("ECHO_HTTP_ADDR")
-	if addr == "" {
-		addr = ":8080"
+func env(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
 	}
+	return def
+}
+
+func serve() error {
 	name := os.Getenv("POD_NAME")
+	start := time.Now()
+	var unhealthyAfter time.Duration
+	if v := os.Getenv("ECHO_UNHEALTHY_AFTER"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return fmt.Errorf("ECHO_UNHEALTHY_AFTER: %w", err)
+		}
+		unhealthyAfter = d
+	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "hello from %s path=%s peer=%s\n", name, r.URL.Path, r.Header.Get("X-Mesh-Peer-Identity"))
+	mux.HandleFunc("/live", func(w http.ResponseWriter, r *http.Request) {
+		if unhealthyAfter > 0 && time.Since(start) > unhealthyAfter {
+			http.Error(w, "unhealthy", http.StatusInternalServerError)
+			return
+		}
+		fmt.Fprintln(w, "ok")
 	})
-	fmt.Printf("mesh-e2e-echo %s serving HTTP on %s\n", name, addr)
-	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	return srv.ListenAndServe()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello from %s method=%s path=%s proto=%s remote=%s peer=%s\n", name, r.Method, r.URL.Path, r.Proto, r.RemoteAddr, r.Header.Get("X-Mesh-Peer-Identity"))
+	})
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	protos.SetUnencryptedHTTP2(true)
+	httpAddr, tcpAddr, grpcAddr := env("ECHO_HTTP_ADDR", ":8080"), env("ECHO_TCP_ADDR", ":9000"), env("ECHO_GRPC_ADDR", ":9090")
+	errc := make(chan error, 3)
+	go func() {
+		srv := &http.Server{Addr: httpAddr, Handler: mux, Protocols: &protos, ReadHeaderTimeout: 10 * time.Second}
+		errc <- srv.ListenAndServe()
+	}()
+	go func() {
+		ln, err := net.Listen("tcp", tcpAddr)
+		if err != nil {
+			errc <- err
+			return
+		}
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				errc <- err
+				return
+			}
+			go func() {
+				defer c.Close()
+				_, _ = io.Copy(c, c)
+			}()
+		}
+	}()
+	go func() {
+		ln, err := net.Listen("tcp", grpcAddr)
+		if err != nil {
+			errc <- err
+			return
+		}
+		gs := grpc.NewServer()
+		testgrpc.RegisterTestServiceServer(gs, echoService{})
+		errc <- gs.Serve(ln)
+	}()
+	fmt.Printf("mesh-e2e-echo %s serving HTTP on %s, TCP on %s, gRPC on %s\n", name, httpAddr, tcpAddr, grpcAddr)
+	return <-errc
+}
+
+type echoService struct {
+	testgrpc.UnimplementedTestServiceServer
+}
+
+func (echoService) UnaryCall(_ context.Context, req *testgrpc.SimpleRequest) (*testgrpc.SimpleResponse, error) {
+	return &testgrpc.SimpleResponse{Payload: req.GetPayload()}, nil
+}
+
+func (echoService) FullDuplexCall(stream testgrpc.TestService_FullDuplexCallServer) error {
+	for {
+		req, err := stream.Recv()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if err := stream.Send(&testgrpc.StreamingOutputCallResponse{Payload: req.GetPayload()}); err != nil {
+			return err
+		}
+	}
 }
 
 func get(url string) error {
@@ -62,5 +158,47 @@ func get(url string) error {
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("%s", resp.Status)
 	}
+	return nil
+}
+
+func tcp(addr, msg string) error {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, msg); err != nil {
+		return err
+	}
+	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+		return err
+	}
+	b, err := io.ReadAll(c)
+	fmt.Print(string(b))
+	return err
+}
+
+func grpcCall(addr, msg string) error {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	stream, err := testgrpc.NewTestServiceClient(conn).FullDuplexCall(ctx)
+	if err != nil {
+		return err
+	}
+	if err := stream.Send(&testgrpc.StreamingOutputCallRequest{Payload: &testgrpc.Payload{Body: []byte(msg)}}); err != nil {
+		return err
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	_ = stream.CloseSend()
+	fmt.Print(string(resp.GetPayload().GetBody()))
 	return nil
 }
