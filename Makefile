@@ -51,10 +51,10 @@ cluster-down:
 	@if [ -x bin/mesh-cluster ]; then bin/mesh-cluster down --dir $(CLUSTER_DIR); \
 	else $(GO) run ./e2e/cmd/mesh-cluster down --dir $(CLUSTER_DIR); fi
 
+# demo runs the mesh end to end on the local cluster (needs root: it makes
+# network namespaces and a bridge), narrating each step.
 demo: tools build
-	@echo "make demo: not yet available: it needs the node agent (pods on the local cluster) and the"
-	@echo "controller. Today: 'make cluster-up' starts the local cluster, and 'make test' runs the proxy"
-	@echo "end to end in network namespaces (go test -v -run TestTransparentMTLS ./proxy)."
+	@bin/mesh-demo --dir $(CURDIR)/.cache/demo
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...

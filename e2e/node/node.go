@@ -437,6 +437,7 @@ func (n *Node) runInit(ctx context.Context, rt *pod, log *slog.Logger) ([]corev1
 				return statuses, false
 			}
 			if c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {
+				go func() { _ = cmd.Wait() }() // reaped when stopPod ends it
 				statuses[i].State.Running = &corev1.ContainerStateRunning{StartedAt: metav1.Now()}
 				statuses[i].Ready = true
 				break
@@ -540,7 +541,7 @@ func (n *Node) startContainer(rt *pod, c corev1.Container, bin string) (*exec.Cm
 		args = append(args, "/bin/sh", "-c", script, "mount-volumes")
 	}
 	args = append(args, capabilityArgs(c)...)
-	if sc := c.SecurityContext; sc != nil && sc.RunAsUser != nil {
+	if sc := c.SecurityContext; sc != nil && sc.RunAsUser != nil && *sc.RunAsUser != 0 {
 		gid := *sc.RunAsUser
 		if sc.RunAsGroup != nil {
 			gid = *sc.RunAsGroup
