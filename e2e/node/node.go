@@ -136,6 +136,11 @@ func (n *Node) Image(image string) (string, error) {
 func (n *Node) Run(ctx context.Context) error {
 	// Processes are started from one locked thread, so their parent-death
 	// signal fires when the agent dies, not when some Go thread exits.
+	unlock, err := lockNetwork()
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	// It is stopped only after every pod is, so no pod waits on it.
 	spawnDone := make(chan struct{})
 	go func() {

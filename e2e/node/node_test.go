@@ -234,10 +234,16 @@ func TestUnmappedImage(t *testing.T) {
 // is removed by Down, which `make cluster-down` runs.
 func TestDownAfterCrash(t *testing.T) {
 	prereq.Root(t)
-	if err := setupBridge(); err != nil {
+	unlock, err := lockNetwork()
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := addPodNetwork(NetnsName("crash", "p"), "vhcrashtest", netip.MustParseAddr("198.18.127.250")); err != nil {
+	err = setupBridge()
+	if err == nil {
+		err = addPodNetwork(NetnsName("crash", "p"), "vhcrashtest", netip.MustParseAddr("198.18.127.250"))
+	}
+	unlock() // the "crash": Down takes the lock itself
+	if err != nil {
 		t.Fatal(err)
 	}
 	if err := Down(); err != nil {

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 )
 
 // The pod network.
@@ -149,6 +150,11 @@ func removePodNetwork(netns, hostIf string) error {
 // the pod network namespaces (pod-*) and the bridge. Its processes died
 // with it (parent-death signal).
 func Down() error {
+	unlock, err := lockNetwork()
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	out, err := exec.Command("ip", "netns", "list").Output()
 	if err != nil {
 		return fmt.Errorf("node: ip netns list: %w", err)
@@ -168,4 +174,25 @@ func Down() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// lockPath serialises node agents on a machine: the bridge and the pod
+// address range are the machine's, so a second agent (another test
+// package, or the demo) waits for the first to stop.
+const lockPath = "/run/mesh-e2e-node.lock"
+
+// lockNetwork blocks until this process owns the pod network.
+func lockNetwork() (unlock func(), err error) {
+	f, err := os.OpenFile(lockPath, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("node: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("node: lock %s: %w", lockPath, err)
+	}
+	return func() {
+		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		f.Close()
+	}, nil
 }
