@@ -63,7 +63,7 @@ func startNode(t *testing.T, c *cluster.Cluster) *Node {
 			t.Errorf("bridge %s left after the agent stopped", Bridge)
 		}
 	})
-	waitFor(t, 30*time.Second, "node Ready", func() error {
+	waitFor(t, 2*time.Minute, "node Ready", func() error {
 		node, err := cs.CoreV1().Nodes().Get(context.Background(), n.cfg.Name, metav1.GetOptions{})
 		if err != nil {
 			return err
