@@ -385,9 +385,19 @@ func (n *Node) runPod(ctx context.Context, rt *pod, log *slog.Logger) {
 		case <-ctx.Done():
 			return
 		case i := <-exits:
-			log.Info("container exited", "container", p.Spec.Containers[i].Name)
-			statuses[i].Ready, statuses[i].State = false, corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{Reason: "Exited", FinishedAt: metav1.Now()}}
-			if p.Spec.RestartPolicy != corev1.RestartPolicyNever {
+			code := int32(-1)
+			if ps := cmds[i].ProcessState; ps != nil {
+				code = int32(ps.ExitCode())
+			}
+			log.Info("container exited", "container", p.Spec.Containers[i].Name, "exitCode", code)
+			reason := "Completed"
+			if code != 0 {
+				reason = "Error"
+			}
+			statuses[i].Ready, statuses[i].State = false, corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: code, Reason: reason, FinishedAt: metav1.Now()}}
+			restart := p.Spec.RestartPolicy == corev1.RestartPolicyAlways || p.Spec.RestartPolicy == "" ||
+				(p.Spec.RestartPolicy == corev1.RestartPolicyOnFailure && code != 0)
+			if restart {
 				backoff := min(time.Duration(1<<min(restarts[i], 5))*time.Second, 30*time.Second)
 				restarts[i]++
 				select {
@@ -702,12 +712,7 @@ func (n *Node) report(ctx context.Context, rt *pod, statuses, initStatuses []cor
 		if err != nil {
 			return err
 		}
-		cur.Status.Phase = corev1.PodPending
-		for _, st := range statuses {
-			if st.State.Running != nil || st.State.Terminated != nil {
-				cur.Status.Phase = corev1.PodRunning
-			}
-		}
+		cur.Status.Phase = phase(rt.obj, statuses)
 		cur.Status.HostIP = NodeIP
 		cur.Status.HostIPs = []corev1.HostIP{{IP: NodeIP}}
 		cur.Status.PodIP = rt.ip.String()
@@ -786,6 +791,31 @@ func alive(pid int) bool {
 }
 
 func ptrTo[T any](v T) *T { return &v }
+
+// phase is the pod's phase from its containers: Running once one has
+// started; Succeeded or Failed once all have ended for good (a Job's pod).
+func phase(p *corev1.Pod, statuses []corev1.ContainerStatus) corev1.PodPhase {
+	running, ended, failed := false, 0, false
+	for _, st := range statuses {
+		switch {
+		case st.State.Running != nil:
+			running = true
+		case st.State.Terminated != nil:
+			ended++
+			failed = failed || st.State.Terminated.ExitCode != 0
+		}
+	}
+	final := p.Spec.RestartPolicy == corev1.RestartPolicyNever || (p.Spec.RestartPolicy == corev1.RestartPolicyOnFailure && !failed)
+	switch {
+	case len(statuses) > 0 && ended == len(statuses) && final && failed:
+		return corev1.PodFailed
+	case len(statuses) > 0 && ended == len(statuses) && final:
+		return corev1.PodSucceeded
+	case running || ended > 0:
+		return corev1.PodRunning
+	}
+	return corev1.PodPending
+}
 
 func initDone(statuses []corev1.ContainerStatus) bool {
 	for _, s := range statuses {

@@ -13,6 +13,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	authnv1 "k8s.io/api/authentication/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -100,6 +101,7 @@ func TestNodeAgent(t *testing.T) {
 	t.Run("kubectl-logs", func(t *testing.T) { testLogs(t, c) })
 	t.Run("volumes", func(t *testing.T) { testVolumes(t, n, c) })
 	t.Run("env-liveness-previous-logs", func(t *testing.T) { testLifecycle(t, n, c, echo) })
+	t.Run("job", func(t *testing.T) { testJob(t, n) })
 }
 
 // testDeployment: a Deployment of two echo replicas, scheduled by the real
@@ -230,8 +232,9 @@ func TestUnmappedImage(t *testing.T) {
 	}
 }
 
-// TestDownAfterCrash: what a dead agent leaves (pod namespaces, the bridge)
-// is removed by Down, which `make cluster-down` runs.
+// TestDownAfterCrash: what a dead agent leaves (memory emptyDir mounts, pod
+// namespaces, the bridge) is removed by Down, which `make cluster-down`
+// runs.
 func TestDownAfterCrash(t *testing.T) {
 	prereq.Root(t)
 	unlock, err := lockNetwork()
@@ -241,6 +244,12 @@ func TestDownAfterCrash(t *testing.T) {
 	err = setupBridge()
 	if err == nil {
 		err = addPodNetwork(NetnsName("crash", "p"), "vhcrashtest", netip.MustParseAddr("198.18.127.250"))
+	}
+	mnt := t.TempDir()
+	if err == nil {
+		if err = recordMount(mnt); err == nil {
+			err = exec.Command("mount", "-t", "tmpfs", "tmpfs", mnt).Run()
+		}
 	}
 	unlock() // the "crash": Down takes the lock itself
 	if err != nil {
@@ -254,6 +263,9 @@ func TestDownAfterCrash(t *testing.T) {
 	}
 	if exec.Command("ip", "link", "show", Bridge).Run() == nil {
 		t.Fatal("bridge left")
+	}
+	if mounts, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mounts), " "+mnt+" ") {
+		t.Fatal("memory emptyDir mount left")
 	}
 }
 
@@ -538,4 +550,29 @@ func testLifecycle(t *testing.T, n *Node, c *cluster.Cluster, echo string) {
 	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "mesh-e2e-echo flaky serving") {
 		t.Fatalf("kubectl logs --previous = %q, %v", out, err)
 	}
+}
+
+// testJob: a Job's pod runs to completion and the Job succeeds.
+func testJob(t *testing.T, n *Node) {
+	cs, ctx := n.cfg.Kube, t.Context()
+	_, err := cs.BatchV1().Jobs("echo").Create(ctx, &batchv1.Job{
+		ObjectMeta: metav1.ObjectMeta{Name: "once"},
+		Spec: batchv1.JobSpec{Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{
+			RestartPolicy: corev1.RestartPolicyNever,
+			Containers:    []corev1.Container{{Name: "work", Image: ToolsImage, Command: []string{"sh", "-c", "echo working; exit 0"}}},
+		}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, time.Minute, "Job succeeded", func() error {
+		j, err := cs.BatchV1().Jobs("echo").Get(ctx, "once", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if j.Status.Succeeded != 1 {
+			return fmt.Errorf("succeeded=%d failed=%d", j.Status.Succeeded, j.Status.Failed)
+		}
+		return nil
+	})
 }

@@ -147,7 +147,8 @@ func removePodNetwork(netns, hostIf string) error {
 }
 
 // Down removes what an agent that died without cleaning up left behind:
-// the pod network namespaces (pod-*) and the bridge. Its processes died
+// its memory emptyDir mounts, the pod network namespaces (pod-*) and the
+// bridge. Its processes died
 // with it (parent-death signal).
 func Down() error {
 	unlock, err := lockNetwork()
@@ -160,6 +161,9 @@ func Down() error {
 		return fmt.Errorf("node: ip netns list: %w", err)
 	}
 	var errs []error
+	if err := unmountRecorded(); err != nil {
+		errs = append(errs, err)
+	}
 	for _, line := range strings.Split(string(out), "\n") {
 		name, _, _ := strings.Cut(strings.TrimSpace(line), " ")
 		if strings.HasPrefix(name, "pod-") {

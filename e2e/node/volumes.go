@@ -33,6 +33,11 @@ func (n *Node) setupVolumes(ctx context.Context, rt *pod) error {
 			return err
 		}
 		if v.EmptyDir != nil && v.EmptyDir.Medium == corev1.StorageMediumMemory {
+			// Recorded first, so that Down unmounts it even if the agent
+			// dies right after.
+			if err := recordMount(dir); err != nil {
+				return err
+			}
 			if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "mode=0777", "tmpfs", dir).CombinedOutput(); err != nil {
 				return fmt.Errorf("emptyDir %s: mount tmpfs: %w: %s", v.Name, err, bytes.TrimSpace(out))
 			}
@@ -347,7 +352,59 @@ func (n *Node) teardownVolumes(p *corev1.Pod) {
 	for _, v := range p.Spec.Volumes {
 		if v.EmptyDir != nil && v.EmptyDir.Medium == corev1.StorageMediumMemory {
 			_ = exec.Command("umount", n.volumeDir(p, v.Name)).Run()
+			_ = forgetMount(n.volumeDir(p, v.Name))
 		}
 	}
 	_ = os.RemoveAll(filepath.Join(n.cfg.Dir, "pods", string(p.UID)))
+}
+
+// mountsPath lists the mounts agents made on the node, for Down.
+const mountsPath = "/run/mesh-e2e-node.mounts"
+
+func recordMount(dir string) error {
+	f, err := os.OpenFile(mountsPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("node: record mount: %w", err)
+	}
+	defer f.Close()
+	_, err = fmt.Fprintln(f, dir)
+	return err
+}
+
+func forgetMount(dir string) error {
+	b, err := os.ReadFile(mountsPath)
+	if err != nil {
+		return err
+	}
+	var keep []string
+	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		if l != "" && l != dir {
+			keep = append(keep, l)
+		}
+	}
+	return os.WriteFile(mountsPath, []byte(strings.Join(keep, "\n")+"\n"), 0o644)
+}
+
+// unmountRecorded unmounts every recorded mount that is still there.
+func unmountRecorded() error {
+	b, err := os.ReadFile(mountsPath)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	mounts, _ := os.ReadFile("/proc/self/mountinfo")
+	var errs []error
+	for _, dir := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		if dir != "" && strings.Contains(string(mounts), " "+dir+" ") {
+			if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
+				errs = append(errs, fmt.Errorf("umount %s: %w: %s", dir, err, bytes.TrimSpace(out)))
+			}
+		}
+	}
+	if len(errs) == 0 {
+		_ = os.Remove(mountsPath)
+	}
+	return errors.Join(errs...)
 }

@@ -2,7 +2,7 @@
 // mesh-e2e/echo on the local cluster). With no arguments it serves:
 //
 //	:8080  HTTP/1.1 and HTTP/2 cleartext (h2c); every body is one line,
-//	       "hello from <POD_NAME> method=… path=… proto=… remote=… peer=<X-Mesh-Peer-Identity>";
+//	       "hello from <POD_NAME> method=… path=… proto=… remote=… peer=<X-Mesh-Peer-Identity> headers="…"";
 //	       /live answers 500 once ECHO_UNHEALTHY_AFTER (a duration) has passed
 //	:9000  raw TCP echo
 //	:9090  gRPC: grpc.testing.TestService (UnaryCall and FullDuplexCall echo payloads)
@@ -23,6 +23,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sort"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -77,7 +79,16 @@ func serve() error {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "hello from %s method=%s path=%s proto=%s remote=%s peer=%s\n", name, r.Method, r.URL.Path, r.Proto, r.RemoteAddr, r.Header.Get("X-Mesh-Peer-Identity"))
+		names := make([]string, 0, len(r.Header))
+		for k := range r.Header {
+			names = append(names, k)
+		}
+		sort.Strings(names)
+		var hdrs []string
+		for _, k := range names {
+			hdrs = append(hdrs, k+"="+strings.Join(r.Header[k], ","))
+		}
+		fmt.Fprintf(w, "hello from %s method=%s path=%s proto=%s remote=%s peer=%s headers=%q\n", name, r.Method, r.URL.Path, r.Proto, r.RemoteAddr, r.Header.Get("X-Mesh-Peer-Identity"), strings.Join(hdrs, ";"))
 	})
 	var protos http.Protocols
 	protos.SetHTTP1(true)
