@@ -98,12 +98,7 @@ func (c *Config) families() []family {
 }
 
 // restoreFor maps iptables-nft to iptables-nft-restore, and so on.
-func restoreFor(bin string) string {
-	if i := strings.LastIndex(bin, "tables"); i >= 0 {
-		return bin[:i+len("tables")] + "-restore" + bin[i+len("tables"):]
-	}
-	return bin + "-restore"
-}
+func restoreFor(bin string) string { return bin + "-restore" }
 
 // Ruleset is the iptables-restore input for one family.
 func (c *Config) ruleset(f family) string {

@@ -70,19 +70,26 @@ func TestValidate(t *testing.T) {
 }
 
 // TestApplyIdempotent installs the rules twice in a fresh network
-// namespace, with the real iptables: the second run changes nothing, and
-// the host's rules are untouched.
+// namespace, with the real iptables of each backend (nft and legacy): the
+// second run changes nothing, and the host's rules are untouched.
 func TestApplyIdempotent(t *testing.T) {
+	for _, backend := range []string{"iptables-nft", "iptables-legacy"} {
+		t.Run(backend, func(t *testing.T) { testApplyIdempotent(t, backend) })
+	}
+}
+
+func testApplyIdempotent(t *testing.T, iptables string) {
 	prereq.Root(t)
 	bin := prereq.Bin(t, "mesh-proxy")
-	prereq.Command(t, "iptables-save")
+	save := prereq.Command(t, iptables+"-save")
+	prereq.Command(t, iptables+"-restore")
 	hostBefore := hostNAT(t)
 	ns := netnstest.New(t, "ipt")
-	args := []string{bin, "init", "--proxy-uid", "1337", "--inbound-skip-ports", "9901", "--outbound-skip-cidrs", "198.18.192.0/18"}
+	args := []string{bin, "init", "--iptables", iptables, "--proxy-uid", "1337", "--inbound-skip-ports", "9901", "--outbound-skip-cidrs", "198.18.192.0/18"}
 	ns.Run(t, args...)
-	first := ns.Run(t, "iptables-save", "-t", "nat")
+	first := ns.Run(t, save, "-t", "nat")
 	ns.Run(t, args...)
-	second := ns.Run(t, "iptables-save", "-t", "nat")
+	second := ns.Run(t, save, "-t", "nat")
 	if stripComments(first) != stripComments(second) {
 		t.Fatalf("second init changed the rules:\n%s\n---\n%s", first, second)
 	}
