@@ -313,23 +313,7 @@ func (c *Cluster) writeClients() error {
 }
 
 func (c *Cluster) startControllerManager(ctx context.Context, port int) error {
-	kc := filepath.Join(c.cfg.Dir, "controller-manager.kubeconfig")
-	if err := c.WriteKubeconfig(kc, "system:kube-controller-manager", nil); err != nil {
-		return err
-	}
-	serving, servingKey, err := c.servingCert()
-	if err != nil {
-		return err
-	}
-	if err := c.run("kube-controller-manager", filepath.Join(c.cfg.ToolsDir, "kube-controller-manager"),
-		"--kubeconfig="+kc,
-		"--authentication-kubeconfig="+kc,
-		"--authorization-kubeconfig="+kc,
-		"--bind-address=127.0.0.1",
-		fmt.Sprintf("--secure-port=%d", port),
-		"--tls-cert-file="+serving,
-		"--tls-private-key-file="+servingKey,
-		"--leader-elect=false",
+	return c.startController(ctx, "kube-controller-manager", "system:kube-controller-manager", port,
 		"--use-service-account-credentials=true",
 		"--service-account-private-key-file="+c.pki.path("sa.key"),
 		"--root-ca-file="+c.pki.path("ca.crt"),
@@ -337,38 +321,41 @@ func (c *Cluster) startControllerManager(ctx context.Context, port int) error {
 		"--cluster-signing-key-file="+c.pki.path("ca.key"),
 		"--service-cluster-ip-range="+ServiceCIDR,
 		"--controllers=*",
-		"--profiling=false",
-		"--v=1",
-	); err != nil {
-		return err
-	}
-	return c.pollHealthz(ctx, "kube-controller-manager", port)
+	)
 }
 
 func (c *Cluster) startScheduler(ctx context.Context, port int) error {
-	kc := filepath.Join(c.cfg.Dir, "scheduler.kubeconfig")
-	if err := c.WriteKubeconfig(kc, "system:kube-scheduler", nil); err != nil {
+	return c.startController(ctx, "kube-scheduler", "system:kube-scheduler", port)
+}
+
+// startController runs a control-plane component that talks to the API
+// server as user, serves its health on a loopback port, and is ready when
+// /healthz answers.
+func (c *Cluster) startController(ctx context.Context, name, user string, port int, extra ...string) error {
+	kc := filepath.Join(c.cfg.Dir, strings.TrimPrefix(name, "kube-")+".kubeconfig")
+	if err := c.WriteKubeconfig(kc, user, nil); err != nil {
 		return err
 	}
 	serving, servingKey, err := c.servingCert()
 	if err != nil {
 		return err
 	}
-	if err := c.run("kube-scheduler", filepath.Join(c.cfg.ToolsDir, "kube-scheduler"),
-		"--kubeconfig="+kc,
-		"--authentication-kubeconfig="+kc,
-		"--authorization-kubeconfig="+kc,
+	args := append([]string{
+		"--kubeconfig=" + kc,
+		"--authentication-kubeconfig=" + kc,
+		"--authorization-kubeconfig=" + kc,
 		"--bind-address=127.0.0.1",
 		fmt.Sprintf("--secure-port=%d", port),
-		"--tls-cert-file="+serving,
-		"--tls-private-key-file="+servingKey,
+		"--tls-cert-file=" + serving,
+		"--tls-private-key-file=" + servingKey,
 		"--leader-elect=false",
 		"--profiling=false",
 		"--v=1",
-	); err != nil {
+	}, extra...)
+	if err := c.run(name, filepath.Join(c.cfg.ToolsDir, name), args...); err != nil {
 		return err
 	}
-	return c.pollHealthz(ctx, "kube-scheduler", port)
+	return c.pollHealthz(ctx, name, port)
 }
 
 // servingCert is the certificate the controller-manager and scheduler serve
