@@ -100,9 +100,14 @@ type Config struct {
 	DetectTimeout time.Duration
 	// HTTPDetectTimeout bounds how long the inbound side waits, inside an
 	// mTLS connection, for the client's first bytes to tell HTTP from
-	// opaque TCP. Zero means 200 milliseconds: the delay a protocol whose
-	// server speaks first pays once per connection.
+	// opaque TCP. Zero means 1 second: the delay a protocol whose server
+	// speaks first pays once per connection, unless its port is in
+	// OpaquePorts. Too short a wait would let a slow HTTP client fall back
+	// to opaque TCP, where HTTP rules never match.
 	HTTPDetectTimeout time.Duration
+	// OpaquePorts are inbound ports whose traffic is never inspected for
+	// HTTP: server-first protocols (MySQL, SMTP, ...) skip the wait.
+	OpaquePorts []uint16
 	// ConnectTimeout bounds upstream connects and TLS handshakes. Zero
 	// means 10 seconds.
 	ConnectTimeout time.Duration
@@ -168,7 +173,7 @@ func (c *Config) setDefaults() error {
 		}
 	}
 	dur(&c.DetectTimeout, 5*time.Second)
-	dur(&c.HTTPDetectTimeout, 200*time.Millisecond)
+	dur(&c.HTTPDetectTimeout, time.Second)
 	dur(&c.ConnectTimeout, 10*time.Second)
 	dur(&c.DrainTimeout, 20*time.Second)
 	if c.Gatherer == nil {

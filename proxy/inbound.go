@@ -112,7 +112,10 @@ func (p *Proxy) inbound(ctx context.Context, c net.Conn) {
 	// What the application protocol is: for mTLS, the decrypted stream's
 	// first bytes; for plaintext, the bytes already peeked.
 	app := proto
-	if tlsState == "mtls" {
+	switch {
+	case slices.Contains(p.cfg.OpaquePorts, dst.Port()):
+		app = sniff.Unknown
+	case tlsState == "mtls":
 		client, app = p.sniffApp(client)
 	}
 	if app == sniff.HTTP1 || app == sniff.HTTP2 {

@@ -208,6 +208,9 @@ func (m *mesh) startProxy(t *testing.T, s *side, inbound proxy.Mode, az proxy.Au
 		Registerer: s.reg, Gatherer: s.reg,
 		Logger:       slog.New(slog.NewJSONHandler(s.logs, nil)),
 		DrainTimeout: 2 * time.Second,
+		// Generous: under a loaded CI machine a client's first bytes can
+		// take longer than the default to cross two proxies.
+		HTTPDetectTimeout: 3 * time.Second,
 	})
 	if err != nil {
 		t.Fatal(err)

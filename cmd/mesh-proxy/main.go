@@ -103,6 +103,7 @@ func runCmd() *cobra.Command {
 		policyFile, defaultPolicy, podNS, podName, podLabels, podPorts string
 		auditLog                                                       string
 		logAllows                                                      bool
+		opaquePorts                                                    string
 		sampleAllows                                                   uint64
 	)
 	cmd := &cobra.Command{
@@ -173,8 +174,17 @@ func runCmd() *cobra.Command {
 					log.Error("audit log", "err", err)
 				}
 			}()
+			opaque, err := intercept.ParsePorts(opaquePorts)
+			if err != nil {
+				return fmt.Errorf("--opaque-ports: %w", err)
+			}
+			var ops []uint16
+			for _, o := range opaque {
+				ops = append(ops, uint16(o))
+			}
 			p, err := proxy.New(proxy.Config{
-				Identity: src, TrustDomain: td, Destinations: dests, Authorizer: enf,
+				OpaquePorts: ops,
+				Identity:    src, TrustDomain: td, Destinations: dests, Authorizer: enf,
 				InboundMode: proxy.Mode(inMode), OutboundMode: proxy.Mode(outMode),
 				AdminAddr: fmt.Sprintf("0.0.0.0:%d", adminPort), Probes: pr, ProbeSources: sources, Logger: log,
 				Registerer: prometheus.DefaultRegisterer,
@@ -203,6 +213,7 @@ func runCmd() *cobra.Command {
 	f.StringVar(&podName, "pod-name", os.Getenv("POD_NAME"), "this pod's name")
 	f.StringVar(&podLabels, "pod-labels", "", "this pod's labels, k=v,...")
 	f.StringVar(&podPorts, "container-ports", "", "this pod's named container ports, name=port,...")
+	f.StringVar(&opaquePorts, "opaque-ports", "", "comma-separated inbound ports never inspected for HTTP (server-first protocols)")
 	f.StringVar(&auditLog, "audit-log", "-", "where audit records go: a file path, or - for standard output")
 	f.BoolVar(&logAllows, "audit-log-allows", false, "audit allowed requests too")
 	f.Uint64Var(&sampleAllows, "audit-sample-allows", 1, "with --audit-log-allows, audit one allowed request in N")

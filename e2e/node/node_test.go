@@ -502,26 +502,30 @@ func testLifecycle(t *testing.T, n *Node, c *cluster.Cluster, echo string) {
 		corev1.EnvVar{Name: "PASSWORD", ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "creds"}, Key: "password"}}},
 		corev1.EnvVar{Name: "GREETING", ValueFrom: &corev1.EnvVarSource{ConfigMapKeyRef: &corev1.ConfigMapKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "app-config"}, Key: "greeting"}}},
 		corev1.EnvVar{Name: "MY_IP", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.podIP"}}},
-		corev1.EnvVar{Name: "ECHO_UNHEALTHY_AFTER", Value: "3s"},
+		corev1.EnvVar{Name: "ECHO_UNHEALTHY_AFTER", Value: "8s"},
 	)
 	ctr.LivenessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/live", Port: intstr.FromInt32(8080)}}, PeriodSeconds: 1, FailureThreshold: 2}
 	createPod(t, cs, "echo", &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "flaky"}, Spec: corev1.PodSpec{Containers: []corev1.Container{ctr}}})
 	ip := podIP(t, cs, "echo", "flaky")
 
-	n.mu.Lock()
-	var pid int
-	for _, rt := range n.pods {
-		if rt.obj.Name == "flaky" {
-			rt.mu.Lock()
-			pid = rt.procs[0].Process.Pid
-			rt.mu.Unlock()
+	// The liveness probe restarts the container: read the environment of
+	// whichever process is current, retrying if it is replaced meanwhile.
+	var environ []byte
+	waitFor(t, 20*time.Second, "container environment", func() error {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		for _, rt := range n.pods {
+			if rt.obj.Name == "flaky" {
+				rt.mu.Lock()
+				pid := rt.procs[len(rt.procs)-1].Process.Pid
+				rt.mu.Unlock()
+				var err error
+				environ, err = os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+				return err
+			}
 		}
-	}
-	n.mu.Unlock()
-	environ, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
+		return fmt.Errorf("pod flaky not running")
+	})
 	for _, want := range []string{"PASSWORD=s3cret", "GREETING=hello-v2", "MY_IP=" + ip, "POD_NAME=flaky"} {
 		if !strings.Contains(string(environ), want+"\x00") {
 			t.Errorf("container env lacks %s", want)
@@ -535,7 +539,7 @@ func testLifecycle(t *testing.T, n *Node, c *cluster.Cluster, echo string) {
 		}
 	}
 
-	waitFor(t, 30*time.Second, "liveness restart", func() error {
+	waitFor(t, time.Minute, "liveness restart", func() error {
 		p, err := cs.CoreV1().Pods("echo").Get(ctx, "flaky", metav1.GetOptions{})
 		if err != nil {
 			return err
