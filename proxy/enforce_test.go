@@ -115,7 +115,7 @@ func TestPolicyEnforcement(t *testing.T) {
 	if r.err != nil || json.Unmarshal([]byte(r.out), &soak) != nil {
 		t.Fatalf("soak: %q, %v", r.out, r.err)
 	}
-	if len(soak.Errors) == 0 || !strings.Contains(soak.Errors[len(soak.Errors)-1], "long-lived") || soak.LongLivedRounds < 5 {
+	if len(soak.Errors) == 0 || !strings.Contains(soak.Errors[len(soak.Errors)-1], "long-lived") || soak.LongLivedRounds < 2 {
 		t.Fatalf("the de-authorized TCP connection was not closed: %+v", soak)
 	}
 

@@ -415,7 +415,21 @@ func TestCaptureShowsOnlyTLS(t *testing.T) {
 	if out, err := m.app(t, "tcp", fmt.Sprintf("TARGET=%s:%d", ipB, tcpPort), "MESSAGE="+marker); err != nil || out != marker {
 		t.Fatalf("TCP echo through the mesh = %q, %v", out, err)
 	}
-	time.Sleep(200 * time.Millisecond) // let the last segments reach the capture
+	// Let the last segments reach the capture: wait until the file stops
+	// growing (tcpdump may lag on a loaded machine).
+	var last int64 = -1
+	for stable, deadline := 0, time.Now().Add(10*time.Second); stable < 5 && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond)
+		var size int64
+		if fi, err := os.Stat(pcap); err == nil {
+			size = fi.Size()
+		}
+		if size == last {
+			stable++
+		} else {
+			stable, last = 0, size
+		}
+	}
 	_ = dump.Process.Signal(syscall.SIGINT)
 	_ = dump.Wait()
 
@@ -662,7 +676,7 @@ func TestRotationUnderLoad(t *testing.T) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		out, err := m.app(t, "soak", fmt.Sprintf("TARGET_HTTP=http://%s:%d/soak", ipB, httpPort), fmt.Sprintf("TARGET_TCP=%s:%d", ipB, tcpPort), "DURATION=3s")
+		out, err := m.app(t, "soak", fmt.Sprintf("TARGET_HTTP=http://%s:%d/soak", ipB, httpPort), fmt.Sprintf("TARGET_TCP=%s:%d", ipB, tcpPort), "DURATION=4s")
 		done <- result{out, err}
 	}()
 	time.Sleep(time.Second) // let the stream run on the first SVIDs
@@ -676,7 +690,9 @@ func TestRotationUnderLoad(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.out), &res); err != nil {
 		t.Fatalf("soak output %q: %v", r.out, err)
 	}
-	if res.Failures != 0 || len(res.Errors) != 0 || res.LongLivedRounds != res.Requests || res.Requests < 20 {
+	// Bounds loose enough for a loaded machine: what matters is zero
+	// failures across the rotation.
+	if res.Failures != 0 || len(res.Errors) != 0 || res.LongLivedRounds != res.Requests || res.Requests < 10 {
 		t.Fatalf("soak across rotation: %+v", res)
 	}
 
