@@ -3,6 +3,7 @@ package authz
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -76,6 +77,14 @@ type Table struct {
 	// allowPolicy names the ALLOW policies in a "no rule matched" denial;
 	// wouldAllowPolicy adds the dry-run ones.
 	allowPolicy, wouldAllowPolicy string
+
+	// httpAllPorts and httpPorts say where some rule has HTTP fields: on
+	// those ports the proxy refuses a connection that is not HTTP instead
+	// of deciding it once as opaque TCP (RequiresHTTP).
+	httpAllPorts bool
+	httpPorts    []uint16
+	// warnings are rule parts that could not be compiled as written.
+	warnings []string
 }
 
 // ruleSet indexes rules by the exact caller identities they name, so a
@@ -152,6 +161,10 @@ type operation struct {
 	methods      []string
 	paths        []pathMatch
 	httpRequired bool
+	// failClosed is set on DENY rules: a request that is not HTTP matches
+	// them on their ports alone, so HTTP fields never make a DENY weaker
+	// for a connection the proxy could not read as HTTP.
+	failClosed bool
 }
 
 type pathMatch struct {
@@ -208,7 +221,9 @@ func Compile(in Input) (*Table, error) {
 				continue
 			}
 		}
-		cp := compilePolicy(p, in.Workload.Ports)
+		cp, warnings := compilePolicy(p, in.Workload.Ports)
+		t.warnings = append(t.warnings, warnings...)
+		t.noteHTTPPorts(cp)
 		switch {
 		case p.Spec.Action == v1alpha1.Audit:
 			t.audit.add(cp, t.trustDomain)
@@ -263,8 +278,10 @@ func joinName(list, name string) string {
 	return list + "," + name
 }
 
-func compilePolicy(p *v1alpha1.AuthorizationPolicy, ports map[string]uint16) *policy {
+func compilePolicy(p *v1alpha1.AuthorizationPolicy, ports map[string]uint16) (*policy, []string) {
 	cp := &policy{name: p.Namespace + "/" + p.Name}
+	deny := p.Spec.Action == v1alpha1.Deny
+	var warnings []string
 	for i, r := range p.Spec.Rules {
 		cr := rule{name: strconv.Itoa(i)}
 		for _, s := range r.From {
@@ -279,15 +296,30 @@ func compilePolicy(p *v1alpha1.AuthorizationPolicy, ports map[string]uint16) *po
 			cs.anyIdentityField = len(s.Identities)+len(s.Namespaces)+len(s.ServiceAccounts) > 0
 			cr.from = append(cr.from, cs)
 		}
-		for _, o := range r.To {
-			co := operation{methods: o.Methods, httpRequired: len(o.Methods)+len(o.Paths) > 0}
+		for j, o := range r.To {
+			co := operation{methods: o.Methods, httpRequired: len(o.Methods)+len(o.Paths) > 0, failClosed: deny}
+			unresolved := false
 			for _, port := range o.Ports {
 				co.portsSet = true
 				if port.Type == intstr.Int {
 					co.ports = append(co.ports, uint16(port.IntVal))
 				} else if n, ok := ports[port.StrVal]; ok {
 					co.ports = append(co.ports, n)
+				} else {
+					unresolved = true
+					w := fmt.Sprintf("policy %s rule %d to %d: the pod has no container port named %q", cp.name, i, j, port.StrVal)
+					if deny {
+						w += "; this DENY matches every port (fail closed)"
+					} else {
+						w += "; this port matches nothing"
+					}
+					warnings = append(warnings, w)
 				}
+			}
+			if unresolved && deny {
+				// A DENY the pod's spec cannot resolve must not quietly
+				// stop denying: it covers every port instead.
+				co.ports, co.portsSet = nil, false
 			}
 			for _, path := range o.Paths {
 				switch {
@@ -305,5 +337,37 @@ func compilePolicy(p *v1alpha1.AuthorizationPolicy, ports map[string]uint16) *po
 		}
 		cp.rules = append(cp.rules, cr)
 	}
-	return cp
+	return cp, warnings
 }
+
+// noteHTTPPorts records the ports on which p has rules with HTTP fields.
+func (t *Table) noteHTTPPorts(p *policy) {
+	for _, r := range p.rules {
+		for _, o := range r.to {
+			if !o.httpRequired {
+				continue
+			}
+			if !o.portsSet {
+				t.httpAllPorts = true
+				continue
+			}
+			for _, port := range o.ports {
+				if !slices.Contains(t.httpPorts, port) {
+					t.httpPorts = append(t.httpPorts, port)
+				}
+			}
+		}
+	}
+}
+
+// RequiresHTTP reports whether some rule of the table has HTTP fields
+// (methods or paths) that apply to port. The proxy must then read every
+// connection to port as HTTP and refuse one that is not, rather than fall
+// back to deciding it once as opaque TCP.
+func (t *Table) RequiresHTTP(port uint16) bool {
+	return t.httpAllPorts || slices.Contains(t.httpPorts, port)
+}
+
+// Warnings lists the rule parts that could not be compiled as written, such
+// as container port names the pod does not have, and what was done instead.
+func (t *Table) Warnings() []string { return t.warnings }

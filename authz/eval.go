@@ -197,11 +197,13 @@ func (t *Table) matchSource(s *source, peer string) bool {
 }
 
 func matchOperation(o *operation, req *Request) bool {
-	if o.httpRequired && !req.HTTP {
-		return false
-	}
 	if o.portsSet && !slices.Contains(o.ports, req.Port) {
 		return false
+	}
+	if o.httpRequired && !req.HTTP {
+		// A connection that is not HTTP has no method or path: an ALLOW
+		// (or AUDIT) naming them does not match it, a DENY does.
+		return o.failClosed
 	}
 	if len(o.methods) > 0 && !slices.Contains(o.methods, req.Method) {
 		return false

@@ -146,7 +146,9 @@ spec:
 		{"DENY beats a matching ALLOW", authz.DefaultAllowMesh, nil, issueExample + "\n---\n" + denyAdmin, get(frontend, 8080, "/api/admin/users"), false, "shop/no-admin", "0", authz.ReasonDenyRule},
 		{"DENY not matching leaves ALLOW", authz.DefaultAllowMesh, nil, issueExample + "\n---\n" + denyAdmin, get(frontend, 8080, "/api/orders"), true, "shop/backend-from-frontend", "0", authz.ReasonAllowRule},
 		{"root-namespace DENY applies mesh-wide", authz.DefaultAllowMesh, nil, issueExample + "\n---\n" + meshWideDeny, get(opsJob, 8080, "/api/x"), false, "mesh-system/no-ops", "0", authz.ReasonDenyRule},
-		{"DENY with HTTP fields does not match TCP", authz.DefaultAllowMesh, nil, denyAdmin, tcp(frontend, 8080), true, "default:allow-mesh", "", authz.ReasonDefaultAllow},
+		// A connection the proxy cannot read as HTTP has no path: a DENY naming
+		// paths denies it (fail closed) instead of letting it through.
+		{"DENY with HTTP fields denies non-HTTP (fail closed)", authz.DefaultAllowMesh, nil, denyAdmin, tcp(frontend, 8080), false, "shop/no-admin", "0", authz.ReasonDenyRule},
 
 		// Policies that do not apply.
 		{"another namespace's policy", authz.DefaultAllowMesh, nil, otherNS, tcp(frontend, 1), true, "default:allow-mesh", "", authz.ReasonDefaultAllow},
@@ -191,12 +193,19 @@ spec:
 `
 	tbl := compile(t, authz.DefaultAllowMesh, backend(nil), docs)
 
-	d := tbl.Evaluate(&authz.Request{Peer: opsJob, Port: 8080})
+	d := tbl.Evaluate(&authz.Request{Peer: opsJob, Port: 8080, HTTP: true, Method: "GET", Path: "/x"})
 	if !d.Allow || d.Policy != "default:allow-mesh" || d.Audit != "shop/watch-ops" {
 		t.Fatalf("ops caller: %+v; want allowed by the default, audited by shop/watch-ops", d)
 	}
 	if !d.HasDryRun || d.DryRun.Allow || d.DryRun.Policy != "shop/lockdown" || d.DryRun.Reason != authz.ReasonNoAllowRule {
 		t.Fatalf("ops caller's would-be decision: %+v; want denied by the dry-run lockdown", d.DryRun)
+	}
+
+	// Enforcing the dry-run DENY of DELETEs would also refuse connections
+	// that are not HTTP (they have no method to tell): the preview says so.
+	d = tbl.Evaluate(&authz.Request{Peer: opsJob, Port: 8080})
+	if !d.Allow || d.DryRun.Allow || d.DryRun.Policy != "shop/no-deletes" {
+		t.Fatalf("ops caller over TCP: %+v; want allowed, would be denied by the dry-run no-deletes", d)
 	}
 
 	d = tbl.Evaluate(&authz.Request{Peer: frontend, Port: 8080, HTTP: true, Method: "DELETE", Path: "/x"})
@@ -311,6 +320,100 @@ func TestParsePolicies(t *testing.T) {
 	} {
 		if _, err := authz.ParsePolicies([]byte(bad.doc)); err == nil || !strings.Contains(err.Error(), bad.want) {
 			t.Errorf("ParsePolicies = %v, want %q", err, bad.want)
+		}
+	}
+}
+
+// TestUnresolvedNamedPorts: a rule naming a container port the pod does not
+// have is reported; in a DENY it matches every port (fail closed), in an
+// ALLOW it matches nothing.
+func TestUnresolvedNamedPorts(t *testing.T) {
+	docs := `
+apiVersion: security.mesh.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: no-debug, namespace: shop}
+spec:
+  action: DENY
+  rules: [{to: [{ports: ["debug"]}]}]
+---
+apiVersion: security.mesh.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: grpc-only, namespace: shop}
+spec:
+  action: ALLOW
+  rules: [{from: [{namespaces: ["ops"]}], to: [{ports: ["grpc"]}]}]
+`
+	tbl := compile(t, authz.DefaultAllowMesh, backend(nil), docs)
+	for _, port := range []uint16{8080, 9090, 1} {
+		d := tbl.Evaluate(&authz.Request{Peer: opsJob, Port: port})
+		if d.Allow || d.Policy != "shop/no-debug" {
+			t.Errorf("port %d: %+v; want denied by the unresolvable DENY", port, d)
+		}
+	}
+	w := tbl.Warnings()
+	want := []string{
+		`policy shop/grpc-only rule 0 to 0: the pod has no container port named "grpc"; this port matches nothing`,
+		`policy shop/no-debug rule 0 to 0: the pod has no container port named "debug"; this DENY matches every port (fail closed)`,
+	}
+	if strings.Join(w, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("warnings:\n%s\nwant:\n%s", strings.Join(w, "\n"), strings.Join(want, "\n"))
+	}
+	// Without the DENY, the ALLOW's unresolved port allows nothing.
+	tbl = compile(t, authz.DefaultAllowMesh, backend(nil), docs[strings.Index(docs, "---")+3:])
+	if d := tbl.Evaluate(&authz.Request{Peer: opsJob, Port: 8080}); d.Allow {
+		t.Fatalf("an ALLOW naming an unresolved port allowed %+v", d)
+	}
+}
+
+// TestRequiresHTTP: the ports on which some rule names methods or paths.
+func TestRequiresHTTP(t *testing.T) {
+	tests := []struct {
+		name string
+		docs string
+		want map[uint16]bool
+	}{
+		{"no policy", "", map[uint16]bool{8080: false, 9000: false}},
+		{"TCP-only rules", `
+apiVersion: security.mesh.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: p, namespace: shop}
+spec:
+  action: ALLOW
+  rules: [{to: [{ports: [8080]}]}]
+`, map[uint16]bool{8080: false, 9000: false}},
+		{"paths on a named port", `
+apiVersion: security.mesh.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: p, namespace: shop}
+spec:
+  action: DENY
+  rules: [{to: [{ports: ["http-api"], paths: ["/admin*"]}]}]
+`, map[uint16]bool{8080: true, 9000: false}},
+		{"methods on every port, dry-run", `
+apiVersion: security.mesh.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: p, namespace: shop}
+spec:
+  action: ALLOW
+  dryRun: true
+  rules: [{to: [{methods: ["GET"]}]}]
+`, map[uint16]bool{8080: true, 9000: true}},
+		{"another workload's policy", `
+apiVersion: security.mesh.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: p, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  action: DENY
+  rules: [{to: [{paths: ["/admin"]}]}]
+`, map[uint16]bool{8080: false}},
+	}
+	for _, tc := range tests {
+		tbl := compile(t, authz.DefaultAllowMesh, backend(nil), tc.docs)
+		for port, want := range tc.want {
+			if got := tbl.RequiresHTTP(port); got != want {
+				t.Errorf("%s: RequiresHTTP(%d) = %v, want %v", tc.name, port, got, want)
+			}
 		}
 	}
 }
