@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -57,11 +59,28 @@ type ServerConfig struct {
 	Kube kubernetes.Interface
 	// Audience the tokens must be for. Zero means DefaultAudience.
 	Audience string
-	// RatePerIdentity and Burst limit Certify calls per SPIFFE ID. Zero
+	// RatePerIdentity and Burst limit Certify calls per SPIFFE ID, checked
+	// after the review since only the review names the identity. Zero
 	// means one every 6 seconds with a burst of 10: a proxy renews every
 	// half hour, so this only bites on a loop or an attack.
 	RatePerIdentity rate.Limit
 	Burst           int
+	// RatePerSource and BurstPerSource limit Certify calls per source IP
+	// address, checked before anything else so a refused caller costs no
+	// TokenReview. Zero means DefaultRatePerSource and
+	// DefaultBurstPerSource; rate.Inf turns the limit off (in-process
+	// tests and benchmarks only).
+	RatePerSource  rate.Limit
+	BurstPerSource int
+	// MaxSources caps the source addresses tracked at once; addresses past
+	// it share one bucket. Zero means DefaultMaxSources.
+	MaxSources int
+	// MaxConcurrentReviews caps attestations (TokenReview and pod read) in
+	// flight. Zero means DefaultMaxConcurrentReviews.
+	MaxConcurrentReviews int
+	// ReviewWait is the longest a call waits for a review slot before it
+	// is refused with ResourceExhausted. Zero means DefaultReviewWait.
+	ReviewWait time.Duration
 	// Audit receives one event per Certify call. Zero means slog.Default().
 	Audit *slog.Logger
 	// Registerer receives the service's metrics. Zero means none.
@@ -74,6 +93,14 @@ type Server struct {
 	cfg     ServerConfig
 	td      spiffeid.TrustDomain
 	metrics *serverMetrics
+
+	sources *sourceLimiter
+	reviews *reviewSlots
+	// throttledAudit rations the audit events of calls refused by the
+	// source and review limits, which an attacker controls the number of;
+	// suppressed counts those left out, reported with the next one.
+	throttledAudit *rate.Limiter
+	suppressed     atomic.Uint64
 
 	mu       sync.Mutex
 	limiters map[spiffeid.ID]*limiter
@@ -93,6 +120,40 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.Kube == nil {
 		return nil, errors.New("identity: ServerConfig.Kube is required")
 	}
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	m, err := newServerMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	return &Server{
+		cfg: cfg, td: cfg.CA.TrustDomain(), metrics: m,
+		sources:        newSourceLimiter(cfg.RatePerSource, cfg.BurstPerSource, cfg.MaxSources),
+		reviews:        newReviewSlots(cfg.MaxConcurrentReviews, cfg.ReviewWait),
+		throttledAudit: rate.NewLimiter(1, 10),
+		limiters:       map[spiffeid.ID]*limiter{},
+	}, nil
+}
+
+// defaults fills in the zero values and rejects negative ones.
+func (cfg *ServerConfig) defaults() error {
+	var errs []error
+	negative := func(name string, bad bool, v any) {
+		if bad {
+			errs = append(errs, fmt.Errorf("identity: ServerConfig.%s is negative (%v)", name, v))
+		}
+	}
+	negative("RatePerIdentity", cfg.RatePerIdentity < 0, cfg.RatePerIdentity)
+	negative("Burst", cfg.Burst < 0, cfg.Burst)
+	negative("RatePerSource", cfg.RatePerSource < 0, cfg.RatePerSource)
+	negative("BurstPerSource", cfg.BurstPerSource < 0, cfg.BurstPerSource)
+	negative("MaxSources", cfg.MaxSources < 0, cfg.MaxSources)
+	negative("MaxConcurrentReviews", cfg.MaxConcurrentReviews < 0, cfg.MaxConcurrentReviews)
+	negative("ReviewWait", cfg.ReviewWait < 0, cfg.ReviewWait)
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
 	if cfg.Audience == "" {
 		cfg.Audience = DefaultAudience
 	}
@@ -102,24 +163,38 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.Burst == 0 {
 		cfg.Burst = 10
 	}
+	if cfg.RatePerSource == 0 {
+		cfg.RatePerSource = DefaultRatePerSource
+	}
+	if cfg.BurstPerSource == 0 {
+		cfg.BurstPerSource = DefaultBurstPerSource
+	}
+	if cfg.MaxSources == 0 {
+		cfg.MaxSources = DefaultMaxSources
+	}
+	if cfg.MaxConcurrentReviews == 0 {
+		cfg.MaxConcurrentReviews = DefaultMaxConcurrentReviews
+	}
+	if cfg.ReviewWait == 0 {
+		cfg.ReviewWait = DefaultReviewWait
+	}
 	if cfg.Audit == nil {
 		cfg.Audit = slog.Default()
 	}
-	m, err := newServerMetrics(cfg.Registerer)
-	if err != nil {
-		return nil, err
-	}
-	return &Server{cfg: cfg, td: cfg.CA.TrustDomain(), metrics: m, limiters: map[spiffeid.ID]*limiter{}}, nil
+	return nil
 }
 
 // Register adds the service to a gRPC server. Create that server with
-// grpc.MaxRecvMsgSize(MaxRequestBytes).
+// ServerOptions.
 func (s *Server) Register(r grpc.ServiceRegistrar) { identityv1.RegisterIdentityServer(r, s) }
 
 // caller is what the service learned about a caller, for the audit event.
 type caller struct {
 	namespace, pod, serviceAccount string
 	id                             spiffeid.ID
+	// throttled: refused by a limit an unauthenticated caller can trip
+	// at will, so its audit event is rationed.
+	throttled bool
 }
 
 // Certify implements identityv1.IdentityServer.
@@ -138,11 +213,27 @@ func (s *Server) Certify(ctx context.Context, req *identityv1.CertifyRequest) (*
 	}
 	s.metrics.certify.WithLabelValues(result).Inc()
 	s.metrics.latency.WithLabelValues(result).Observe(time.Since(start).Seconds())
-	s.audit(ctx, &who, svid, err)
+	var suppressed uint64
+	if who.throttled {
+		if !s.throttledAudit.Allow() {
+			s.suppressed.Add(1)
+			return resp, err
+		}
+		suppressed = s.suppressed.Swap(0)
+	}
+	s.audit(ctx, &who, svid, suppressed, err)
 	return resp, err
 }
 
 func (s *Server) certify(ctx context.Context, req *identityv1.CertifyRequest, who *caller) (*identityv1.CertifyResponse, *ca.SVID, error) {
+	// The source limit comes first: a refused caller costs no CSR
+	// signature check and no TokenReview.
+	src := sourceAddr(ctx)
+	if ok, reason := s.sources.allow(src, time.Now()); !ok {
+		who.throttled = true
+		s.metrics.refused.WithLabelValues(reason).Inc()
+		return nil, nil, status.Errorf(codes.ResourceExhausted, "identity: too many requests from %s (%s); retry later", sourceLabel(src), reason)
+	}
 	csr, err := ParseCSR(req.GetCsr())
 	if err != nil {
 		return nil, nil, status.Error(codes.InvalidArgument, err.Error())
@@ -154,6 +245,7 @@ func (s *Server) certify(ctx context.Context, req *identityv1.CertifyRequest, wh
 		return nil, nil, status.Error(codes.PermissionDenied, fmt.Sprintf("identity: token for sa %q cannot sign: %v", who.serviceAccount, err))
 	}
 	if !s.allow(who.id) {
+		s.metrics.refused.WithLabelValues(refusedIdentity).Inc()
 		return nil, nil, status.Errorf(codes.ResourceExhausted, "identity: too many requests for %q; retry later", who.id)
 	}
 	svid, err := s.cfg.CA.SignSVID(csr, who.id, 0)
@@ -178,6 +270,18 @@ func (s *Server) attest(ctx context.Context, token string, who *caller) error {
 	case len(token) > MaxTokenBytes:
 		return status.Errorf(codes.InvalidArgument, "identity: token of %d bytes exceeds %d", len(token), MaxTokenBytes)
 	}
+	release, err := s.reviews.acquire(ctx)
+	if err != nil {
+		who.throttled = true
+		s.metrics.refused.WithLabelValues(refusedCapacity).Inc()
+		return err
+	}
+	defer release()
+	s.metrics.inFlight.Inc()
+	defer s.metrics.inFlight.Dec()
+	ctx, cancel := context.WithTimeout(ctx, reviewTimeout)
+	defer cancel()
+	s.metrics.reviews.Inc()
 	review, err := s.cfg.Kube.AuthenticationV1().TokenReviews().Create(ctx, &authnv1.TokenReview{
 		Spec: authnv1.TokenReviewSpec{Token: token, Audiences: []string{s.cfg.Audience}},
 	}, metav1.CreateOptions{})
@@ -262,8 +366,12 @@ func (s *Server) allow(id spiffeid.ID) bool {
 	return l.AllowN(now, 1)
 }
 
-func (s *Server) audit(ctx context.Context, who *caller, svid *ca.SVID, err error) {
+func (s *Server) audit(ctx context.Context, who *caller, svid *ca.SVID, suppressed uint64, err error) {
 	attrs := []slog.Attr{slog.String("type", AuditType)}
+	if suppressed > 0 {
+		// Throttled refusals left out of the log since the last one in it.
+		attrs = append(attrs, slog.Uint64("suppressed", suppressed))
+	}
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
 		attrs = append(attrs, slog.String("source", p.Addr.String()))
 	}
@@ -302,6 +410,14 @@ func codeLabel(c codes.Code) string {
 	return b.String()
 }
 
+// sourceLabel names a source address in a refusal.
+func sourceLabel(a netip.Addr) string {
+	if !a.IsValid() {
+		return "a caller without an IP address"
+	}
+	return a.String()
+}
+
 func serviceAccountUser(username string) (ns, sa string, ok bool) {
 	rest, ok := strings.CutPrefix(username, "system:serviceaccount:")
 	if !ok {
@@ -325,31 +441,4 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
-}
-
-type serverMetrics struct {
-	certify *prometheus.CounterVec
-	latency *prometheus.HistogramVec
-}
-
-func newServerMetrics(reg prometheus.Registerer) (*serverMetrics, error) {
-	m := &serverMetrics{
-		certify: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "mesh_identity_certify_total",
-			Help: "Certify calls by result: issued, or the gRPC code of the refusal.",
-		}, []string{"result"}),
-		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "mesh_identity_certify_duration_seconds",
-			Help:    "Time to answer a Certify call, including the TokenReview.",
-			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
-		}, []string{"result"}),
-	}
-	if reg != nil {
-		for _, c := range []prometheus.Collector{m.certify, m.latency} {
-			if err := reg.Register(c); err != nil {
-				return nil, fmt.Errorf("identity: register metrics: %w", err)
-			}
-		}
-	}
-	return m, nil
 }

@@ -111,6 +111,10 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
+	gopts, err := identity.ServerOptions(identity.TransportConfig{})
+	if err != nil {
+		return err
+	}
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return authority.Run(gctx, time.Minute) })
@@ -119,7 +123,7 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return fmt.Errorf("identity listener: %w", err)
 	}
-	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsconfig.TLSServerConfig(self))), grpc.MaxRecvMsgSize(identity.MaxRequestBytes))
+	gs := grpc.NewServer(append(gopts, grpc.Creds(credentials.NewTLS(tlsconfig.TLSServerConfig(self))))...)
 	srv.Register(gs)
 	g.Go(func() error {
 		go func() { <-gctx.Done(); gs.GracefulStop() }()
