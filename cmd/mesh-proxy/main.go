@@ -50,13 +50,15 @@ func root() *cobra.Command {
 
 func initCmd() *cobra.Command {
 	var (
-		cfg                            intercept.Config
-		inSkip, outSkip, outCIDRs, ipt string
-		dryRun                         bool
+		cfg                                  intercept.Config
+		inSkip, outSkip, outCIDRs, ipt, ipv6 string
+		dryRun                               bool
 	)
 	cmd := &cobra.Command{
 		Use:   "init",
 		Short: "Install the pod's iptables interception rules (idempotent)",
+		// No arguments: "--ipv6 on" must not parse as --ipv6 plus a stray "on".
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var err error
 			if cfg.InboundSkipPorts, err = intercept.ParsePorts(inSkip); err != nil {
@@ -69,6 +71,7 @@ func initCmd() *cobra.Command {
 				return err
 			}
 			cfg.IPTables = ipt
+			cfg.IPv6 = intercept.IPv6Mode(ipv6)
 			if dryRun {
 				plan, err := cfg.Plan()
 				if err != nil {
@@ -77,7 +80,12 @@ func initCmd() *cobra.Command {
 				fmt.Print(plan)
 				return nil
 			}
-			return intercept.Apply(cmd.Context(), &cfg)
+			res, err := intercept.Apply(cmd.Context(), &cfg)
+			if err != nil {
+				return err
+			}
+			fmt.Print(res)
+			return nil
 		},
 	}
 	f := cmd.Flags()
@@ -88,8 +96,10 @@ func initCmd() *cobra.Command {
 	f.StringVar(&inSkip, "inbound-skip-ports", "", "comma-separated inbound ports not intercepted")
 	f.StringVar(&outSkip, "outbound-skip-ports", "", "comma-separated outbound ports not intercepted")
 	f.StringVar(&outCIDRs, "outbound-skip-cidrs", "", "comma-separated destination CIDRs not intercepted")
-	f.BoolVar(&cfg.IPv6, "ipv6", false, "also install the rules with ip6tables")
+	f.StringVar(&ipv6, "ipv6", string(intercept.IPv6Auto), "IPv6: auto (intercept it if the namespace has it; where ip6tables cannot, drop IPv6 TCP or disable IPv6; else fail) or on (intercept it or fail)")
+	f.Lookup("ipv6").NoOptDefVal = string(intercept.IPv6On) // a bare --ipv6 keeps its old meaning
 	f.StringVar(&ipt, "iptables", "iptables", "iptables binary: iptables, iptables-nft or iptables-legacy")
+	f.StringVar(&cfg.IP6Tables, "ip6tables", "", "ip6tables binary (default: derived from --iptables, e.g. ip6tables-nft)")
 	f.BoolVar(&dryRun, "dry-run", false, "print the rules instead of installing them")
 	return cmd
 }

@@ -8,6 +8,16 @@
 // idempotent: our chains are declared, and so flushed and refilled, in one
 // iptables-restore --noflush transaction, and each jump is added only if
 // missing. It works with iptables-nft and iptables-legacy alike.
+//
+// The proxy's own listener ports are never redirected: a connection to
+// podIP:15001 or podIP:15006 lands on that listener as addressed, where the
+// proxy refuses it, instead of being redirected to the proxy, dialled again
+// and redirected again until file descriptors run out.
+//
+// IPv6 is intercepted the same way whenever the namespace has it, and
+// blocked where it cannot be intercepted (see IPv6Mode): an application
+// listening on [::] is never reachable around the proxy, not even over the
+// link-local addresses every interface has in an IPv4-only cluster.
 package intercept
 
 import (
@@ -17,6 +27,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 )
@@ -42,12 +53,20 @@ type Config struct {
 	// reaches directly.
 	OutboundSkipPorts []int
 	OutboundSkipCIDRs []netip.Prefix
-	// IPv6 also installs the rules with ip6tables.
-	IPv6 bool
+	// IPv6 says what happens to IPv6; zero means IPv6Auto. There is no
+	// mode that leaves IPv6 open.
+	IPv6 IPv6Mode
 	// IPTables is the iptables binary ("iptables", "iptables-legacy",
-	// "iptables-nft"). Zero means "iptables". Its -restore and ip6tables
-	// siblings are derived from it.
+	// "iptables-nft"). Zero means "iptables". Its -restore sibling is
+	// derived from it.
 	IPTables string
+	// IP6Tables is the ip6tables binary. Zero derives it from IPTables
+	// ("iptables-nft" gives "ip6tables-nft"). Its -restore sibling is
+	// derived from it.
+	IP6Tables string
+	// Proc is where procfs is mounted, read to tell whether the namespace
+	// has IPv6 and written to disable it. Zero means "/proc".
+	Proc string
 }
 
 func validPort(p int) bool { return p > 0 && p < 65536 }
@@ -74,6 +93,14 @@ func (c *Config) Validate() error {
 	if c.InboundPort == c.OutboundPort {
 		errs = append(errs, errors.New("intercept: inbound and outbound ports must differ"))
 	}
+	if c.AdminPort != 0 && (c.AdminPort == c.InboundPort || c.AdminPort == c.OutboundPort) {
+		errs = append(errs, fmt.Errorf("intercept: admin port %d is also a proxy listener port", c.AdminPort))
+	}
+	switch c.IPv6 {
+	case "", IPv6Auto, IPv6On:
+	default:
+		errs = append(errs, fmt.Errorf("intercept: ipv6 mode %q unknown: want %q or %q (IPv6 is intercepted or blocked, never left open)", c.IPv6, IPv6Auto, IPv6On))
+	}
 	return errors.Join(errs...)
 }
 
@@ -84,17 +111,22 @@ type family struct {
 	v6                bool
 }
 
-func (c *Config) families() []family {
+func (c *Config) v4() family {
 	bin := c.IPTables
 	if bin == "" {
 		bin = "iptables"
 	}
-	fams := []family{{iptables: bin, restore: restoreFor(bin), loopback: "127.0.0.0/8"}}
-	if c.IPv6 {
-		b6 := strings.Replace(bin, "iptables", "ip6tables", 1)
-		fams = append(fams, family{iptables: b6, restore: restoreFor(b6), loopback: "::1/128", v6: true})
+	return family{iptables: bin, restore: restoreFor(bin), loopback: "127.0.0.0/8"}
+}
+
+func (c *Config) v6() family {
+	bin := c.IP6Tables
+	if bin == "" {
+		// Only the file name: a folder named after iptables stays as it is.
+		v4 := c.v4().iptables
+		bin = filepath.Join(filepath.Dir(v4), strings.Replace(filepath.Base(v4), "iptables", "ip6tables", 1))
 	}
-	return fams
+	return family{iptables: bin, restore: restoreFor(bin), loopback: "::1/128", v6: true}
 }
 
 // restoreFor maps iptables-nft to iptables-nft-restore, and so on.
@@ -107,6 +139,10 @@ func (c *Config) ruleset(f family) string {
 	w("*nat")
 	w(":%s - [0:0]", InboundChain)
 	w(":%s - [0:0]", OutboundChain)
+	// The proxy's listeners are reached as addressed, never redirected:
+	// redirecting them is the loop.
+	w("-A %s -p tcp --dport %d -j RETURN", InboundChain, c.InboundPort)
+	w("-A %s -p tcp --dport %d -j RETURN", InboundChain, c.OutboundPort)
 	if c.AdminPort != 0 {
 		w("-A %s -p tcp --dport %d -j RETURN", InboundChain, c.AdminPort)
 	}
@@ -131,51 +167,91 @@ func (c *Config) ruleset(f family) string {
 	return b.String()
 }
 
-// jumps are the rules that send traffic into our chains.
-var jumps = [][]string{
-	{"PREROUTING", "-p", "tcp", "-j", InboundChain},
-	{"OUTPUT", "-p", "tcp", "-j", OutboundChain},
+// natJumps are the rules that send traffic into our nat chains.
+var natJumps = []jump{
+	{"PREROUTING", []string{"-p", "tcp", "-j", InboundChain}},
+	{"OUTPUT", []string{"-p", "tcp", "-j", OutboundChain}},
 }
 
-// Plan is what Apply does, for --dry-run: per family, the restore input and
-// the jump rules.
+// jump is a rule in a built-in chain that sends traffic to one of ours.
+type jump struct {
+	chain string
+	rule  []string
+}
+
+// rules is one iptables-restore transaction and the jumps to add after it,
+// appended to their chain, or inserted first when first is set.
+type rules struct {
+	table string
+	input string
+	jumps []jump
+	first bool
+}
+
+func (r rules) plan(b *strings.Builder, f family) {
+	fmt.Fprintf(b, "# %s --noflush <<EOF\n%sEOF\n", f.restore, r.input)
+	for _, j := range r.jumps {
+		fmt.Fprintf(b, "# unless present: %s\n", strings.Join(r.add(f, j), " "))
+	}
+}
+
+func (r rules) add(f family, j jump) []string {
+	args := []string{f.iptables, "-t", r.table, "-A", j.chain}
+	if r.first {
+		args = []string{f.iptables, "-t", r.table, "-I", j.chain, "1"}
+	}
+	return append(args, j.rule...)
+}
+
+// apply installs r with f's binaries: the restore, then each missing jump.
+func (r rules) apply(ctx context.Context, f family) error {
+	cmd := exec.CommandContext(ctx, f.restore, "--noflush")
+	cmd.Stdin = strings.NewReader(r.input)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("intercept: %s --noflush (table %s): %w: %s", f.restore, r.table, err, bytes.TrimSpace(out))
+	}
+	for _, j := range r.jumps {
+		check := append([]string{"-t", r.table, "-C", j.chain}, j.rule...)
+		if exec.CommandContext(ctx, f.iptables, check...).Run() == nil {
+			continue
+		}
+		add := r.add(f, j)
+		if out, err := exec.CommandContext(ctx, add[0], add[1:]...).CombinedOutput(); err != nil {
+			return fmt.Errorf("intercept: %s: %w: %s", strings.Join(add, " "), err, bytes.TrimSpace(out))
+		}
+	}
+	return nil
+}
+
+func (c *Config) nat(f family) rules {
+	return rules{table: "nat", input: c.ruleset(f), jumps: natJumps}
+}
+
+// Plan is what Apply does, for --dry-run: the IPv4 rules, then the IPv6
+// rules and, in order, the fallbacks tried if they cannot be installed.
 func (c *Config) Plan() (string, error) {
 	if err := c.Validate(); err != nil {
 		return "", err
 	}
 	var b strings.Builder
-	for _, f := range c.families() {
-		fmt.Fprintf(&b, "# %s --noflush <<EOF\n%sEOF\n", f.restore, c.ruleset(f))
-		for _, j := range jumps {
-			fmt.Fprintf(&b, "# unless present: %s -t nat -A %s\n", f.iptables, strings.Join(j, " "))
-		}
-	}
+	c.nat(c.v4()).plan(&b, c.v4())
+	c.planIPv6(&b)
 	return b.String(), nil
 }
 
-// Apply installs the rules in the current network namespace.
-func Apply(ctx context.Context, c *Config) error {
+// Apply installs the rules in the current network namespace (that of the
+// calling thread). The IPv4 rules are required. For IPv6 it does what
+// c.IPv6 says and reports which outcome it reached; when IPv6 is neither
+// intercepted nor blocked it returns an error, so the init container fails
+// and the pod does not start.
+func Apply(ctx context.Context, c *Config) (*Result, error) {
 	if err := c.Validate(); err != nil {
-		return err
+		return nil, err
 	}
-	for _, f := range c.families() {
-		cmd := exec.CommandContext(ctx, f.restore, "--noflush")
-		cmd.Stdin = strings.NewReader(c.ruleset(f))
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("intercept: %s: %w: %s", f.restore, err, bytes.TrimSpace(out))
-		}
-		for _, j := range jumps {
-			check := append([]string{"-t", "nat", "-C"}, j...)
-			if exec.CommandContext(ctx, f.iptables, check...).Run() == nil {
-				continue
-			}
-			add := append([]string{"-t", "nat", "-A"}, j...)
-			if out, err := exec.CommandContext(ctx, f.iptables, add...).CombinedOutput(); err != nil {
-				return fmt.Errorf("intercept: %s %s: %w: %s", f.iptables, strings.Join(add, " "), err, bytes.TrimSpace(out))
-			}
-		}
+	if err := c.nat(c.v4()).apply(ctx, c.v4()); err != nil {
+		return nil, err
 	}
-	return nil
+	return c.applyIPv6(ctx)
 }
 
 // ParsePorts parses a comma-separated list of ports ("15020,9090").
