@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strconv"
 	"syscall"
 	"unsafe"
 
@@ -18,7 +19,11 @@ import (
 // IP6T_SO_ORIGINAL_DST for IPv6: both 80.
 const soOriginalDst = 80
 
-// Get returns the original destination of a redirected TCP connection.
+// Get returns the original destination of a redirected TCP connection. A
+// link-local IPv6 address carries its zone as the interface index ("5"),
+// which net.Dial accepts. For a connection that was not redirected the
+// kernel reports the address the client dialled, the local address itself,
+// so a caller can recognise a connection addressed to its own listener.
 func Get(c *net.TCPConn) (netip.AddrPort, error) {
 	raw, err := c.SyscallConn()
 	if err != nil {
@@ -47,7 +52,8 @@ func Get(c *net.TCPConn) (netip.AddrPort, error) {
 	return Parse(buf[:])
 }
 
-// Parse decodes a sockaddr_in or sockaddr_in6 as the kernel returns it.
+// Parse decodes a sockaddr_in or sockaddr_in6 as the kernel returns it; a
+// sockaddr_in6 with a scope ID gives an address zoned with that index.
 func Parse(b []byte) (netip.AddrPort, error) {
 	if len(b) < 2 {
 		return netip.AddrPort{}, errors.New("origdst: short sockaddr")
@@ -65,7 +71,15 @@ func Parse(b []byte) (netip.AddrPort, error) {
 			return netip.AddrPort{}, errors.New("origdst: short sockaddr_in6")
 		}
 		port := binary.BigEndian.Uint16(b[2:4])
-		return netip.AddrPortFrom(netip.AddrFrom16([16]byte(b[8:24])).Unmap(), port), nil
+		addr := netip.AddrFrom16([16]byte(b[8:24])).Unmap()
+		// The kernel sets sin6_scope_id for a link-local destination: the
+		// interface it arrived on. Without it the address cannot be dialled.
+		if len(b) >= 28 && addr.Is6() {
+			if scope := binary.NativeEndian.Uint32(b[24:28]); scope != 0 {
+				addr = addr.WithZone(strconv.FormatUint(uint64(scope), 10))
+			}
+		}
+		return netip.AddrPortFrom(addr, port), nil
 	}
 	return netip.AddrPort{}, fmt.Errorf("origdst: unknown address family %d", family)
 }

@@ -1,0 +1,136 @@
+package origdst_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mesh-dev/mesh/e2e/prereq"
+	"github.com/mesh-dev/mesh/internal/netnstest"
+	"github.com/mesh-dev/mesh/proxy/origdst"
+)
+
+// TestGet redirects real connections with iptables and ip6tables in a
+// network namespace and checks the original destination Get recovers: the
+// address and port the client dialled, for IPv4 and for a link-local IPv6
+// address (with the zone the proxy needs to dial it). A connection that was
+// not redirected reports the listener's own address, which is how the
+// proxy recognises a connection addressed to itself.
+func TestGet(t *testing.T) {
+	prereq.Root(t)
+	a, b := netnstest.New(t, "client"), netnstest.New(t, "server")
+	for _, ns := range []*netnstest.NS{a, b} {
+		for _, conf := range []string{"all", "default"} {
+			p := "/proc/sys/net/ipv6/conf/" + conf + "/accept_dad"
+			if err := ns.Do(func() error { return os.WriteFile(p, []byte("0"), 0) }); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	ifA, ifB := netnstest.Link(t, a, b, "198.18.249.1/24", "198.18.249.2/24")
+	zoneA, _ := linkLocal(t, a, ifA)
+	zoneB, llB := linkLocal(t, b, ifB)
+	for _, bin := range []string{"iptables", "ip6tables"} {
+		b.Run(t, prereq.Command(t, bin), "-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport", "8080", "-j", "REDIRECT", "--to-ports", "15006")
+	}
+
+	ln, err := b.Listen(context.Background(), "tcp", "[::]:15006")
+	if err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		orig netip.AddrPort
+		err  error
+	}
+	got := make(chan result, 1)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return // closed at the end of the test
+			}
+			orig, err := origdst.Get(c.(*net.TCPConn))
+			c.Close()
+			got <- result{orig, err}
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+
+	ipB := netip.MustParseAddr("198.18.249.2")
+	tests := []struct {
+		name string
+		dial string
+		want netip.AddrPort
+	}{
+		{"IPv4 redirected", "198.18.249.2:8080", netip.AddrPortFrom(ipB, 8080)},
+		{"IPv6 link-local redirected", fmt.Sprintf("[%s%%%s]:8080", llB, zoneA), netip.AddrPortFrom(llB.WithZone(zoneB), 8080)},
+		{"IPv4 not redirected", "198.18.249.2:15006", netip.AddrPortFrom(ipB, 15006)},
+		{"IPv6 not redirected", fmt.Sprintf("[%s%%%s]:15006", llB, zoneA), netip.AddrPortFrom(llB.WithZone(zoneB), 15006)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			c, err := a.Dial(ctx, "tcp", tt.dial)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			select {
+			case r := <-got:
+				if r.err != nil || r.orig != tt.want {
+					t.Fatalf("Get = %v, %v; want %v", r.orig, r.err, tt.want)
+				}
+			case <-ctx.Done():
+				t.Fatal("the listener accepted nothing within 2s")
+			}
+		})
+	}
+
+	// The zoned link-local address Get returns is one B can dial.
+	back, err := b.Dial(context.Background(), "tcp", netip.AddrPortFrom(llB.WithZone(zoneB), 15006).String())
+	if err != nil {
+		t.Fatalf("dial the original destination from B: %v", err)
+	}
+	back.Close()
+	if r := <-got; r.err != nil {
+		t.Fatal(r.err)
+	}
+}
+
+// linkLocal waits (bounded) for the interface's usable link-local address
+// and returns the interface's index, its zone, with the address.
+func linkLocal(t *testing.T, ns *netnstest.NS, ifName string) (string, netip.Addr) {
+	t.Helper()
+	var ifi *net.Interface
+	if err := ns.Do(func() (err error) { ifi, err = net.InterfaceByName(ifName); return err }); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out := ns.Run(t, "ip", "-6", "-o", "addr", "show", "dev", ifName, "scope", "link")
+		for _, l := range strings.Split(out, "\n") {
+			f := strings.Fields(l)
+			if len(f) < 4 || f[2] != "inet6" || strings.Contains(l, "tentative") {
+				continue
+			}
+			if p, err := netip.ParsePrefix(f[3]); err == nil && p.Addr().IsLinkLocalUnicast() {
+				return strconv.Itoa(ifi.Index), p.Addr()
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no usable link-local address on %s:\n%s", ifName, out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
