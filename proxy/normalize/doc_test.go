@@ -59,4 +59,3 @@ func tableRows(t *testing.T, doc string) [][]string {
 	}
 	return rows
 }
-

@@ -8,7 +8,7 @@ import (
 // Mode selects how much of a request path Path normalises. The names are
 // Istio's pathNormalization values, so an operator's vocabulary carries over.
 //
-// The zero Mode is not valid: Path and Parse reject it, so a configuration
+// The zero Mode is not valid: Path and MarshalText reject it, so a configuration
 // that forgot to choose a mode fails loudly instead of silently skipping
 // normalisation. Constructors fill it in with DefaultMode.
 type Mode int

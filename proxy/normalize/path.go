@@ -2,47 +2,9 @@ package normalize
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"strings"
 )
-
-// Kinds of malformed request target. Every error Path returns wraps exactly
-// one of them, so a caller can count refusals by kind without reading text.
-var (
-	ErrForm         = errors.New("not origin-form (/path), absolute-form (http://host/path) or *")
-	ErrControl      = errors.New("control character or space")
-	ErrFragment     = errors.New("fragment ('#')")
-	ErrEscape       = errors.New("invalid percent-encoding")
-	ErrNUL          = errors.New("encoded NUL")
-	ErrEncodedSlash = errors.New("encoded '/' or '\\'")
-	ErrDotParam     = errors.New("dot segment with parameters")
-)
-
-// maxQuoted bounds how much peer input an error quotes: the text goes back
-// to the client in a 400, and a 64 KiB echo helps nobody.
-const maxQuoted = 96
-
-// targetError says what was wrong with target and where: at is a byte
-// offset in target, or -1.
-func targetError(target string, kind error, at int, detail string) error {
-	var where string
-	if at >= 0 {
-		where = fmt.Sprintf(" at byte %d", at)
-	}
-	if detail != "" {
-		detail = ": " + detail
-	}
-	return fmt.Errorf("normalize: request target %q: %w%s%s", clip(target), kind, where, detail)
-}
-
-// clip bounds peer input quoted in an error.
-func clip(s string) string {
-	if len(s) > maxQuoted {
-		return s[:maxQuoted] + "..."
-	}
-	return s
-}
 
 // Path normalises the path of an HTTP request target: origin-form
 // ("/a/b?q"), the path of absolute-form ("http://h/a/b?q"; the authority is
@@ -64,7 +26,7 @@ func Path(target string, m Mode) (path, query string, err error) {
 	// Control characters and spaces are never part of a request target;
 	// net/url refuses them too, and an application might not.
 	for i := 0; i < len(target); i++ {
-		if c := target[i]; c <= ' ' || c == 0x7f {
+		if c := target[i]; class[c]&clsCTL != 0 {
 			return "", "", targetError(target, ErrControl, i, fmt.Sprintf("%#02x", c))
 		}
 	}
@@ -267,43 +229,4 @@ func removeDots(b []byte, merge bool) (out, bad []byte) {
 		return append(b[:w], '/'), nil
 	}
 	return b[:w], nil
-}
-
-const upperHex = "0123456789ABCDEF"
-
-func isHex(c byte) bool {
-	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
-}
-
-func isUpperHex(c byte) bool { return '0' <= c && c <= '9' || 'A' <= c && c <= 'F' }
-
-func unhex(c byte) byte {
-	switch {
-	case c <= '9':
-		return c - '0'
-	case c >= 'a':
-		return c - 'a' + 10
-	default:
-		return c - 'A' + 10
-	}
-}
-
-// isUnreserved: ALPHA DIGIT - . _ ~ (RFC 3986 2.3); their encoded and plain
-// spellings are equivalent (6.2.2.2).
-func isUnreserved(c byte) bool {
-	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
-		c == '-' || c == '.' || c == '_' || c == '~'
-}
-
-// isPchar: what a path segment may hold raw besides percent-encodings
-// (RFC 3986 3.3): unreserved, sub-delims, ':' and '@'.
-func isPchar(c byte) bool {
-	if isUnreserved(c) {
-		return true
-	}
-	switch c {
-	case '!', '$', '&', '\'', '(', ')', '*', '+', ',', ';', '=', ':', '@':
-		return true
-	}
-	return false
 }
