@@ -163,3 +163,31 @@ func stripComments(s string) string {
 	}
 	return strings.Join(keep, "\n")
 }
+
+// TestInitFlags runs mesh-proxy init --dry-run with the IPv6 flags: no
+// value leaves IPv6 open, a bare --ipv6 keeps its old meaning (required),
+// and the ip6tables binary follows --iptables unless --ip6tables names it.
+func TestInitFlags(t *testing.T) {
+	bin := prereq.Bin(t, "mesh-proxy")
+	tests := []struct {
+		args []string
+		want string // in the plan, or in the error if fail
+		fail bool
+	}{
+		{[]string{}, "# IPv6 (mode auto)", false},
+		{[]string{"--ipv6"}, "# IPv6 (mode on)", false},
+		{[]string{"--ipv6=on"}, "# IPv6 (mode on)", false},
+		{[]string{"--ipv6=off"}, `intercept: ipv6 mode "off" unknown`, true},
+		{[]string{"--ipv6="}, "# IPv6 (mode auto)", false},
+		{[]string{"--ipv6", "on"}, `unknown command "on"`, true},
+		{[]string{"--iptables", "iptables-legacy"}, "# ip6tables-legacy-restore --noflush <<EOF\n*nat", false},
+		{[]string{"--iptables", "/usr/sbin/iptables-nft"}, "# /usr/sbin/ip6tables-nft-restore --noflush <<EOF\n*nat", false},
+		{[]string{"--ip6tables", "/opt/ip6"}, "# /opt/ip6-restore --noflush <<EOF\n*filter", false},
+	}
+	for _, tt := range tests {
+		out, err := exec.Command(bin, append([]string{"init", "--dry-run"}, tt.args...)...).CombinedOutput()
+		if (err != nil) != tt.fail || !strings.Contains(string(out), tt.want) {
+			t.Errorf("init --dry-run %v: %v\n%s\nwant failure=%v and %q", tt.args, err, out, tt.fail, tt.want)
+		}
+	}
+}

@@ -121,10 +121,12 @@ func (c *Config) inet6Path() string { return filepath.Join(c.proc(), "thread-sel
 
 func (c *Config) confPath() string { return filepath.Join(c.proc(), "sys", "net", "ipv6", "conf") }
 
-// hasIPv6 reports whether the kernel has IPv6 in this namespace.
+// hasIPv6 reports whether the kernel has IPv6 in this namespace. Only
+// proof of absence counts: a path that cannot be checked for another
+// reason means IPv6 may be there, and is handled.
 func (c *Config) hasIPv6() bool {
 	for _, p := range []string{filepath.Join(c.proc(), "sys", "net", "ipv6"), c.inet6Path()} {
-		if _, err := os.Stat(p); err == nil {
+		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
 			return true
 		}
 	}
@@ -151,7 +153,7 @@ func (c *Config) applyIPv6(ctx context.Context) (*Result, error) {
 		return &Result{IPv6: IPv6Intercepted}, nil
 	}
 	if c.mode() == IPv6On {
-		return nil, err
+		return nil, fmt.Errorf("intercept: ipv6 mode on, but the IPv6 rules cannot be installed: %w", err)
 	}
 	// Fall back, in order, to the first way of blocking IPv6 that works.
 	res := &Result{Failed: []error{err}}

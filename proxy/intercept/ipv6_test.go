@@ -182,7 +182,7 @@ func TestIPv6FailClosed(t *testing.T) {
 	}{
 		{
 			name: "on: no nat table, no fallback", mode: intercept.IPv6On, ip6tables: noNAT6,
-			wantErr: []string{"intercept: ", "-restore --noflush (table nat)", "unable to initialize table 'nat'"},
+			wantErr: []string{"intercept: ipv6 mode on, but the IPv6 rules cannot be installed: ", "-restore --noflush (table nat)", "unable to initialize table 'nat'"},
 		},
 		{
 			name: "on: no IPv6 in the namespace", mode: intercept.IPv6On,
