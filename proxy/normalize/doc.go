@@ -78,6 +78,13 @@
 // "/admin" together with "/admin/*" names the admin tree and nothing else
 // (add "/admin;*" for servers that take ';' parameters).
 //
+// A reserved character and its encoding (':' and %3A, ';' and %3B) stay
+// different paths, as RFC 3986 says; an application that decodes both to
+// the same thing (Go's ServeMux, most routers) serves both. A rule that
+// names such a character must list both spellings; better, keep them out of
+// DENY rules and rely on ALLOW. Encodings are decoded once, so an
+// application that decodes twice can still see %252e%252e as "..".
+//
 // Matching is case-sensitive, and Path preserves case: /ADMIN is a different
 // path from /admin. For an application that treats paths
 // case-insensitively (IIS, some Spring and Express setups), a DENY cannot
