@@ -175,7 +175,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	res, err := audit.Verify(f)
+	res, err := audit.Verify(f, audit.VerifyOptions{ChainOnly: true})
 	f.Close()
 	if err != nil {
 		return err
