@@ -162,7 +162,7 @@ func parseChunkLine(l []byte) (int64, string) {
 	rest := l[i:]
 	for len(rest) > 0 {
 		if rest[0] != ';' {
-			return 0, "invalid character "+quoteByte(rest[0])+" after chunk size"
+			return 0, "invalid character " + quoteByte(rest[0]) + " after chunk size"
 		}
 		rest = rest[1:]
 		k := tokenLen(rest)

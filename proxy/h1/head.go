@@ -178,7 +178,7 @@ func (p *Parser) requestLine(l []byte) error {
 	}
 	for _, c := range l[:sp] {
 		if !isTchar[c] {
-			return bad("invalid character "+quoteByte(c)+" in method")
+			return bad("invalid character " + quoteByte(c) + " in method")
 		}
 	}
 	p.methodEnd = sp
@@ -192,7 +192,7 @@ func (p *Parser) requestLine(l []byte) error {
 	}
 	for _, c := range rest[:sp] {
 		if c < 0x21 || c > 0x7e {
-			return bad("invalid character "+quoteByte(c)+" in request-target")
+			return bad("invalid character " + quoteByte(c) + " in request-target")
 		}
 	}
 	p.targetEnd = p.methodEnd + 1 + sp
@@ -223,7 +223,7 @@ func splitField(l []byte) (name, value []byte, problem string) {
 	case l[i] == ' ' || l[i] == '\t':
 		return nil, nil, "whitespace before the colon"
 	case l[i] != ':':
-		return nil, nil, "invalid character "+quoteByte(l[i])+" in field name"
+		return nil, nil, "invalid character " + quoteByte(l[i]) + " in field name"
 	case i == 0:
 		return nil, nil, "empty field name"
 	}
