@@ -94,7 +94,7 @@ func handler(rec *recorder) http.Handler {
 				return
 			}
 			// Declined: nothing after this request may be read as HTTP.
-			w.Header().Set("Connection", "close")
+			w = h1.CloseAfter(w)
 		}
 		body, err := io.ReadAll(r.Body)
 		if err != nil {
