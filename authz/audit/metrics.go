@@ -21,7 +21,7 @@ type metrics struct {
 func newMetrics() metrics {
 	return metrics{
 		written:     prometheus.NewCounter(prometheus.CounterOpts{Name: MetricRecords, Help: "Audit records written (checkpoints excluded)."}),
-		dropped:     prometheus.NewCounter(prometheus.CounterOpts{Name: MetricDropped, Help: "Audit records dropped because the writer fell behind."}),
+		dropped:     prometheus.NewCounter(prometheus.CounterOpts{Name: MetricDropped, Help: "Audit records dropped because the writer fell behind (or, a caller's bug, because they claimed an event only the writer writes)."}),
 		checkpoints: prometheus.NewCounter(prometheus.CounterOpts{Name: MetricCheckpoints, Help: "Signed audit checkpoints written."}),
 		failures:    prometheus.NewCounter(prometheus.CounterOpts{Name: MetricCheckpointFailures, Help: "Audit checkpoints that could not be signed (no SVID, unusable key): the records were written unanchored."}),
 	}

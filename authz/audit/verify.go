@@ -32,6 +32,7 @@ type VerifyOptions struct {
 	// Strict fails a stream whose last records are not covered by a
 	// checkpoint. Without it they are reported as unanchored: the tail of
 	// a live log, or a log cut or edited after its last checkpoint.
+	// Ignored with ChainOnly.
 	Strict bool
 }
 
@@ -102,25 +103,9 @@ func Verify(r io.Reader, opts VerifyOptions) (Result, error) {
 	for sc.Scan() {
 		n++
 		raw := sc.Bytes()
-		if len(bytes.TrimSpace(raw)) == 0 {
-			return res, &VerifyError{n, "empty line"}
-		}
-		const suffixLen = len(`,"hash":"`) + 64 + len(`"}`)
-		if len(raw) < suffixLen+2 || !bytes.HasPrefix(raw[len(raw)-suffixLen:], []byte(`,"hash":"`)) || !bytes.HasSuffix(raw, []byte(`"}`)) {
-			return res, &VerifyError{n, "no hash at the end of the line"}
-		}
-		claimed := string(raw[len(raw)-suffixLen+len(`,"hash":"`) : len(raw)-2])
-		body := append(append([]byte(nil), raw[:len(raw)-suffixLen]...), '}')
-		sum := sha256.Sum256(body)
-		if hex.EncodeToString(sum[:]) != claimed {
-			return res, &VerifyError{n, "hash mismatch: the line was edited"}
-		}
-		var l line
-		if err := json.Unmarshal(raw, &l); err != nil {
-			return res, &VerifyError{n, fmt.Sprintf("not a JSON record: %v", err)}
-		}
-		if l.Type != Type {
-			return res, &VerifyError{n, fmt.Sprintf("type %q, want %q", l.Type, Type)}
+		l, claimed, err := parseLine(raw)
+		if err != nil {
+			return res, &VerifyError{n, err.Error()}
 		}
 		st := streams[l.Stream]
 		if st == nil {
@@ -185,6 +170,30 @@ func Verify(r io.Reader, opts VerifyOptions) (Result, error) {
 		}
 	}
 	return res, nil
+}
+
+// parseLine checks a line's own hash and decodes it.
+func parseLine(raw []byte) (l line, hash string, err error) {
+	if len(bytes.TrimSpace(raw)) == 0 {
+		return l, "", errors.New("empty line")
+	}
+	const suffixLen = len(`,"hash":"`) + 64 + len(`"}`)
+	if len(raw) < suffixLen+2 || !bytes.HasPrefix(raw[len(raw)-suffixLen:], []byte(`,"hash":"`)) || !bytes.HasSuffix(raw, []byte(`"}`)) {
+		return l, "", errors.New("no hash at the end of the line")
+	}
+	claimed := string(raw[len(raw)-suffixLen+len(`,"hash":"`) : len(raw)-2])
+	body := append(append([]byte(nil), raw[:len(raw)-suffixLen]...), '}')
+	sum := sha256.Sum256(body)
+	if hex.EncodeToString(sum[:]) != claimed {
+		return l, "", errors.New("hash mismatch: the line was edited")
+	}
+	if err := json.Unmarshal(raw, &l); err != nil {
+		return l, "", fmt.Errorf("not a JSON record: %w", err)
+	}
+	if l.Type != Type {
+		return l, "", fmt.Errorf("type %q, want %q", l.Type, Type)
+	}
+	return l, claimed, nil
 }
 
 // checkNamespace holds a stream's records to one destination namespace:
