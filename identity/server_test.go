@@ -92,6 +92,7 @@ type env struct {
 	audit   *syncBuffer
 	reg     *prometheus.Registry
 	bundle  *x509bundle.Bundle
+	self    *identity.SelfSource
 	svcAddr string
 }
 
@@ -137,21 +138,26 @@ func newEnv(c *cluster.Cluster) (*env, error) {
 		CA: authority, Kube: cs,
 		Audit:      slog.New(slog.NewJSONHandler(e.audit, nil)),
 		Registerer: e.reg,
-		// Generous enough for the tests; TestRateLimit has its own server.
+		// Generous enough for the tests; TestRateLimit, TestSourceLimit
+		// and TestReviewConcurrency have their own servers.
 		RatePerIdentity: rate.Inf,
+		RatePerSource:   rate.Inf,
 	})
 	if err != nil {
 		return nil, err
 	}
-	self, err := identity.NewSelfSource(authority, controllerID)
-	if err != nil {
+	if e.self, err = identity.NewSelfSource(authority, controllerID); err != nil {
 		return nil, err
 	}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
-	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsconfig.TLSServerConfig(self))), grpc.MaxRecvMsgSize(identity.MaxRequestBytes))
+	opts, err := identity.ServerOptions(identity.TransportConfig{})
+	if err != nil {
+		return nil, err
+	}
+	gs := grpc.NewServer(append(opts, grpc.Creds(credentials.NewTLS(tlsconfig.TLSServerConfig(e.self))))...)
 	srv.Register(gs)
 	go gs.Serve(lis)
 	e.svcAddr = lis.Addr().String()
