@@ -78,26 +78,40 @@ func (e *Enforcer) Authorize(r *proxy.Request) proxy.Decision {
 	}
 	q := toRequest(r)
 	d := t.Evaluate(&q)
-	return proxy.Decision{Allow: d.Allow, Policy: d.Policy, Rule: d.Rule, Reason: d.Reason}
+	out := proxy.Decision{Allow: d.Allow, Policy: d.Policy, Rule: d.Rule, Reason: d.Reason, Audit: d.Audit}
+	if d.HasDryRun {
+		out.DryRun = &proxy.Decision{Allow: d.DryRun.Allow, Policy: d.DryRun.Policy, Rule: d.DryRun.Rule, Reason: d.DryRun.Reason}
+	}
+	return out
+}
+
+// RequiresHTTP implements proxy.HTTPPolicy. Before the first table, every
+// port does: nothing is allowed then anyway.
+func (e *Enforcer) RequiresHTTP(port uint16) bool {
+	t := e.table.Load()
+	return t == nil || t.RequiresHTTP(port)
 }
 
 // Observe implements proxy.Observer: it writes the audit records of a
-// finished request or connection (status 0 for opaque TCP). It re-evaluates
-// the request, which costs tens of nanoseconds and keeps Authorize free of
-// state.
-func (e *Enforcer) Observe(r *proxy.Request, _ proxy.Decision, status int) {
+// finished request or connection (status 0 for opaque TCP), with d, the
+// decision the proxy enforced, not a re-evaluation: the table may have
+// changed since.
+func (e *Enforcer) Observe(r *proxy.Request, d proxy.Decision, status int) {
 	if e.Audit == nil {
 		return
 	}
-	t := e.table.Load()
-	if t == nil {
-		return
+	wouldDeny := d.DryRun != nil && !d.DryRun.Allow && d.Allow
+	logged := !d.Allow || d.Audit != ""
+	if !logged && !wouldDeny {
+		if !e.LogAllows || (e.SampleAllows > 1 && e.allows.Add(1)%e.SampleAllows != 0) {
+			return
+		}
+		logged = true
 	}
-	q := toRequest(r)
-	d := t.Evaluate(&q)
+	ns, pod := e.workload()
 	base := audit.Record{
 		Time: time.Now().UTC(), SourceIP: r.Source.Addr().String(),
-		DestinationNamespace: t.namespace, DestinationPod: t.pod, DestinationPort: r.DestinationPort,
+		DestinationNamespace: ns, DestinationPod: pod, DestinationPort: r.DestinationPort,
 		Protocol: r.Protocol, Audit: d.Audit,
 	}
 	if r.Authenticated {
@@ -106,21 +120,57 @@ func (e *Enforcer) Observe(r *proxy.Request, _ proxy.Decision, status int) {
 	if r.HTTP != nil {
 		base.HTTPMethod, base.HTTPPath, base.HTTPStatus = r.HTTP.Method, r.HTTP.Path, status
 	}
-	write := func(allow, dry bool, policy, rule, reason string) {
+	if logged {
 		rec := base
-		rec.Decision, rec.DryRun, rec.Policy, rec.Rule, rec.Reason = decisionWord(allow), dry, policy, rule, reason
+		rec.Decision, rec.Policy, rec.Rule, rec.Reason = decisionWord(d.Allow), d.Policy, d.Rule, d.Reason
 		e.Audit.Write(rec)
 	}
-	switch {
-	case !d.Allow, d.Audit != "":
-		write(d.Allow, false, d.Policy, d.Rule, d.Reason)
-	case e.LogAllows && (e.SampleAllows <= 1 || e.allows.Add(1)%e.SampleAllows == 0):
-		write(true, false, d.Policy, d.Rule, d.Reason)
-	}
-	if d.HasDryRun && !d.DryRun.Allow && d.Allow {
+	if wouldDeny {
 		// The dry-run would have denied what was allowed.
-		write(false, true, d.DryRun.Policy, d.DryRun.Rule, d.DryRun.Reason)
+		rec := base
+		rec.Decision, rec.DryRun, rec.Policy, rec.Rule, rec.Reason = "deny", true, d.DryRun.Policy, d.DryRun.Rule, d.DryRun.Reason
+		e.Audit.Write(rec)
 	}
+}
+
+// Refused implements proxy.RefusalObserver: connections and requests the
+// proxy refused before any policy decision are audited too, so an auditor
+// sees attempts, not only decisions.
+func (e *Enforcer) Refused(r proxy.Refusal) {
+	if e.Audit == nil {
+		return
+	}
+	ns, pod := e.workload()
+	rec := audit.Record{
+		Time: time.Now().UTC(), Event: "refused", Direction: r.Direction,
+		Decision: "deny", Reason: r.Reason, Detail: r.Detail, Suppressed: r.Suppressed,
+		SourceIP:             r.Source.Addr().String(),
+		DestinationNamespace: ns, DestinationPod: pod, DestinationPort: r.Destination.Port(),
+	}
+	if !r.Peer.IsZero() {
+		rec.SourceIdentity = r.Peer.String()
+	}
+	if r.Direction == "outbound" {
+		// The local workload is the caller; the peer is who it tried to
+		// reach.
+		rec.SourceIdentity = ""
+		rec.DestinationIP = r.Destination.Addr().String()
+		if !r.Peer.IsZero() {
+			rec.DestinationIdentity = r.Peer.String()
+		}
+	}
+	if !r.Source.IsValid() {
+		rec.SourceIP = ""
+	}
+	e.Audit.Write(rec)
+}
+
+// workload names the table's workload, or nothing before the first table.
+func (e *Enforcer) workload() (ns, pod string) {
+	if t := e.table.Load(); t != nil {
+		return t.namespace, t.pod
+	}
+	return "", ""
 }
 
 func decisionWord(allow bool) string {

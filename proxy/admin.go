@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"net/netip"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -26,7 +27,12 @@ type IdentityInfo struct {
 	OutboundMode Mode      `json:"outboundMode"`
 }
 
-// AdminHandler serves /metrics, /ready, /live, /identity and /shutdown.
+// AdminHandler serves /metrics, /ready, /live, /identity, the rewritten
+// kubelet probes under /app-health/, and /shutdown.
+//
+// The admin port is not intercepted (the kubelet must reach it), so anyone
+// who can reach the pod can reach it: it serves nothing secret, and what
+// changes state (/shutdown) is accepted only from the pod itself.
 func (p *Proxy) AdminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(p.cfg.Gatherer, promhttp.HandlerOpts{}))
@@ -58,12 +64,29 @@ func (p *Proxy) AdminHandler() http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(info)
 	})
-	// Jobs call it when their main container is done, so the pod can finish.
-	mux.HandleFunc("POST /shutdown", func(w http.ResponseWriter, _ *http.Request) {
+	if p.cfg.AppHealth != nil {
+		mux.Handle("/app-health/", p.cfg.AppHealth)
+	}
+	// Jobs call it when their main container is done, so the pod can
+	// finish: from inside the pod only.
+	mux.HandleFunc("POST /shutdown", func(w http.ResponseWriter, r *http.Request) {
+		if !fromLoopback(r) {
+			p.refuse("admin", "shutdown_not_from_loopback", "source", r.RemoteAddr)
+			http.Error(w, "shutdown is accepted only from the pod itself (loopback)", http.StatusForbidden)
+			return
+		}
 		p.Shutdown()
 		w.Write([]byte("shutting down\n"))
 	})
 	return mux
+}
+
+// fromLoopback reports whether a request came from the pod's own loopback
+// interface. The admin port is never redirected, so the address is the
+// real peer's.
+func fromLoopback(r *http.Request) bool {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	return err == nil && ap.Addr().Unmap().IsLoopback()
 }
 
 func (p *Proxy) serveAdmin(ctx context.Context, ln net.Listener) error {

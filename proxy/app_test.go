@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/net/websocket"
@@ -31,6 +32,8 @@ const (
 	tcpPort    = 9000
 	grpcPort   = 9090
 	bannerPort = 9100 // a protocol whose server speaks first
+	// loopbackPort is the app's listener on 127.0.0.1 only.
+	loopbackPort = 7070
 )
 
 // runRole runs the role named in the environment and reports whether there
@@ -54,6 +57,8 @@ func runRole() bool {
 		err = readBanner(os.Getenv("TARGET"))
 	case "grpc":
 		err = grpcStream(os.Getenv("TARGET"), os.Getenv("MESSAGE"))
+	case "raw":
+		err = rawClient(os.Getenv("TARGET"), os.Getenv("SEGMENTS"))
 	case "soak":
 		err = soak(os.Getenv("TARGET_HTTP"), os.Getenv("TARGET_TCP"), os.Getenv("DURATION"))
 	default:
@@ -66,12 +71,65 @@ func runRole() bool {
 	return true
 }
 
+// received is what the server app writes to APP_LOG for every HTTP
+// request and every connection to its loopback-only port: what the
+// application actually got, for the tests to assert on.
+type received struct {
+	Port       int
+	Remote     string
+	Method     string
+	RequestURI string
+	Header     http.Header
+}
+
+// appLog appends records to the file named by APP_LOG, if any.
+type appLog struct {
+	mu sync.Mutex
+	f  *os.File
+}
+
+func (l *appLog) add(r received) {
+	if l.f == nil {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b, _ := json.Marshal(r)
+	l.f.Write(append(b, '\n'))
+}
+
 // serve answers HTTP, echoes TCP and echoes a gRPC bidirectional stream.
 func serve(name string) error {
+	log := &appLog{}
+	if path := os.Getenv("APP_LOG"); path != "" {
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			return err
+		}
+		log.f = f
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		log.add(received{Port: httpPort, Remote: r.RemoteAddr, Method: r.Method, RequestURI: r.RequestURI, Header: r.Header})
 		fmt.Fprintf(w, "hello from %s path=%s peer=%s", name, r.URL.Path, r.Header.Get("X-Mesh-Peer-Identity"))
 	})
+	// A listener bound to loopback only, as debug and admin endpoints
+	// often are: the mesh must not make it reachable from other pods.
+	go func() {
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", loopbackPort))
+		if err != nil {
+			return
+		}
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			log.add(received{Port: loopbackPort, Remote: c.RemoteAddr().String()})
+			fmt.Fprint(c, "HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nsecret")
+			c.Close()
+		}
+	}()
 	mux.Handle("/ws", websocket.Handler(func(ws *websocket.Conn) { io.Copy(ws, ws) }))
 	errc := make(chan error, 4)
 	go func() {
@@ -210,6 +268,51 @@ func readBanner(addr string) error {
 		return err
 	}
 	fmt.Print(strings.TrimSpace(greeting) + "|" + string(reply))
+	return nil
+}
+
+// segment is a part of what the raw client sends, after a pause.
+type segment struct {
+	Data  string
+	Pause string
+}
+
+// rawClient sends bytes exactly as given, in segments with pauses between
+// them, then prints everything it reads back until the server closes or
+// goes quiet for two seconds.
+func rawClient(addr, segments string) error {
+	var segs []segment
+	if err := json.Unmarshal([]byte(segments), &segs); err != nil {
+		return err
+	}
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	for _, s := range segs {
+		if s.Pause != "" {
+			d, err := time.ParseDuration(s.Pause)
+			if err != nil {
+				return err
+			}
+			time.Sleep(d)
+		}
+		if _, err := c.Write([]byte(s.Data)); err != nil {
+			return err
+		}
+	}
+	var out []byte
+	buf := make([]byte, 4096)
+	for {
+		_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		n, err := c.Read(buf)
+		out = append(out, buf[:n]...)
+		if err != nil {
+			break
+		}
+	}
+	fmt.Print(string(out))
 	return nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
+	"github.com/mesh-dev/mesh/proxy/normalize"
 	"github.com/mesh-dev/mesh/proxy/origdst"
 )
 
@@ -55,10 +57,28 @@ type Destinations interface {
 	Lookup(addr netip.AddrPort) (id spiffeid.ID, meshed bool)
 }
 
-// Probe is a kubelet HTTP probe the proxy lets through in strict mode.
-type Probe struct {
-	Port uint16
-	Path string
+// AppProtocol is what a port of the application speaks, as declared by
+// the Service port's appProtocol or name, a pod annotation or a flag.
+type AppProtocol string
+
+// Application protocols.
+const (
+	// ProtocolHTTP: HTTP/1.1 or HTTP/2 (h2c); every request is decided.
+	ProtocolHTTP AppProtocol = "http"
+	// ProtocolGRPC: gRPC, that is HTTP/2; every call is decided.
+	ProtocolGRPC AppProtocol = "grpc"
+	// ProtocolOpaque: any TCP protocol, never inspected; one decision per
+	// connection. Declare server-first protocols (MySQL, SMTP, ...) so.
+	ProtocolOpaque AppProtocol = "opaque"
+)
+
+// ParseAppProtocol checks a protocol's name.
+func ParseAppProtocol(s string) (AppProtocol, error) {
+	switch p := AppProtocol(s); p {
+	case ProtocolHTTP, ProtocolGRPC, ProtocolOpaque:
+		return p, nil
+	}
+	return "", fmt.Errorf("proxy: protocol %q is not one of http, grpc, opaque", s)
 }
 
 // Config configures a Proxy.
@@ -75,18 +95,35 @@ type Config struct {
 	InboundMode Mode
 	// OutboundMode is Strict or Permissive. Zero means Permissive.
 	OutboundMode Mode
-	// InboundAddr, OutboundAddr and AdminAddr are where the listeners
-	// bind. Zero means 0.0.0.0 on the default ports; AdminAddr "-" means
-	// no admin server.
-	InboundAddr, OutboundAddr, AdminAddr string
-	// AppHost is where inbound connections are delivered. Zero means
-	// 127.0.0.1: the app must listen on loopback or all addresses.
+	// InboundAddr and AdminAddr are where those listeners bind. Zero means
+	// all addresses (IPv4 and IPv6) on the default ports. AdminAddr "-"
+	// means no admin server.
+	InboundAddr, AdminAddr string
+	// OutboundAddr is where the outbound listener binds. Zero means
+	// loopback on the default port: iptables redirects the pod's own
+	// connections there, and nothing outside the pod can reach it.
+	OutboundAddr string
+	// AppHost is where inbound connections are delivered. Zero means the
+	// connection's original destination address, the pod's own IP, so
+	// that listeners bound to loopback only (debug, pprof, other
+	// sidecars' admin ports) stay private to the pod, as they are
+	// without a mesh. Standalone deployments set it.
 	AppHost string
-	// ProbeSources are the node addresses kubelet probes come from.
-	ProbeSources []netip.Addr
-	// Probes are the HTTP GET probes allowed from ProbeSources in strict
-	// mode.
-	Probes []Probe
+	// AppHealth serves the kubelet's rewritten probes under /app-health/
+	// on the admin port (package probe). Zero means none.
+	AppHealth http.Handler
+	// PortProtocols declares what the application's ports speak. A port
+	// not listed is detected from the client's first bytes, and detection
+	// never weakens enforcement: on a port where a policy has HTTP fields
+	// a connection that is not HTTP is refused.
+	PortProtocols map[uint16]AppProtocol
+	// PathNormalization is how request paths are normalised before they
+	// are authorized and forwarded. Zero means normalize.DefaultMode.
+	PathNormalization normalize.Mode
+	// HeadersWithUnderscores is what happens to a request header whose
+	// name has an underscore, which CGI-style applications read as the
+	// same header as one with a dash. Zero means normalize.Reject.
+	HeadersWithUnderscores normalize.UnderscoreAction
 	// Listen and Dial open sockets. Zero means the net package's. Tests
 	// use them to open sockets inside a network namespace.
 	Listen func(ctx context.Context, network, addr string) (net.Listener, error)
@@ -96,21 +133,28 @@ type Config struct {
 	// replace it.
 	OriginalDst func(*net.TCPConn) (netip.AddrPort, error)
 	// DetectTimeout bounds how long the inbound side waits for a client's
-	// first bytes. Zero means 5 seconds.
+	// TLS ClientHello, and for the first request on a port that must be
+	// HTTP. Zero means 5 seconds.
 	DetectTimeout time.Duration
-	// HTTPDetectTimeout bounds how long the inbound side waits, inside an
-	// mTLS connection, for the client's first bytes to tell HTTP from
-	// opaque TCP. Zero means 1 second: the delay a protocol whose server
-	// speaks first pays once per connection, unless its port is in
-	// OpaquePorts. Too short a wait would let a slow HTTP client fall back
-	// to opaque TCP, where HTTP rules never match.
-	HTTPDetectTimeout time.Duration
-	// OpaquePorts are inbound ports whose traffic is never inspected for
-	// HTTP: server-first protocols (MySQL, SMTP, ...) skip the wait.
-	OpaquePorts []uint16
+	// ServerFirstWait is how long the inbound side waits for a client's
+	// first bytes, on a port whose protocol is neither declared nor
+	// required to be HTTP, before it connects to the application to see
+	// whether the application speaks first (SMTP, MySQL, ...). It never
+	// decides the protocol by itself: a client that is silent for longer
+	// still gets its request read as HTTP, whatever its timing. Zero means
+	// 500 milliseconds.
+	ServerFirstWait time.Duration
 	// ConnectTimeout bounds upstream connects and TLS handshakes. Zero
 	// means 10 seconds.
 	ConnectTimeout time.Duration
+	// IdleTimeout closes opaque TCP connections and upgraded HTTP streams
+	// (WebSockets) on which no byte moved for this long. Zero means one
+	// hour.
+	IdleTimeout time.Duration
+	// MaxConnections bounds the connections the proxy serves at once,
+	// inbound and outbound together; beyond it new ones are closed at
+	// once and counted. Zero means 10000.
+	MaxConnections int
 	// DrainTimeout bounds how long Run lets open connections finish after
 	// its context ends. Zero means 20 seconds.
 	DrainTimeout time.Duration
@@ -152,10 +196,26 @@ func (c *Config) setDefaults() error {
 			*s = v
 		}
 	}
-	def(&c.InboundAddr, fmt.Sprintf("0.0.0.0:%d", DefaultInboundPort))
-	def(&c.OutboundAddr, fmt.Sprintf("0.0.0.0:%d", DefaultOutboundPort))
-	def(&c.AdminAddr, fmt.Sprintf("0.0.0.0:%d", DefaultAdminPort))
-	def(&c.AppHost, "127.0.0.1")
+	def(&c.InboundAddr, fmt.Sprintf(":%d", DefaultInboundPort))
+	def(&c.OutboundAddr, fmt.Sprintf("127.0.0.1:%d", DefaultOutboundPort))
+	def(&c.AdminAddr, fmt.Sprintf(":%d", DefaultAdminPort))
+	for port, proto := range c.PortProtocols {
+		if _, err := ParseAppProtocol(string(proto)); err != nil {
+			errs = append(errs, fmt.Errorf("proxy: port %d: %w", port, err))
+		}
+	}
+	if c.PathNormalization == 0 {
+		c.PathNormalization = normalize.DefaultMode
+	}
+	if c.HeadersWithUnderscores == 0 {
+		c.HeadersWithUnderscores = normalize.DefaultUnderscoreAction
+	}
+	if c.MaxConnections == 0 {
+		c.MaxConnections = 10000
+	}
+	if c.MaxConnections < 0 {
+		errs = append(errs, fmt.Errorf("proxy: MaxConnections %d is negative", c.MaxConnections))
+	}
 	if c.Listen == nil {
 		var lc net.ListenConfig
 		c.Listen = lc.Listen
@@ -173,7 +233,8 @@ func (c *Config) setDefaults() error {
 		}
 	}
 	dur(&c.DetectTimeout, 5*time.Second)
-	dur(&c.HTTPDetectTimeout, time.Second)
+	dur(&c.ServerFirstWait, 500*time.Millisecond)
+	dur(&c.IdleTimeout, time.Hour)
 	dur(&c.ConnectTimeout, 10*time.Second)
 	dur(&c.DrainTimeout, 20*time.Second)
 	if c.Gatherer == nil {

@@ -3,10 +3,13 @@ package proxy_test
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -34,15 +37,52 @@ kind: AuthorizationPolicy
 metadata: {name: no-admin, namespace: shop}
 spec:
   action: DENY
-  rules: [{to: [{paths: ["/api/admin*"]}]}]
+  rules: [{to: [{ports: [8080], paths: ["/api/admin*"]}]}]
 ---
 apiVersion: security.mesh.dev/v1alpha1
 kind: AuthorizationPolicy
 metadata: {name: watch, namespace: shop}
 spec:
   action: AUDIT
-  rules: [{to: [{paths: ["/api/audited"]}]}]
+  rules: [{to: [{ports: [8080], paths: ["/api/audited"]}]}]
 `
+
+// auditedEnforcer enforces docs in B's proxy and audits to a log signed
+// with B's SVID, as mesh-proxy run does. The function it returns stops the
+// writer and returns the log.
+func auditedEnforcer(t *testing.T, m *mesh, docs string) (*authz.Enforcer, func() []byte) {
+	t.Helper()
+	logPath := filepath.Join(t.TempDir(), "audit.log")
+	f, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := audit.New(audit.Config{Out: f, Stream: "shop/backend-0", SVIDs: m.b.src})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	wrote := make(chan error, 1)
+	go func() { wrote <- w.Run(ctx) }()
+	stopped := false
+	stop := func() []byte {
+		if !stopped {
+			stopped = true
+			cancel()
+			if err := <-wrote; err != nil {
+				t.Fatal(err)
+			}
+			f.Close()
+		}
+		raw, err := os.ReadFile(logPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return raw
+	}
+	t.Cleanup(func() { stop() })
+	return authz.NewEnforcer(table(t, docs), w), stop
+}
 
 func table(t *testing.T, docs string) *authz.Table {
 	t.Helper()
@@ -66,20 +106,12 @@ func table(t *testing.T, docs string) *authz.Table {
 // de-authorizes is closed; and each produces a verifiable audit record with
 // the right fields.
 func TestPolicyEnforcement(t *testing.T) {
-	logPath := filepath.Join(t.TempDir(), "audit.log")
-	f, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := audit.New(audit.Config{Out: f, Stream: "shop/backend-0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	wrote := make(chan error, 1)
-	go func() { wrote <- w.Run(ctx) }()
-	enf := authz.NewEnforcer(table(t, backendPolicies), w)
-	m := newMeshWith(t, proxy.Strict, enf)
+	var enf *authz.Enforcer
+	var auditLog func() []byte
+	m := newMeshFunc(t, proxy.Strict, func(m *mesh) proxy.Authorizer {
+		enf, auditLog = auditedEnforcer(t, m, backendPolicies)
+		return enf
+	})
 	base := fmt.Sprintf("http://%s:%d", ipB, httpPort)
 
 	if out, err := m.app(t, "http", "TARGET="+base+"/api/orders"); err != nil || !strings.HasPrefix(out, "hello") {
@@ -124,17 +156,37 @@ func TestPolicyEnforcement(t *testing.T) {
 		t.Fatalf("TCP after the policy change echoed %q", out)
 	}
 
-	cancel()
-	if err := <-wrote; err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
-	raw, err := os.ReadFile(logPath)
+	raw := auditLog()
+	res, err := audit.Verify(bytes.NewReader(raw), audit.VerifyOptions{Bundle: m.pki.Bundle(), Strict: true})
 	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := audit.Verify(bytes.NewReader(raw)); err != nil {
 		t.Fatalf("the audit log does not verify: %v", err)
+	}
+	if len(res.Streams) != 1 || res.Streams[0].Signer != serverID || res.Streams[0].Checkpoints == 0 {
+		t.Fatalf("verified %+v; want one stream signed by %s", res.Streams, serverID)
+	}
+	// Re-chained: a denial deleted, another flipped to allow, and every
+	// hash recomputed, as someone with write access to the node would.
+	// The hash chain alone verifies; the signed checkpoints do not.
+	forged := rechain(t, raw, func(recs []map[string]any) []map[string]any {
+		var out []map[string]any
+		deleted, flipped := false, false
+		for _, r := range recs {
+			switch {
+			case r["event"] == "decision" && r["decision"] == "deny" && !deleted:
+				deleted = true
+				continue
+			case r["event"] == "decision" && r["decision"] == "deny" && !flipped:
+				r["decision"], flipped = "allow", true
+			}
+			out = append(out, r)
+		}
+		return out
+	})
+	if _, err := audit.Verify(bytes.NewReader(forged), audit.VerifyOptions{ChainOnly: true}); err != nil {
+		t.Fatalf("control: the re-chained log's hash chain should verify: %v", err)
+	}
+	if _, err := audit.Verify(bytes.NewReader(forged), audit.VerifyOptions{Bundle: m.pki.Bundle()}); err == nil {
+		t.Fatal("a re-chained log verified against its signed checkpoints")
 	}
 	var recs []map[string]any
 	for _, l := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
@@ -143,6 +195,11 @@ func TestPolicyEnforcement(t *testing.T) {
 			t.Fatal(err)
 		}
 		recs = append(recs, rec)
+	}
+	for _, rec := range recs {
+		if rec["event"] == "checkpoint" && rec["checkpoint.signer"] != serverID.String() {
+			t.Fatalf("checkpoint signed by %v, want %s", rec["checkpoint.signer"], serverID)
+		}
 	}
 	find := func(match map[string]any) map[string]any {
 		t.Helper()
@@ -202,4 +259,44 @@ func TestNotReadyWithoutPolicy(t *testing.T) {
 	if !enf.Ready() {
 		t.Fatal("not ready with a policy")
 	}
+}
+
+// rechain rewrites an audit log as a forger would: edit the records, then
+// renumber them and recompute every hash so the chain is whole again. The
+// lines keep the writer's exact layout; only values change.
+func rechain(t *testing.T, raw []byte, edit func([]map[string]any) []map[string]any) []byte {
+	t.Helper()
+	var recs []map[string]any
+	for _, l := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(l), &rec); err != nil {
+			t.Fatal(err)
+		}
+		// Keep the line itself, without its hash, to rewrite in place.
+		rec["_line"] = l[:strings.LastIndex(l, `,"hash":"`)]
+		recs = append(recs, rec)
+	}
+	recs = edit(recs)
+	seqRe := regexp.MustCompile(`"seq":[0-9]+`)
+	prevRe := regexp.MustCompile(`"prevHash":"[0-9a-f]{64}"`)
+	var out bytes.Buffer
+	prev := audit.Genesis
+	for i, rec := range recs {
+		line := rec["_line"].(string)
+		line = seqRe.ReplaceAllLiteralString(line, fmt.Sprintf(`"seq":%d`, i+1))
+		line = prevRe.ReplaceAllLiteralString(line, fmt.Sprintf(`"prevHash":"%s"`, prev))
+		if d, ok := rec["decision"].(string); ok {
+			line = strings.Replace(line, `"decision":"deny"`, `"decision":"`+d+`"`, 1)
+		}
+		if rec["event"] == "checkpoint" {
+			// Point the checkpoint at the new chain; its signature cannot
+			// be redone without the proxy's key.
+			line = regexp.MustCompile(`"checkpoint.seq":[0-9]+`).ReplaceAllLiteralString(line, fmt.Sprintf(`"checkpoint.seq":%d`, i))
+			line = regexp.MustCompile(`"checkpoint.head":"[0-9a-f]{64}"`).ReplaceAllLiteralString(line, fmt.Sprintf(`"checkpoint.head":"%s"`, prev))
+		}
+		sum := sha256.Sum256([]byte(line + "}"))
+		prev = hex.EncodeToString(sum[:])
+		fmt.Fprintf(&out, "%s,\"hash\":\"%s\"}\n", line, prev)
+	}
+	return out.Bytes()
 }

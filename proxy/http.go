@@ -7,15 +7,22 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/mesh-dev/mesh/proxy/h1"
+	"github.com/mesh-dev/mesh/proxy/normalize"
+	"github.com/mesh-dev/mesh/proxy/sniff"
 )
 
 // PeerIdentityHeader carries the client's verified SPIFFE ID to the
-// application. Whatever the client sent under this name is removed first.
+// application. Whatever the client sent under this name, or any variant of
+// it (any case, '_' for '-'), is removed first.
 const PeerIdentityHeader = "X-Mesh-Peer-Identity"
 
 // MaxHeaderBytes bounds the request headers the inbound HTTP layer reads.
@@ -43,17 +50,47 @@ func (t *httpTransports) RoundTrip(r *http.Request) (*http.Response, error) {
 	return t.h1.RoundTrip(r)
 }
 
-// closeNotifier reports when the HTTP server is done with a connection.
+// closeNotifier reports when the HTTP server is done with a connection,
+// and tracks activity for the idle timeout of an upgraded stream.
 type closeNotifier struct {
 	net.Conn
 	once   sync.Once
 	closed chan struct{}
+	idle   atomic.Pointer[idleWatch]
 }
 
 func (c *closeNotifier) Close() error {
 	err := c.Conn.Close()
-	c.once.Do(func() { close(c.closed) })
+	c.once.Do(func() {
+		close(c.closed)
+		if w := c.idle.Load(); w != nil {
+			w.stop()
+		}
+	})
 	return err
+}
+
+// CloseWrite lets net/http close gracefully after its own errors.
+func (c *closeNotifier) CloseWrite() error {
+	if hc, ok := c.Conn.(halfCloser); ok {
+		return hc.CloseWrite()
+	}
+	return nil
+}
+
+func (c *closeNotifier) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if w := c.idle.Load(); w != nil && n > 0 {
+		w.touch()
+	}
+	return n, err
+}
+
+func (c *closeNotifier) Write(b []byte) (int, error) {
+	if w := c.idle.Load(); w != nil {
+		w.touch()
+	}
+	return c.Conn.Write(b)
 }
 
 // oneConn is a listener that yields one connection, then nothing.
@@ -79,17 +116,42 @@ func (l *oneConn) Addr() net.Addr { return l.c.LocalAddr() }
 // serveHTTP terminates HTTP/1.1 or HTTP/2 on an inbound connection and
 // decides every request on its own. It returns when the connection is
 // done.
-func (p *Proxy) serveHTTP(ctx context.Context, conn net.Conn, base *Request, tlsState string) {
+//
+// HTTP/1 passes through a strict framing gate (package h1) before Go's
+// parser, so that a request the gate has not read whole never reaches the
+// handler. Each request then has its method checked, its path normalised
+// and its headers cleaned before it is authorized; the request forwarded
+// is the one authorized, re-framed by the proxy, so the application never
+// sees bytes the proxy did not decide on.
+func (p *Proxy) serveHTTP(ctx context.Context, conn net.Conn, base *Request, tlsState string, proto sniff.Protocol, appAddr string) {
+	var gate *h1.Gate
+	if proto == sniff.HTTP1 {
+		gate = h1.NewGate(conn, h1.Config{MaxHeadBytes: MaxHeaderBytes})
+		conn = gate
+	}
 	cn := &closeNotifier{Conn: conn, closed: make(chan struct{})}
-	target := &url.URL{Scheme: "http", Host: net.JoinHostPort(p.cfg.AppHost, strconv.Itoa(int(base.DestinationPort)))}
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.SetURL(target)
+			// The path and query were normalised into In.URL.
+			pr.Out.URL.Scheme, pr.Out.URL.Host = "http", appAddr
 			pr.Out.Host = pr.In.Host
-			pr.Out.Header.Del(PeerIdentityHeader)
 			if base.Authenticated {
 				pr.Out.Header.Set(PeerIdentityHeader, base.Peer.String())
 			}
+		},
+		ModifyResponse: func(resp *http.Response) error {
+			switch {
+			case resp.StatusCode == http.StatusSwitchingProtocols:
+				// From here on the bytes are not HTTP: one decision (the
+				// upgrade request's), and the idle timeout.
+				cn.idle.Store(p.watchIdle(cn))
+			case gate != nil && gate.Opaque():
+				// The gate stopped reading requests at the upgrade
+				// request; as the upgrade did not happen, nothing more
+				// may be read from this connection.
+				resp.Header.Set("Connection", "close")
+			}
+			return nil
 		},
 		Transport:     p.transports,
 		FlushInterval: -1,
@@ -97,6 +159,9 @@ func (p *Proxy) serveHTTP(ctx context.Context, conn net.Conn, base *Request, tls
 		ErrorLog:      log.New(slogWriter{p}, "", 0),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			p.cfg.Logger.Warn("app unreachable", "direction", "inbound", "port", base.DestinationPort, "err", err)
+			if gate != nil && gate.Opaque() {
+				w.Header().Set("Connection", "close")
+			}
 			w.WriteHeader(http.StatusBadGateway)
 		},
 	}
@@ -110,11 +175,14 @@ func (p *Proxy) serveHTTP(ctx context.Context, conn net.Conn, base *Request, tls
 		// Deferred: ReverseProxy aborts a stream whose client went away by
 		// panicking with http.ErrAbortHandler, and the request still counts.
 		var d Decision
+		decided := false
 		req := *base
 		defer func() {
 			p.m.httpRequests.WithLabelValues("inbound", methodLabel(r.Method), statusClass(sw.status)).Inc()
 			p.m.httpLatency.WithLabelValues("inbound").Observe(time.Since(start).Seconds())
-			p.observe(&req, d, sw.status)
+			if decided {
+				p.observe(&req, d, sw.status)
+			}
 		}()
 		req.Protocol = "http1"
 		if r.ProtoMajor == 2 {
@@ -123,15 +191,25 @@ func (p *Proxy) serveHTTP(ctx context.Context, conn net.Conn, base *Request, tls
 				req.Protocol = "grpc"
 			}
 		}
-		req.HTTP = &HTTPRequest{Method: r.Method, Path: r.URL.Path, Host: r.Host}
+		if reason, bad := p.checkRequest(r, gate); bad {
+			p.badRequest(sw, r, &req, reason)
+			return
+		}
+		req.HTTP = &HTTPRequest{Method: r.Method, Path: r.URL.RawPath, Host: r.Host}
 		d = p.cfg.Authorizer.Authorize(&req)
+		decided = true
 		p.countDecision(d, "inbound")
 		if !d.Allow {
-			p.refuse("inbound", "denied_by_policy", "source", base.Source.String(), "peer", peer, "method", r.Method, "path", r.URL.Path, "policy", d.Policy, "rule", d.Rule, "why", d.Reason)
+			p.refuse("inbound", "denied_by_policy", "source", base.Source.String(), "peer", peer, "method", r.Method, "path", req.HTTP.Path, "policy", d.Policy, "rule", d.Rule, "why", d.Reason)
+			if gate != nil && gate.Opaque() {
+				// The gate stopped reading requests at this upgrade
+				// request: nothing after it may be read as HTTP.
+				w.Header().Set("Connection", "close")
+			}
 			deny(sw, r, d)
-		} else {
-			rp.ServeHTTP(sw, r)
+			return
 		}
+		rp.ServeHTTP(sw, r)
 	})
 	var protos http.Protocols
 	protos.SetHTTP1(true)
@@ -152,6 +230,92 @@ func (p *Proxy) serveHTTP(ctx context.Context, conn net.Conn, base *Request, tls
 	<-cn.closed
 	p.m.open.WithLabelValues("inbound").Dec()
 	p.m.closed.WithLabelValues("inbound", peer, tlsState).Inc()
+}
+
+// checkRequest refuses what could be read two ways, and rewrites r into
+// the one form that is authorized and forwarded: normalised path, no
+// variant of mesh's own headers, no h2c upgrade. It returns a reason when
+// the request must be refused with 400.
+func (p *Proxy) checkRequest(r *http.Request, gate *h1.Gate) (string, bool) {
+	if gate != nil {
+		if reason, ok := gate.Rejected(r); ok {
+			return "malformed request: " + reason, true
+		}
+	}
+	if err := normalize.Method(r.Method); err != nil {
+		return err.Error(), true
+	}
+	if r.Method == http.MethodConnect {
+		return "CONNECT is not served by the mesh's inbound proxy", true
+	}
+	path, query, err := normalize.Path(r.RequestURI, p.cfg.PathNormalization)
+	if err != nil {
+		return err.Error(), true
+	}
+	raw, err := url.PathUnescape(path)
+	if err != nil {
+		return fmt.Sprintf("path %q: %v", path, err), true
+	}
+	r.URL.Path, r.URL.RawPath, r.URL.RawQuery = raw, path, query
+	removed, err := normalize.Headers(r.Header, p.cfg.HeadersWithUnderscores)
+	if err != nil {
+		return err.Error(), true
+	}
+	if len(removed) > 0 {
+		p.m.headersDrop.Add(float64(len(removed)))
+	}
+	if up := r.Header.Values("Upgrade"); len(up) > 0 {
+		h2c := false
+		for _, v := range up {
+			for _, tok := range strings.Split(v, ",") {
+				if strings.EqualFold(strings.TrimSpace(tok), "h2c") {
+					h2c = true
+				}
+			}
+		}
+		if h2c {
+			if len(up) > 1 || strings.Contains(up[0], ",") {
+				return "an upgrade to h2c together with another protocol is not served", true
+			}
+			// HTTP/2 after an upgrade would carry requests the proxy never
+			// sees: answer in HTTP/1.1 instead, as the client must accept.
+			r.Header.Del("Upgrade")
+			r.Header.Del("Http2-Settings")
+			r.Header.Del("Connection")
+		}
+	}
+	return "", false
+}
+
+// badRequest answers 400 with the reason, closes the connection (what
+// follows a malformed request cannot be trusted to be framed as the client
+// meant), counts and audits it.
+func (p *Proxy) badRequest(w http.ResponseWriter, r *http.Request, req *Request, reason string) {
+	p.m.badRequests.WithLabelValues(badRequestLabel(reason)).Inc()
+	p.refuse("inbound", "bad_request", "source", req.Source.String(), "peer", req.Peer.String(), "why", reason)
+	p.audit(Refusal{Direction: "inbound", Reason: "bad_request", Detail: reason, Source: req.Source,
+		Destination: netip.AddrPortFrom(netip.Addr{}, req.DestinationPort), Peer: req.Peer})
+	w.Header().Set("Connection", "close")
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(http.StatusBadRequest)
+	fmt.Fprintf(w, "mesh: bad request: %s\n", reason)
+}
+
+// badRequestLabel keeps the metric's cardinality bounded: the reason's
+// first words.
+func badRequestLabel(reason string) string {
+	switch {
+	case strings.HasPrefix(reason, "malformed request"):
+		return "malformed"
+	case strings.HasPrefix(reason, "normalize: method"), strings.Contains(reason, "method"):
+		return "method"
+	case strings.Contains(reason, "header"):
+		return "header"
+	case strings.Contains(reason, "path"), strings.Contains(reason, "normalize"):
+		return "path"
+	}
+	return "other"
 }
 
 func (p *Proxy) countDecision(d Decision, direction string) {

@@ -2,9 +2,11 @@ package proxy
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -46,38 +48,50 @@ func (p *Proxy) inbound(ctx context.Context, c net.Conn) {
 	if !ok {
 		return
 	}
-	src := tc.RemoteAddr().(*net.TCPAddr).AddrPort()
+	src := unmap(tc.RemoteAddr().(*net.TCPAddr).AddrPort())
+	local := tc.LocalAddr().(*net.TCPAddr)
 	dst, err := p.cfg.OriginalDst(tc)
 	if err != nil {
 		p.refuse(dir, "no_original_destination", "source", src.String(), "err", err)
 		return
 	}
-	req := &Request{Source: netip.AddrPortFrom(src.Addr().Unmap(), src.Port()), DestinationPort: dst.Port(), Protocol: "tcp"}
+	dst = unmap(dst)
+	req := &Request{Source: src, DestinationPort: dst.Port(), Protocol: "tcp"}
+	refuse := func(reason, detail string, attrs ...any) {
+		p.refuse(dir, reason, append([]any{"source", src.String(), "port", dst.Port(), "detail", detail}, attrs...)...)
+		p.audit(Refusal{Direction: dir, Reason: reason, Detail: detail, Source: src, Destination: dst, Peer: req.Peer})
+	}
+	appAddr, reason := p.appAddr(local, dst)
+	if reason != "" {
+		refuse(reason, "original destination "+dst.String())
+		return
+	}
 
-	_ = tc.SetReadDeadline(time.Now().Add(p.cfg.DetectTimeout))
 	br := readers.Get().(*bufio.Reader)
 	br.Reset(tc)
 	defer func() {
 		br.Reset(nil)
 		readers.Put(br)
 	}()
-	proto, first, err := peek(br)
-	if err != nil {
-		p.refuse(dir, "detect_failed", "source", src.String(), "err", err)
+	_ = tc.SetReadDeadline(time.Now().Add(p.cfg.DetectTimeout))
+	tlsHello, first, err := peekHello(br)
+	_ = tc.SetReadDeadline(time.Time{})
+	if err != nil && (len(first) > 0 || p.cfg.InboundMode == Strict) {
+		refuse("detect_failed", err.Error())
 		return
 	}
 	var client net.Conn = &bufConn{Conn: tc, tc: tc, r: br}
 	tlsState := "plaintext"
-	probe := false
 	switch {
-	case proto == sniff.TLS && offersMesh(first):
+	case tlsHello && offersMesh(first):
 		conn := tls.Server(client, p.srvTLS)
 		hctx, cancel := context.WithTimeout(ctx, p.cfg.ConnectTimeout)
 		err := conn.HandshakeContext(hctx)
 		cancel()
 		if err != nil {
-			p.m.hsErrors.WithLabelValues(dir, handshakeReason(err)).Inc()
-			p.refuse(dir, "handshake_failed", "source", src.String(), "err", err)
+			reason := handshakeReason(err)
+			p.m.hsErrors.WithLabelValues(dir, reason).Inc()
+			refuse("handshake_failed", reason+": "+err.Error())
 			return
 		}
 		cs := conn.ConnectionState()
@@ -85,42 +99,28 @@ func (p *Proxy) inbound(ctx context.Context, c net.Conn) {
 		// VerifyConnection verified the chain; only the ID is read here.
 		id, err := x509svid.IDFromCert(cs.PeerCertificates[0])
 		if err != nil {
-			p.refuse(dir, "peer_rejected", "source", src.String(), "err", err)
+			refuse("peer_rejected", err.Error())
 			return
 		}
 		req.Peer, req.Authenticated = id, true
 		client, tlsState = conn, "mtls"
 	case p.cfg.InboundMode == Strict:
-		if !p.isProbe(req, proto, first) {
-			p.refuse(dir, "plaintext_in_strict_mode", "source", src.String(), "port", dst.Port())
-			return
-		}
-		probe = true
-	}
-	_ = tc.SetReadDeadline(time.Time{})
-	if probe {
-		p.countDecision(Decision{Allow: true, Policy: "probe"}, dir)
-		up, err := p.dialApp(ctx, dst.Port())
-		if err != nil {
-			return
-		}
-		defer up.Close()
-		p.forwardOneRequest(client, up, first)
+		// No plaintext exception, not even for kubelet probes: they are
+		// rewritten to the admin port's /app-health/ (package probe).
+		refuse("plaintext_in_strict_mode", "")
 		return
 	}
 
-	// What the application protocol is: for mTLS, the decrypted stream's
-	// first bytes; for plaintext, the bytes already peeked.
-	app := proto
-	switch {
-	case slices.Contains(p.cfg.OpaquePorts, dst.Port()):
-		app = sniff.Unknown
-	case tlsState == "mtls":
-		client, app = p.sniffApp(client)
+	// What the application protocol is: declared, or read from the
+	// client's first bytes, never decided by a timeout alone.
+	ac, app, up, reason, detail := p.appProtocol(ctx, client, dst.Port(), appAddr)
+	if reason != "" {
+		refuse(reason, detail, "peer", req.Peer.String())
+		return
 	}
 	if app == sniff.HTTP1 || app == sniff.HTTP2 {
 		// HTTP is decided request by request.
-		p.serveHTTP(ctx, client, req, tlsState)
+		p.serveHTTP(ctx, ac, req, tlsState, app, appAddr)
 		return
 	}
 
@@ -129,12 +129,16 @@ func (p *Proxy) inbound(ctx context.Context, c net.Conn) {
 	p.observe(req, d, 0)
 	if !d.Allow {
 		// Closed right after the handshake: not a byte reaches the app.
+		if up != nil {
+			up.Close()
+		}
 		p.refuse(dir, "denied_by_policy", "source", src.String(), "peer", req.Peer.String(), "port", dst.Port(), "policy", d.Policy, "rule", d.Rule, "why", d.Reason)
 		return
 	}
-	up, err := p.dialApp(ctx, dst.Port())
-	if err != nil {
-		return
+	if up == nil {
+		if up, err = p.dialApp(ctx, appAddr); err != nil {
+			return
+		}
 	}
 	defer up.Close()
 	peer := "unauthenticated"
@@ -146,7 +150,7 @@ func (p *Proxy) inbound(ctx context.Context, c net.Conn) {
 	p.mu.Lock()
 	p.tcp[c] = req
 	p.mu.Unlock()
-	p.splice(dir, up, client)
+	p.splice(dir, up, ac)
 	p.mu.Lock()
 	delete(p.tcp, c)
 	p.mu.Unlock()
@@ -154,82 +158,276 @@ func (p *Proxy) inbound(ctx context.Context, c net.Conn) {
 	p.m.closed.WithLabelValues(dir, peer, tlsState).Inc()
 }
 
-func (p *Proxy) dialApp(ctx context.Context, port uint16) (net.Conn, error) {
+func unmap(a netip.AddrPort) netip.AddrPort { return netip.AddrPortFrom(a.Addr().Unmap(), a.Port()) }
+
+// appAddr is where an inbound connection is delivered: the original
+// destination, which must be this pod's own address (the one the
+// connection arrived on) and not one of the proxy's own ports. A
+// connection to a proxy port would be dialled again into the proxy, in a
+// loop; one to another address was sent to this pod's interface by a
+// neighbour and must not make the proxy dial it.
+func (p *Proxy) appAddr(local *net.TCPAddr, dst netip.AddrPort) (string, string) {
+	if slices.Contains(p.ownPorts, dst.Port()) {
+		return "", "loop"
+	}
+	port := strconv.Itoa(int(dst.Port()))
+	if p.cfg.AppHost != "" {
+		return net.JoinHostPort(p.cfg.AppHost, port), ""
+	}
+	la, _ := netip.AddrFromSlice(local.IP)
+	if la.Unmap() != dst.Addr().WithZone("") {
+		return "", "not_local_destination"
+	}
+	// A link-local destination needs its interface to be dialled.
+	host := dst.Addr().WithZone("").String()
+	if zone := cmp.Or(dst.Addr().Zone(), local.Zone); zone != "" && dst.Addr().Is6() {
+		host += "%" + zone
+	}
+	return net.JoinHostPort(host, port), ""
+}
+
+func (p *Proxy) dialApp(ctx context.Context, addr string) (net.Conn, error) {
 	dctx, cancel := context.WithTimeout(ctx, p.cfg.ConnectTimeout)
 	defer cancel()
-	up, err := p.cfg.Dial(dctx, "tcp", net.JoinHostPort(p.cfg.AppHost, strconv.Itoa(int(port))))
+	up, err := p.cfg.Dial(dctx, "tcp", addr)
 	if err != nil {
-		p.refuse("inbound", "app_connect_failed", "port", port, "err", err)
+		p.refuse("inbound", "app_connect_failed", "address", addr, "err", err)
 	}
 	return up, err
 }
 
-// appConn is a decrypted connection whose first bytes were peeked. It is
-// not a *tls.Conn, so the HTTP server treats it as the cleartext stream it
-// carries.
+// appConn is an accepted connection (decrypted, for mTLS) whose first bytes
+// were read into r. It is not a *tls.Conn, so the HTTP server treats it as
+// the cleartext stream it carries.
 type appConn struct {
-	*tls.Conn
+	net.Conn
 	r *bufio.Reader
 }
 
 func (a *appConn) Read(b []byte) (int, error) { return a.r.Read(b) }
 
-// sniffApp waits up to HTTPDetectTimeout for the client's first bytes
-// inside the tunnel. Protocols whose server speaks first send nothing: they
-// fall back to opaque TCP when the wait ends.
-func (p *Proxy) sniffApp(c net.Conn) (net.Conn, sniff.Protocol) {
-	tc := c.(*tls.Conn)
-	br := bufio.NewReaderSize(tc, 4096)
-	_ = tc.SetReadDeadline(time.Now().Add(p.cfg.HTTPDetectTimeout))
-	defer tc.SetReadDeadline(time.Time{})
-	for n := 1; n <= len(sniff.H2Preface); {
-		_, err := br.Peek(n)
-		b, _ := br.Peek(br.Buffered())
-		proto, derr := sniff.Detect(b)
-		if !errors.Is(derr, sniff.ErrMore) {
-			return &appConn{Conn: tc, r: br}, proto
+// CloseWrite passes a half-close on, for opaque TCP.
+func (a *appConn) CloseWrite() error {
+	if hc, ok := a.Conn.(halfCloser); ok {
+		return hc.CloseWrite()
+	}
+	return a.Conn.Close()
+}
+
+// prefixConn is an application connection whose first bytes were already
+// read, by the check for a protocol whose server speaks first.
+//
+// It embeds the net.Conn interface, not *net.TCPConn, so that io.Copy
+// cannot use TCPConn.WriteTo and skip the prefix.
+type prefixConn struct {
+	net.Conn
+	tc     *net.TCPConn
+	prefix []byte
+}
+
+func (c *prefixConn) Read(b []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(b, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	return c.tc.Read(b)
+}
+
+func (c *prefixConn) CloseWrite() error { return c.tc.CloseWrite() }
+
+// appProtocol tells what the client speaks on port: HTTP1 or HTTP2, whose
+// requests are then each decided, or Unknown for opaque TCP. Declarations
+// come first. On a port that must be HTTP (declared, or read by some
+// policy's HTTP fields) anything else is refused, never passed as opaque.
+// Elsewhere, bytes that cannot be HTTP are opaque; a client that sends
+// nothing is waited for until the application speaks first (opaque, with
+// the connection to it returned in up) or the client does.
+//
+// A refusal returns its reason and detail.
+func (p *Proxy) appProtocol(ctx context.Context, c net.Conn, port uint16, appAddr string) (ac *appConn, proto sniff.Protocol, up net.Conn, reason, detail string) {
+	ac = &appConn{Conn: c, r: bufio.NewReaderSize(c, 4096)}
+	declared := p.cfg.PortProtocols[port]
+	if declared == ProtocolOpaque {
+		return ac, sniff.Unknown, nil, "", ""
+	}
+	mustHTTP := declared == ProtocolHTTP || declared == ProtocolGRPC
+	if hp, ok := p.cfg.Authorizer.(HTTPPolicy); ok && hp.RequiresHTTP(port) {
+		mustHTTP = true
+	}
+	wait := p.cfg.ServerFirstWait
+	if mustHTTP {
+		wait = p.cfg.DetectTimeout
+	}
+	proto, n, err := classify(ac, time.Now().Add(wait))
+	if err != nil && n == 0 && !mustHTTP && isTimeout(err) {
+		// The client is silent: does the application speak first?
+		var appFirst bool
+		if up, appFirst, err = p.raceFirstBytes(ctx, ac, appAddr); err != nil {
+			return ac, 0, nil, "app_connect_failed", err.Error()
+		}
+		if appFirst {
+			return ac, sniff.Unknown, up, "", ""
+		}
+		up.Close()
+		up = nil
+		proto, n, err = classify(ac, time.Now().Add(p.cfg.DetectTimeout))
+	} else if err != nil && n > 0 && !mustHTTP && isTimeout(err) {
+		// Part of what may be a request line: give it the full time.
+		proto, n, err = classify(ac, time.Now().Add(p.cfg.DetectTimeout))
+	}
+	switch {
+	case err != nil && n == 0:
+		return ac, 0, nil, "no_request", fmt.Sprintf("nothing received: %v", err)
+	case err != nil:
+		// Bytes that could still become an HTTP request line, cut off:
+		// never passed on undecided.
+		return ac, 0, nil, "incomplete_request", fmt.Sprintf("%d bytes that may start an HTTP request, then %v", n, err)
+	case proto == sniff.Unknown && mustHTTP:
+		return ac, 0, nil, "not_http", fmt.Sprintf("port %d must be HTTP (declared %q or read by policy) but the client's first bytes are not", port, declared)
+	}
+	return ac, proto, nil, "", ""
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// classify reads from ac until sniff.App decides or deadline passes, and
+// returns what it decided and how many bytes it saw. The bytes stay
+// buffered in ac. An error with sniff.ErrMore's meaning is returned as the
+// read error that cut the bytes short.
+func classify(ac *appConn, deadline time.Time) (sniff.Protocol, int, error) {
+	_ = ac.Conn.SetReadDeadline(deadline)
+	defer ac.Conn.SetReadDeadline(time.Time{})
+	for n := 1; ; {
+		_, err := ac.r.Peek(n)
+		b, _ := ac.r.Peek(ac.r.Buffered())
+		proto, derr := sniff.App(b)
+		if derr == nil {
+			return proto, len(b), nil
 		}
 		if err != nil {
-			break
+			if errors.Is(err, io.EOF) && len(b) > 0 {
+				// The client sent these bytes and closed its side: they
+				// are the whole stream, and not an HTTP request.
+				return sniff.Unknown, len(b), nil
+			}
+			return sniff.Unknown, len(b), err
+		}
+		if len(b) >= ac.r.Size() {
+			// A buffer full of what may still be a request line: HTTP,
+			// for the strict parser to judge.
+			return sniff.HTTP1, len(b), nil
 		}
 		n = len(b) + 1
 	}
-	return &appConn{Conn: tc, r: br}, sniff.Unknown
 }
 
-// peek reads until the first bytes are classified, within the read
-// deadline already set and sniffBytes.
-func peek(br *bufio.Reader) (sniff.Protocol, []byte, error) {
-	n := 1
-	for {
-		b, err := br.Peek(n)
-		if err != nil && len(b) == 0 {
-			return sniff.Unknown, nil, err
+// raceFirstBytes connects to the application and waits for whichever side
+// sends first, up to IdleTimeout. If the application does, it is a
+// protocol whose server speaks first, and its bytes are kept in up.
+func (p *Proxy) raceFirstBytes(ctx context.Context, ac *appConn, appAddr string) (up net.Conn, appFirst bool, err error) {
+	conn, err := p.dialApp(ctx, appAddr)
+	if err != nil {
+		return nil, false, err
+	}
+	tc, ok := conn.(*net.TCPConn)
+	if !ok {
+		conn.Close()
+		return nil, false, fmt.Errorf("application connection is a %T, not TCP", conn)
+	}
+	deadline := time.Now().Add(p.cfg.IdleTimeout)
+	_ = tc.SetReadDeadline(deadline)
+	_ = ac.Conn.SetReadDeadline(deadline)
+	type result struct {
+		app bool
+		n   int
+		err error
+	}
+	results := make(chan result, 2)
+	buf := make([]byte, 4096)
+	go func() {
+		n, err := tc.Read(buf)
+		results <- result{app: true, n: n, err: err}
+	}()
+	go func() {
+		_, err := ac.r.Peek(1)
+		results <- result{err: err}
+	}()
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		select {
+		case <-ctx.Done():
+			_ = tc.SetReadDeadline(time.Now())
+			_ = ac.Conn.SetReadDeadline(time.Now())
+		case <-stop:
 		}
-		b, _ = br.Peek(br.Buffered())
-		proto, derr := sniff.Detect(b)
-		if derr == nil {
-			switch proto {
-			case sniff.TLS:
-				_, aerr := sniff.ClientHelloALPN(b)
-				if !errors.Is(aerr, sniff.ErrMore) {
-					return proto, b, nil
+	}()
+	first := <-results
+	past := time.Now()
+	_ = tc.SetReadDeadline(past)
+	_ = ac.Conn.SetReadDeadline(past)
+	second := <-results
+	_ = tc.SetReadDeadline(time.Time{})
+	_ = ac.Conn.SetReadDeadline(time.Time{})
+	appRes := first
+	if !first.app {
+		appRes = second
+	}
+	if appRes.n > 0 {
+		// The application spoke: opaque, its bytes first.
+		return &prefixConn{Conn: tc, tc: tc, prefix: buf[:appRes.n]}, true, nil
+	}
+	clientRes := second
+	if !first.app {
+		clientRes = first
+	}
+	if clientRes.err != nil && !isTimeout(clientRes.err) {
+		tc.Close()
+		return nil, false, fmt.Errorf("client: %w", clientRes.err)
+	}
+	if appRes.err != nil && !isTimeout(appRes.err) {
+		// The application closed without a word: nothing to serve.
+		tc.Close()
+		return nil, false, fmt.Errorf("application: %w", appRes.err)
+	}
+	if clientRes.err != nil {
+		tc.Close()
+		return nil, false, fmt.Errorf("neither side spoke within %s", p.cfg.IdleTimeout)
+	}
+	return tc, false, nil
+}
+
+// peekHello reads until the first bytes are known to be a TLS ClientHello
+// (whole) or not TLS, within the read deadline already set and sniffBytes.
+// It returns the bytes seen; with none and an error, the client sent
+// nothing in time.
+func peekHello(br *bufio.Reader) (bool, []byte, error) {
+	for n := 1; ; {
+		_, err := br.Peek(n)
+		b, _ := br.Peek(br.Buffered())
+		if len(b) > 0 && b[0] != 0x16 {
+			return false, b, nil
+		}
+		if len(b) > 0 {
+			proto, derr := sniff.Detect(b)
+			if derr == nil && proto != sniff.TLS {
+				return false, b, nil
+			}
+			if derr == nil {
+				if _, aerr := sniff.ClientHelloALPN(b); !errors.Is(aerr, sniff.ErrMore) {
+					return true, b, nil
 				}
-			case sniff.HTTP1:
-				_, herr := sniff.ParseRequestHead(b)
-				if !errors.Is(herr, sniff.ErrMore) {
-					return proto, b, nil
-				}
-			default:
-				return proto, b, nil
 			}
 		}
 		if err != nil {
-			// EOF or deadline with a partial prefix: opaque.
-			return sniff.Unknown, b, nil
+			return false, b, err
 		}
 		if len(b) >= sniffBytes {
-			return proto, b, nil
+			return true, b, nil
 		}
 		n = len(b) + 1
 	}
@@ -238,44 +436,6 @@ func peek(br *bufio.Reader) (sniff.Protocol, []byte, error) {
 func offersMesh(hello []byte) bool {
 	protos, err := sniff.ClientHelloALPN(hello)
 	return err == nil && slices.Contains(protos, ALPN)
-}
-
-// isProbe allows a plaintext kubelet probe in strict mode: an HTTP GET from
-// a node address to a configured probe port and path.
-func (p *Proxy) isProbe(req *Request, proto sniff.Protocol, first []byte) bool {
-	if proto != sniff.HTTP1 || !slices.Contains(p.cfg.ProbeSources, req.Source.Addr()) {
-		return false
-	}
-	h, err := sniff.ParseRequestHead(first)
-	if err != nil || h.Method != "GET" {
-		return false
-	}
-	for _, pr := range p.cfg.Probes {
-		if pr.Port == req.DestinationPort && pr.Path == h.Path {
-			return true
-		}
-	}
-	return false
-}
-
-// forwardOneRequest passes exactly one request head (a probe: GET, no body)
-// to the app and its response back; anything more the client sends is not
-// forwarded.
-func (p *Proxy) forwardOneRequest(client, up net.Conn, first []byte) {
-	h, err := sniff.ParseRequestHead(first)
-	if err != nil {
-		return
-	}
-	head := make([]byte, h.Len)
-	if _, err := io.ReadFull(client, head); err != nil {
-		return
-	}
-	if _, err := up.Write(head); err != nil {
-		return
-	}
-	n, _ := io.Copy(client, up)
-	p.m.bytes.WithLabelValues("inbound", "from_app").Add(float64(n))
-	p.m.bytes.WithLabelValues("inbound", "to_app").Add(float64(len(head)))
 }
 
 // Handshake failure reasons, for metrics.

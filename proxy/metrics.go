@@ -22,6 +22,12 @@ type metrics struct {
 
 	httpRequests *prometheus.CounterVec
 	httpLatency  *prometheus.HistogramVec
+
+	acceptErrors *prometheus.CounterVec
+	limitReached *prometheus.CounterVec
+	idleClosed   prometheus.Counter
+	badRequests  *prometheus.CounterVec
+	headersDrop  prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -63,9 +69,24 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "mesh_proxy_http_request_duration_seconds", Help: "Time from an HTTP request's headers to the end of its response.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}, []string{"direction"}),
+		acceptErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mesh_proxy_accept_errors_total", Help: "Errors accepting connections (such as running out of file descriptors), by listener; the proxy backs off and keeps serving.",
+		}, []string{"listener"}),
+		limitReached: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mesh_proxy_connections_limit_reached_total", Help: "Connections closed at once because the proxy already served its maximum, by listener.",
+		}, []string{"listener"}),
+		idleClosed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "mesh_proxy_idle_timeouts_total", Help: "Opaque TCP connections and upgraded HTTP streams closed after the idle timeout.",
+		}),
+		badRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mesh_proxy_http_bad_requests_total", Help: "Inbound HTTP requests refused before authorization because they were malformed or ambiguous, by reason.",
+		}, []string{"reason"}),
+		headersDrop: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "mesh_proxy_http_headers_removed_total", Help: "Request headers the proxy removed: variants of its own identity header, and, with headers-with-underscores=drop, names with underscores.",
+		}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.opened, m.closed, m.open, m.bytes, m.handshakes, m.hsErrors, m.refused, m.decisions, m.svidExpiry, m.renewals, m.httpRequests, m.httpLatency} {
+		for _, c := range []prometheus.Collector{m.opened, m.closed, m.open, m.bytes, m.handshakes, m.hsErrors, m.refused, m.decisions, m.svidExpiry, m.renewals, m.httpRequests, m.httpLatency, m.acceptErrors, m.limitReached, m.idleClosed, m.badRequests, m.headersDrop} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("proxy: register metrics: %w", err)
 			}

@@ -23,11 +23,14 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/mesh-dev/mesh/e2e/prereq"
 	"github.com/mesh-dev/mesh/internal/netnstest"
 	"github.com/mesh-dev/mesh/internal/testpki"
 	"github.com/mesh-dev/mesh/proxy"
+	"github.com/mesh-dev/mesh/proxy/probe"
 )
 
 func TestMain(m *testing.M) {
@@ -113,6 +116,7 @@ func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return 
 // side is one pod: a namespace, its proxy and its metrics.
 type side struct {
 	ns   *netnstest.NS
+	ip   netip.Addr
 	src  *testpki.Source
 	reg  *prometheus.Registry
 	logs *syncBuffer
@@ -130,6 +134,7 @@ type mesh struct {
 	authzB   *testAuthz
 	bin      string // this test binary, runnable by the app user
 	proxyBin string
+	appLog   string // what B's app received, one JSON record per line
 }
 
 func newMesh(t *testing.T, inboundMode proxy.Mode) *mesh {
@@ -139,6 +144,13 @@ func newMesh(t *testing.T, inboundMode proxy.Mode) *mesh {
 
 // newMeshWith runs B's proxy with az deciding (m.authzB when nil).
 func newMeshWith(t *testing.T, inboundMode proxy.Mode, az proxy.Authorizer) *mesh {
+	t.Helper()
+	return newMeshFunc(t, inboundMode, func(*mesh) proxy.Authorizer { return az })
+}
+
+// newMeshFunc runs B's proxy with the authorizer mkAuthz makes once the
+// pods' identities exist (nil: m.authzB).
+func newMeshFunc(t *testing.T, inboundMode proxy.Mode, mkAuthz func(*mesh) proxy.Authorizer) *mesh {
 	t.Helper()
 	prereq.Root(t)
 	prereq.Command(t, "setpriv")
@@ -156,9 +168,10 @@ func newMeshWith(t *testing.T, inboundMode proxy.Mode, az proxy.Authorizer) *mes
 	for _, ns := range []*netnstest.NS{nsA, nsB} {
 		ns.Run(t, m.proxyBin, "init", "--proxy-uid", "0")
 	}
-	m.a = &side{ns: nsA, src: m.pki.Source(t, clientID.String())}
-	m.b = &side{ns: nsB, src: m.pki.Source(t, serverID.String())}
+	m.a = &side{ns: nsA, ip: netip.MustParseAddr(ipA), src: m.pki.Source(t, clientID.String())}
+	m.b = &side{ns: nsB, ip: netip.MustParseAddr(ipB), src: m.pki.Source(t, serverID.String())}
 	m.startProxy(t, m.a, proxy.Strict, proxy.AllowAll{})
+	az := mkAuthz(m)
 	if az == nil {
 		az = m.authzB
 	}
@@ -198,19 +211,22 @@ func (m *mesh) startProxy(t *testing.T, s *side, inbound proxy.Mode, az proxy.Au
 	t.Helper()
 	s.reg = prometheus.NewRegistry()
 	s.logs = &syncBuffer{}
+	// The kubelet's HTTP probe of the app, rewritten to the admin port.
+	health, err := probe.New(probe.Config{
+		Probers: probe.Probers{"/app-health/app/readyz": {HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromInt32(httpPort)}}},
+		Target:  s.ip, Dial: s.ns.Dial,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	p, err := proxy.New(proxy.Config{
 		Identity: s.src, TrustDomain: m.pki.TD, Destinations: m.dests, Authorizer: az,
 		InboundMode: inbound, OutboundMode: proxy.Permissive,
-		AdminAddr:    "127.0.0.1:15020",
-		ProbeSources: []netip.Addr{netip.MustParseAddr(ipA)},
-		Probes:       []proxy.Probe{{Port: httpPort, Path: "/healthz"}},
-		Listen:       s.ns.Listen, Dial: s.ns.Dial,
+		AppHealth: health,
+		Listen:    s.ns.Listen, Dial: s.ns.Dial,
 		Registerer: s.reg, Gatherer: s.reg,
 		Logger:       slog.New(slog.NewJSONHandler(s.logs, nil)),
 		DrainTimeout: 2 * time.Second,
-		// Generous: under a loaded CI machine a client's first bytes can
-		// take longer than the default to cross two proxies.
-		HTTPDetectTimeout: 3 * time.Second,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -243,7 +259,15 @@ func (m *mesh) startServer(t *testing.T) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := m.b.ns.Command(ctx, appUID, m.bin, "-test.run=^$")
-	cmd.Env = append(os.Environ(), roleEnv+"=server", "APP_NAME=backend-0")
+	m.appLog = filepath.Join(filepath.Dir(m.bin), "received.jsonl")
+	// The app runs unprivileged: give it a file it may write.
+	if err := os.WriteFile(m.appLog, nil, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(m.appLog, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Env = append(os.Environ(), roleEnv+"=server", "APP_NAME=backend-0", "APP_LOG="+m.appLog)
 	var out syncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
@@ -255,7 +279,7 @@ func (m *mesh) startServer(t *testing.T) {
 	})
 	for _, port := range []int{httpPort, tcpPort, grpcPort, bannerPort} {
 		waitFor(t, 10*time.Second, fmt.Sprintf("app port %d", port), func() error {
-			c, err := m.b.ns.Dial(context.Background(), "tcp", fmt.Sprintf("127.0.0.1:%d", port))
+			c, err := m.b.ns.Dial(context.Background(), "tcp", fmt.Sprintf("%s:%d", ipB, port))
 			if err != nil {
 				return fmt.Errorf("%w (app output: %s)", err, out.String())
 			}
@@ -585,12 +609,56 @@ func TestStrictRefusals(t *testing.T) {
 		t.Fatalf("B's proxy opened %v connections to the app", n)
 	}
 
-	// A kubelet probe from the node address (A's address plays the node).
-	if got := request(m.dialB(t), "/healthz"); !strings.Contains(got, "hello from backend-0 path=/healthz") {
-		t.Fatalf("probe from the node was refused: %q", got)
+	// No plaintext exception for the kubelet: its probe from the node
+	// (A's address plays the node) to the app's probe path is refused too,
+	// and reaches the app only as the proxy's own probe, through the admin
+	// port's /app-health/.
+	if got := request(m.dialB(t), "/healthz"); strings.Contains(got, "hello") {
+		t.Fatalf("a plaintext probe from the node reached the app: %q", got)
 	}
-	if got := request(m.dialB(t), "/admin"); strings.Contains(got, "hello") {
-		t.Fatalf("a non-probe path from the node reached the app: %q", got)
+	if got := m.received(t); len(got) != 0 {
+		t.Fatalf("the app received %+v from plaintext clients", got)
+	}
+	c, err := m.a.ns.Dial(t.Context(), "tcp", fmt.Sprintf("%s:15020", ipB))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if got := request(c, "/app-health/app/readyz"); !strings.HasPrefix(got, "HTTP/1.1 200") {
+		t.Fatalf("the rewritten probe through the admin port = %q, want 200", got)
+	}
+	got := m.received(t)
+	if len(got) != 1 || got[0].Method != "GET" || got[0].RequestURI != "/healthz" || got[0].Header.Get("X-Mesh-Peer-Identity") != "" {
+		t.Fatalf("the app received %+v; want exactly the proxy's GET /healthz probe", got)
+	}
+}
+
+// received reads what B's app has received so far.
+func (m *mesh) received(t *testing.T) []received {
+	t.Helper()
+	b, err := os.ReadFile(m.appLog)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	var out []received
+	for _, line := range bytes.Split(bytes.TrimSpace(b), []byte("\n")) {
+		if len(line) == 0 {
+			continue
+		}
+		var r received
+		if err := json.Unmarshal(line, &r); err != nil {
+			t.Fatalf("app log line %q: %v", line, err)
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// resetReceived forgets what the app received so far.
+func (m *mesh) resetReceived(t *testing.T) {
+	t.Helper()
+	if err := os.Truncate(m.appLog, 0); err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
 	}
 }
 

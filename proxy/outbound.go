@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"net"
+	"slices"
 	"strconv"
 )
 
@@ -19,7 +20,16 @@ func (p *Proxy) outbound(ctx context.Context, app net.Conn) {
 		p.refuse(dir, "no_original_destination", "err", err)
 		return
 	}
+	dst = unmap(dst)
+	src := unmap(tc.RemoteAddr().(*net.TCPAddr).AddrPort())
 	addr := dst.String()
+	// A connection made to the outbound port itself, not redirected to it,
+	// has itself as original destination: dialling it would loop.
+	if local := unmap(tc.LocalAddr().(*net.TCPAddr).AddrPort()); dst == local || (slices.Contains(p.ownPorts, dst.Port()) && (dst.Addr().IsLoopback() || dst.Addr() == local.Addr())) {
+		p.refuse(dir, "loop", "destination", addr)
+		p.audit(Refusal{Direction: dir, Reason: "loop", Detail: "a connection to the proxy's own port", Source: src, Destination: dst})
+		return
+	}
 	want, meshed := p.cfg.Destinations.Lookup(dst)
 	if !meshed && p.cfg.OutboundMode == Strict {
 		p.refuse(dir, "not_meshed", "destination", addr)
@@ -43,8 +53,14 @@ func (p *Proxy) outbound(ctx context.Context, app net.Conn) {
 	}
 	conn := tls.Client(up, p.clientTLS(want, addr))
 	if err := conn.HandshakeContext(dctx); err != nil {
-		p.m.hsErrors.WithLabelValues(dir, handshakeReason(err)).Inc()
+		reason := handshakeReason(err)
+		p.m.hsErrors.WithLabelValues(dir, reason).Inc()
 		p.refuse(dir, "handshake_failed", "destination", addr, "want", want.String(), "err", err)
+		ev := "handshake_failed"
+		if reason == "wrong_identity" {
+			ev = "wrong_identity"
+		}
+		p.audit(Refusal{Direction: dir, Reason: ev, Detail: reason + ": " + err.Error(), Source: src, Destination: dst, Peer: want})
 		return
 	}
 	cs := conn.ConnectionState()

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -38,6 +39,14 @@ type Proxy struct {
 
 	shutdown chan struct{}
 	ready    atomic.Bool
+
+	// slots bounds the connections served at once (MaxConnections).
+	slots chan struct{}
+	// ownPorts are the proxy's listener ports: a connection whose original
+	// destination is one of them would loop through the proxy.
+	ownPorts []uint16
+	// audited rate-limits the audit records of refused connections.
+	audited refusalLimiter
 }
 
 // New validates cfg and returns a proxy; Run starts it.
@@ -56,6 +65,14 @@ func New(cfg Config) (*Proxy, error) {
 		conns:    map[net.Conn]struct{}{},
 		tcp:      map[net.Conn]*Request{},
 		shutdown: make(chan struct{}),
+		slots:    make(chan struct{}, cfg.MaxConnections),
+	}
+	for _, a := range []string{cfg.InboundAddr, cfg.OutboundAddr, cfg.AdminAddr} {
+		if _, port, err := net.SplitHostPort(a); err == nil {
+			if n, err := strconv.ParseUint(port, 10, 16); err == nil && n != 0 {
+				p.ownPorts = append(p.ownPorts, uint16(n))
+			}
+		}
 	}
 	p.srvTLS = p.serverTLS()
 	p.transports = newHTTPTransports(cfg.Dial)
@@ -75,6 +92,12 @@ func (p *Proxy) Run(ctx context.Context) error {
 		in.Close()
 		return fmt.Errorf("proxy: outbound listener: %w", err)
 	}
+	// iptables redirects the pod's IPv6 connections to ::1: listen there
+	// too when the outbound side is on IPv4 loopback and IPv6 exists.
+	var out6 net.Listener
+	if host, port, _ := net.SplitHostPort(p.cfg.OutboundAddr); host == "127.0.0.1" {
+		out6, _ = p.cfg.Listen(ctx, "tcp6", net.JoinHostPort("::1", port))
+	}
 	var admin net.Listener
 	if p.cfg.AdminAddr != "-" {
 		if admin, err = p.cfg.Listen(ctx, "tcp", p.cfg.AdminAddr); err != nil {
@@ -90,6 +113,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(runCtx)
 	g.Go(func() error { return p.accept(gctx, in, p.inbound) })
 	g.Go(func() error { return p.accept(gctx, out, p.outbound) })
+	if out6 != nil {
+		g.Go(func() error { return p.accept(gctx, out6, p.outbound) })
+	}
 	if admin != nil {
 		g.Go(func() error { return p.serveAdmin(gctx, admin) })
 	}
@@ -105,6 +131,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 		cancel()
 		in.Close()
 		out.Close()
+		if out6 != nil {
+			out6.Close()
+		}
 		return nil
 	})
 	err = g.Wait()
@@ -126,23 +155,48 @@ func (p *Proxy) Shutdown() {
 }
 
 func (p *Proxy) accept(ctx context.Context, ln net.Listener, handle func(context.Context, net.Conn)) error {
+	listener := ln.Addr().String()
+	var backoff time.Duration
 	for {
 		c, err := ln.Accept()
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
+			if errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("proxy: accept on %s: %w", listener, err)
 			}
-			return fmt.Errorf("proxy: accept on %s: %w", ln.Addr(), err)
+			// EMFILE, ENFILE, ECONNABORTED, ...: the listener still
+			// works; back off as net/http does instead of ending the
+			// proxy (which would drop every open connection).
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			p.m.acceptErrors.WithLabelValues(listener).Inc()
+			p.refuse("accept", "accept_error", "listener", listener, "err", err, "retryIn", backoff.String())
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(backoff):
+			}
+			continue
+		}
+		backoff = 0
+		select {
+		case p.slots <- struct{}{}:
+		default:
+			// At MaxConnections: close at once rather than leave the
+			// client waiting in the backlog.
+			p.m.limitReached.WithLabelValues(listener).Inc()
+			p.refuse("accept", "max_connections", "listener", listener, "max", p.cfg.MaxConnections)
+			c.Close()
+			continue
 		}
 		if !p.track(c) {
+			<-p.slots
 			c.Close()
 			continue
 		}
 		go func() {
+			defer func() { <-p.slots }()
 			defer p.untrack(c)
 			handle(ctx, c)
 		}()
@@ -206,13 +260,16 @@ type halfCloser interface {
 }
 
 // splice copies both ways until both sides are done, passing half-closes
-// through, and counts bytes.
+// through, and counts bytes. A connection on which no byte moves for
+// IdleTimeout is closed.
 func (p *Proxy) splice(direction string, app, peer net.Conn) {
+	idle := p.watchIdle(app, peer)
+	defer idle.stop()
 	var wg sync.WaitGroup
 	cp := func(dst, src net.Conn, flow string) {
 		defer wg.Done()
 		buf := copyBufs.Get().(*[]byte)
-		n, _ := io.CopyBuffer(dst, src, *buf)
+		n, _ := io.CopyBuffer(activityWriter{dst, idle}, src, *buf)
 		copyBufs.Put(buf)
 		p.m.bytes.WithLabelValues(direction, flow).Add(float64(n))
 		if hc, ok := dst.(halfCloser); ok {
@@ -226,6 +283,51 @@ func (p *Proxy) splice(direction string, app, peer net.Conn) {
 	go cp(peer, app, "from_app")
 	wg.Wait()
 }
+
+// activityWriter marks the idle watch at every write.
+type activityWriter struct {
+	net.Conn
+	w *idleWatch
+}
+
+func (a activityWriter) Write(b []byte) (int, error) {
+	a.w.touch()
+	return a.Conn.Write(b)
+}
+
+// idleWatch closes connections on which nothing moved for a while. It
+// costs one timer per connection, re-armed only when it fires, and an
+// atomic store per write.
+type idleWatch struct {
+	last    atomic.Int64 // unix nanoseconds of the last write
+	timeout time.Duration
+	timer   *time.Timer
+	conns   []net.Conn
+	m       *metrics
+}
+
+func (p *Proxy) watchIdle(conns ...net.Conn) *idleWatch {
+	w := &idleWatch{timeout: p.cfg.IdleTimeout, conns: conns, m: p.m}
+	w.touch()
+	w.timer = time.AfterFunc(w.timeout, w.check)
+	return w
+}
+
+func (w *idleWatch) touch() { w.last.Store(time.Now().UnixNano()) }
+
+func (w *idleWatch) check() {
+	idle := time.Since(time.Unix(0, w.last.Load()))
+	if idle < w.timeout {
+		w.timer.Reset(w.timeout - idle)
+		return
+	}
+	w.m.idleClosed.Inc()
+	for _, c := range w.conns {
+		_ = c.Close()
+	}
+}
+
+func (w *idleWatch) stop() { w.timer.Stop() }
 
 // copyBufs are splice buffers, reused across connections: the
 // per-connection path allocates no 32 KiB buffers.

@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/mesh-dev/mesh/authz"
 	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
@@ -31,6 +33,8 @@ import (
 	"github.com/mesh-dev/mesh/identity/source"
 	"github.com/mesh-dev/mesh/proxy"
 	"github.com/mesh-dev/mesh/proxy/intercept"
+	"github.com/mesh-dev/mesh/proxy/normalize"
+	"github.com/mesh-dev/mesh/proxy/probe"
 )
 
 func main() {
@@ -107,14 +111,15 @@ func initCmd() *cobra.Command {
 func runCmd() *cobra.Command {
 	var (
 		trustDomain, identityAddr, controllerID, bundleFile, tokenFile string
-		inMode, outMode, probes, probeSources                          string
-		adminPort                                                      int
+		inMode, outMode, appProbes, podIP                              string
+		adminPort, maxConns                                            int
 		destinations                                                   string
 		policyFile, defaultPolicy, podNS, podName, podLabels, podPorts string
 		auditLog                                                       string
 		logAllows                                                      bool
-		opaquePorts                                                    string
+		opaquePorts, portProtocols, pathNorm, underscores              string
 		sampleAllows                                                   uint64
+		idleTimeout                                                    time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "run",
@@ -154,26 +159,40 @@ func runCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			pr, err := parseProbes(probes)
+			protocols, err := parseProtocols(portProtocols, opaquePorts)
 			if err != nil {
 				return err
 			}
-			var sources []netip.Addr
-			for _, s := range strings.Split(probeSources, ",") {
-				if s = strings.TrimSpace(s); s == "" {
-					continue
-				}
-				a, err := netip.ParseAddr(s)
-				if err != nil {
-					return fmt.Errorf("--probe-sources: %w", err)
-				}
-				sources = append(sources, a)
+			norm, err := normalize.ParseMode(pathNorm)
+			if err != nil {
+				return fmt.Errorf("--path-normalization: %w", err)
 			}
-			enf, auditW, closeAudit, err := enforcer(td, policyFile, defaultPolicy, podNS, podName, podLabels, podPorts, auditLog)
+			us, err := normalize.ParseUnderscoreAction(underscores)
+			if err != nil {
+				return fmt.Errorf("--headers-with-underscores: %w", err)
+			}
+			var health http.Handler
+			if appProbes != "" {
+				probers, err := probe.Parse([]byte(appProbes))
+				if err != nil {
+					return fmt.Errorf("--app-probes (MESH_APP_PROBES): %w", err)
+				}
+				ip, err := netip.ParseAddr(podIP)
+				if err != nil {
+					return fmt.Errorf("--pod-ip (POD_IP) is needed to run the app probes: %w", err)
+				}
+				if health, err = probe.New(probe.Config{Probers: probers, Target: ip}); err != nil {
+					return err
+				}
+			}
+			enf, auditW, closeAudit, err := enforcer(td, src, policyFile, defaultPolicy, podNS, podName, podLabels, podPorts, auditLog)
 			if err != nil {
 				return err
 			}
 			defer closeAudit()
+			for _, w := range enf.Table().Warnings() {
+				log.Warn("policy", "warning", w)
+			}
 			enf.LogAllows, enf.SampleAllows = logAllows, sampleAllows
 			auditCtx, stopAudit := context.WithCancel(context.Background())
 			auditDone := make(chan error, 1)
@@ -184,20 +203,13 @@ func runCmd() *cobra.Command {
 					log.Error("audit log", "err", err)
 				}
 			}()
-			opaque, err := intercept.ParsePorts(opaquePorts)
-			if err != nil {
-				return fmt.Errorf("--opaque-ports: %w", err)
-			}
-			var ops []uint16
-			for _, o := range opaque {
-				ops = append(ops, uint16(o))
-			}
 			p, err := proxy.New(proxy.Config{
-				OpaquePorts: ops,
-				Identity:    src, TrustDomain: td, Destinations: dests, Authorizer: enf,
+				Identity: src, TrustDomain: td, Destinations: dests, Authorizer: enf,
 				InboundMode: proxy.Mode(inMode), OutboundMode: proxy.Mode(outMode),
-				AdminAddr: fmt.Sprintf("0.0.0.0:%d", adminPort), Probes: pr, ProbeSources: sources, Logger: log,
-				Registerer: prometheus.DefaultRegisterer,
+				AdminAddr: fmt.Sprintf(":%d", adminPort), AppHealth: health,
+				PortProtocols: protocols, PathNormalization: norm, HeadersWithUnderscores: us,
+				MaxConnections: maxConns, IdleTimeout: idleTimeout,
+				Logger: log, Registerer: prometheus.DefaultRegisterer,
 			})
 			if err != nil {
 				return err
@@ -214,8 +226,13 @@ func runCmd() *cobra.Command {
 	f.StringVar(&inMode, "inbound-mode", string(proxy.Strict), "strict or permissive")
 	f.StringVar(&outMode, "outbound-mode", string(proxy.Permissive), "strict or permissive")
 	f.IntVar(&adminPort, "admin-port", proxy.DefaultAdminPort, "admin port")
-	f.StringVar(&probes, "probes", "", "comma-separated kubelet probes allowed in strict mode, as port:path (8080:/healthz)")
-	f.StringVar(&probeSources, "probe-sources", "", "comma-separated node addresses kubelet probes come from")
+	f.StringVar(&appProbes, "app-probes", os.Getenv("MESH_APP_PROBES"), `the app's original kubelet probes, served on the admin port at /app-health/<container>/<livez|readyz|startupz> (JSON: {"/app-health/web/readyz": {"httpGet": {"path": "/healthz", "port": 8080}}})`)
+	f.StringVar(&podIP, "pod-ip", os.Getenv("POD_IP"), "this pod's IP, where the app probes connect")
+	f.StringVar(&portProtocols, "port-protocols", "", "what the app's ports speak, port=http|grpc|opaque,...; other ports are detected, and on ports a policy reads as HTTP anything else is refused")
+	f.StringVar(&pathNorm, "path-normalization", normalize.DefaultMode.String(), "how request paths are normalised before authorization: NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES")
+	f.StringVar(&underscores, "headers-with-underscores", normalize.DefaultUnderscoreAction.String(), "request headers with '_' in their names: reject (400), drop, or allow")
+	f.IntVar(&maxConns, "max-connections", 10000, "connections served at once, inbound and outbound; more are closed and counted")
+	f.DurationVar(&idleTimeout, "idle-timeout", time.Hour, "close opaque TCP connections and upgraded streams idle this long")
 	f.StringVar(&destinations, "destinations", "", "static destinations until the controller's watch lands: ip:port=spiffe-id,...")
 	f.StringVar(&policyFile, "policies", "", "AuthorizationPolicy YAML to enforce, until the controller streams them; empty: the default only")
 	f.StringVar(&defaultPolicy, "default-policy", string(authz.DefaultAllowMesh), "deny, allow-mesh, allow-same-namespace or allow-all")
@@ -223,7 +240,7 @@ func runCmd() *cobra.Command {
 	f.StringVar(&podName, "pod-name", os.Getenv("POD_NAME"), "this pod's name")
 	f.StringVar(&podLabels, "pod-labels", "", "this pod's labels, k=v,...")
 	f.StringVar(&podPorts, "container-ports", "", "this pod's named container ports, name=port,...")
-	f.StringVar(&opaquePorts, "opaque-ports", "", "comma-separated inbound ports never inspected for HTTP (server-first protocols)")
+	f.StringVar(&opaquePorts, "opaque-ports", "", "comma-separated inbound ports never inspected for HTTP (server-first protocols); short for --port-protocols PORT=opaque")
 	f.StringVar(&auditLog, "audit-log", "-", "where audit records go: a file path, or - for standard output")
 	f.BoolVar(&logAllows, "audit-log-allows", false, "audit allowed requests too")
 	f.Uint64Var(&sampleAllows, "audit-sample-allows", 1, "with --audit-log-allows, audit one allowed request in N")
@@ -232,7 +249,7 @@ func runCmd() *cobra.Command {
 
 // enforcer compiles this pod's table from the static policies and opens
 // the audit log.
-func enforcer(td spiffeid.TrustDomain, policyFile, defaultPolicy, ns, pod, labels, ports, auditLog string) (*authz.Enforcer, *audit.Writer, func(), error) {
+func enforcer(td spiffeid.TrustDomain, svids x509svid.Source, policyFile, defaultPolicy, ns, pod, labels, ports, auditLog string) (*authz.Enforcer, *audit.Writer, func(), error) {
 	mode, err := authz.ParseDefaultMode(defaultPolicy)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("--default-policy: %w", err)
@@ -279,7 +296,8 @@ func enforcer(td spiffeid.TrustDomain, policyFile, defaultPolicy, ns, pod, label
 		}
 		out, closeOut = f, func() { f.Close() }
 	}
-	w, err := audit.New(audit.Config{Out: out, Stream: fmt.Sprintf("%s/%s@%s", ns, pod, time.Now().UTC().Format(time.RFC3339Nano)), Registerer: prometheus.DefaultRegisterer})
+	// The proxy signs checkpoints of its audit chain with its own SVID key.
+	w, err := audit.New(audit.Config{Out: out, Stream: fmt.Sprintf("%s/%s@%s", ns, pod, time.Now().UTC().Format(time.RFC3339Nano)), SVIDs: svids, Registerer: prometheus.DefaultRegisterer})
 	if err != nil {
 		closeOut()
 		return nil, nil, nil, err
@@ -302,18 +320,34 @@ func parsePairs(s, flag string) (map[string]string, error) {
 	return out, nil
 }
 
-func parseProbes(s string) ([]proxy.Probe, error) {
-	var out []proxy.Probe
-	for _, f := range strings.Split(s, ",") {
-		if f = strings.TrimSpace(f); f == "" {
-			continue
+// parseProtocols reads --port-protocols (port=http|grpc|opaque,...) and
+// --opaque-ports.
+func parseProtocols(protocols, opaque string) (map[uint16]proxy.AppProtocol, error) {
+	out := map[uint16]proxy.AppProtocol{}
+	pairs, err := parsePairs(protocols, "--port-protocols")
+	if err != nil {
+		return nil, err
+	}
+	for port, proto := range pairs {
+		ports, err := intercept.ParsePorts(port)
+		if err != nil || len(ports) != 1 {
+			return nil, fmt.Errorf("--port-protocols: %q is not a port", port)
 		}
-		port, path, ok := strings.Cut(f, ":")
-		n, err := strconv.Atoi(port)
-		if !ok || err != nil || n <= 0 || n > 65535 || !strings.HasPrefix(path, "/") {
-			return nil, fmt.Errorf("--probes: %q is not port:/path", f)
+		p, err := proxy.ParseAppProtocol(proto)
+		if err != nil {
+			return nil, fmt.Errorf("--port-protocols: port %s: %w", port, err)
 		}
-		out = append(out, proxy.Probe{Port: uint16(n), Path: path})
+		out[uint16(ports[0])] = p
+	}
+	ops, err := intercept.ParsePorts(opaque)
+	if err != nil {
+		return nil, fmt.Errorf("--opaque-ports: %w", err)
+	}
+	for _, o := range ops {
+		if p, ok := out[uint16(o)]; ok && p != proxy.ProtocolOpaque {
+			return nil, fmt.Errorf("--opaque-ports: port %d is declared %s in --port-protocols", o, p)
+		}
+		out[uint16(o)] = proxy.ProtocolOpaque
 	}
 	return out, nil
 }
