@@ -12,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
 	"github.com/mesh-dev/mesh/authz"
 	"github.com/mesh-dev/mesh/authz/audit"
 	"github.com/mesh-dev/mesh/proxy"
@@ -139,6 +142,55 @@ func TestBypasses(t *testing.T) {
 		}
 		if got := m.received(t); len(got) != 0 {
 			t.Fatalf("the app received %+v", got)
+		}
+	})
+
+	t.Run("slow HTTP/2 client to a server that speaks first", func(t *testing.T) {
+		// gRPC servers send their SETTINGS before the client's preface: a
+		// client silent for longer than the wait must still be read as
+		// HTTP/2, request by request, not passed as opaque TCP.
+		before := metric(t, m.b.reg, "mesh_proxy_http_requests_total", map[string]string{"direction": "inbound", "method": "POST"})
+		c, err := m.a.ns.Dial(t.Context(), "tcp", fmt.Sprintf("%s:%d", ipB, grpcPort))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		tc := tls.Client(c, meshTLS(t, tlsCert(t, m.pki, clientID), proxy.ALPN))
+		_ = tc.SetDeadline(time.Now().Add(10 * time.Second))
+		if err := tc.Handshake(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(1500 * time.Millisecond)
+		var hb bytes.Buffer
+		enc := hpack.NewEncoder(&hb)
+		for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", "/grpc.testing.TestService/EmptyCall"}, {":authority", "backend"},
+			{"content-type", "application/grpc"}, {"te", "trailers"}, {"x-mesh-peer-identity", forged}} {
+			_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+		}
+		if _, err := tc.Write([]byte(http2.ClientPreface)); err != nil {
+			t.Fatal(err)
+		}
+		fr := http2.NewFramer(tc, tc)
+		_ = fr.WriteSettings()
+		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndHeaders: true})
+		_ = fr.WriteData(1, true, []byte{0, 0, 0, 0, 0})
+		var status string
+		for status == "" {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				t.Fatalf("reading the response: %v", err)
+			}
+			if h, ok := f.(*http2.HeadersFrame); ok {
+				dec := hpack.NewDecoder(4096, func(f hpack.HeaderField) {
+					if f.Name == "grpc-status" {
+						status = f.Value
+					}
+				})
+				_, _ = dec.Write(h.HeaderBlockFragment())
+			}
+		}
+		if after := metric(t, m.b.reg, "mesh_proxy_http_requests_total", map[string]string{"direction": "inbound", "method": "POST"}); after != before+1 {
+			t.Fatalf("B's proxy counted %v HTTP POSTs, want %v: the slow HTTP/2 client went opaque", after, before+1)
 		}
 	})
 

@@ -263,14 +263,21 @@ func (p *Proxy) appProtocol(ctx context.Context, c net.Conn, port uint16, appAdd
 	if err != nil && n == 0 && !mustHTTP && isTimeout(err) {
 		// The client is silent: does the application speak first?
 		var appFirst bool
-		if up, appFirst, err = p.raceFirstBytes(ctx, ac, appAddr); err != nil {
+		var h2 bool
+		if up, appFirst, h2, err = p.raceFirstBytes(ctx, ac, appAddr); err != nil {
 			return ac, 0, nil, "app_connect_failed", err.Error()
 		}
 		if appFirst {
 			return ac, sniff.Unknown, up, "", ""
 		}
-		up.Close()
-		up = nil
+		if up != nil {
+			up.Close()
+			up = nil
+		}
+		// An HTTP/2 server (gRPC's does) speaks first too, with its
+		// SETTINGS: the port is HTTP, and a slow client must not turn it
+		// opaque.
+		mustHTTP = mustHTTP || h2
 		proto, n, err = classify(ac, time.Now().Add(p.cfg.DetectTimeout))
 	} else if err != nil && n > 0 && !mustHTTP && isTimeout(err) {
 		// Part of what may be a request line: give it the full time.
@@ -328,15 +335,19 @@ func classify(ac *appConn, deadline time.Time) (sniff.Protocol, int, error) {
 // raceFirstBytes connects to the application and waits for whichever side
 // sends first, up to IdleTimeout. If the application does, it is a
 // protocol whose server speaks first, and its bytes are kept in up.
-func (p *Proxy) raceFirstBytes(ctx context.Context, ac *appConn, appAddr string) (up net.Conn, appFirst bool, err error) {
+//
+// An application that speaks first with an HTTP/2 SETTINGS frame is an
+// HTTP/2 server: then h2 is set, up is nil and the client is to be read as
+// HTTP.
+func (p *Proxy) raceFirstBytes(ctx context.Context, ac *appConn, appAddr string) (up net.Conn, appFirst, h2 bool, err error) {
 	conn, err := p.dialApp(ctx, appAddr)
 	if err != nil {
-		return nil, false, err
+		return nil, false, false, err
 	}
 	tc, ok := conn.(*net.TCPConn)
 	if !ok {
 		conn.Close()
-		return nil, false, fmt.Errorf("application connection is a %T, not TCP", conn)
+		return nil, false, false, fmt.Errorf("application connection is a %T, not TCP", conn)
 	}
 	deadline := time.Now().Add(p.cfg.IdleTimeout)
 	_ = tc.SetReadDeadline(deadline)
@@ -378,8 +389,12 @@ func (p *Proxy) raceFirstBytes(ctx context.Context, ac *appConn, appAddr string)
 		appRes = second
 	}
 	if appRes.n > 0 {
+		if isH2Settings(buf[:appRes.n]) {
+			tc.Close()
+			return nil, false, true, nil
+		}
 		// The application spoke: opaque, its bytes first.
-		return &prefixConn{Conn: tc, tc: tc, prefix: buf[:appRes.n]}, true, nil
+		return &prefixConn{Conn: tc, tc: tc, prefix: buf[:appRes.n]}, true, false, nil
 	}
 	clientRes := second
 	if !first.app {
@@ -387,18 +402,28 @@ func (p *Proxy) raceFirstBytes(ctx context.Context, ac *appConn, appAddr string)
 	}
 	if clientRes.err != nil && !isTimeout(clientRes.err) {
 		tc.Close()
-		return nil, false, fmt.Errorf("client: %w", clientRes.err)
+		return nil, false, false, fmt.Errorf("client: %w", clientRes.err)
 	}
 	if appRes.err != nil && !isTimeout(appRes.err) {
 		// The application closed without a word: nothing to serve.
 		tc.Close()
-		return nil, false, fmt.Errorf("application: %w", appRes.err)
+		return nil, false, false, fmt.Errorf("application: %w", appRes.err)
 	}
 	if clientRes.err != nil {
 		tc.Close()
-		return nil, false, fmt.Errorf("neither side spoke within %s", p.cfg.IdleTimeout)
+		return nil, false, false, fmt.Errorf("neither side spoke within %s", p.cfg.IdleTimeout)
 	}
-	return tc, false, nil
+	return tc, false, false, nil
+}
+
+// isH2Settings reports whether b starts with an HTTP/2 SETTINGS frame on
+// stream 0: the server connection preface.
+func isH2Settings(b []byte) bool {
+	if len(b) < 9 {
+		return false
+	}
+	length := int(b[0])<<16 | int(b[1])<<8 | int(b[2])
+	return b[3] == 0x4 && b[5]&0x7f == 0 && b[6] == 0 && b[7] == 0 && b[8] == 0 && length%6 == 0
 }
 
 // peekHello reads until the first bytes are known to be a TLS ClientHello
