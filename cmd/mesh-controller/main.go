@@ -83,6 +83,10 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
+	// Each Certify makes two API calls (TokenReview, pod read): client-go's
+	// default 5 QPS would cap the identity service far below its own
+	// per-source limits. The service's concurrency cap bounds the load.
+	rc.QPS, rc.Burst = 100, 200
 	kube, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		return err

@@ -24,7 +24,6 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/mesh-dev/mesh/authz"
 	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
@@ -119,7 +118,8 @@ func runCmd() *cobra.Command {
 		logAllows                                                      bool
 		opaquePorts, portProtocols, pathNorm, underscores              string
 		sampleAllows                                                   uint64
-		idleTimeout                                                    time.Duration
+		idleTimeout, checkpointInterval                                time.Duration
+		checkpointEvery                                                int
 	)
 	cmd := &cobra.Command{
 		Use:   "run",
@@ -185,7 +185,8 @@ func runCmd() *cobra.Command {
 					return err
 				}
 			}
-			enf, auditW, closeAudit, err := enforcer(td, src, policyFile, defaultPolicy, podNS, podName, podLabels, podPorts, auditLog)
+			enf, auditW, closeAudit, err := enforcer(td, policyFile, defaultPolicy, podNS, podName, podLabels, podPorts, auditLog,
+				audit.Config{SVIDs: src, CheckpointEvery: checkpointEvery, CheckpointInterval: checkpointInterval, Logger: log})
 			if err != nil {
 				return err
 			}
@@ -233,6 +234,8 @@ func runCmd() *cobra.Command {
 	f.StringVar(&underscores, "headers-with-underscores", normalize.DefaultUnderscoreAction.String(), "request headers with '_' in their names: reject (400), drop, or allow")
 	f.IntVar(&maxConns, "max-connections", 10000, "connections served at once, inbound and outbound; more are closed and counted")
 	f.DurationVar(&idleTimeout, "idle-timeout", time.Hour, "close opaque TCP connections and upgraded streams idle this long")
+	f.IntVar(&checkpointEvery, "audit-checkpoint-every", audit.DefaultCheckpointEvery, "sign the audit chain's head at least every N records")
+	f.DurationVar(&checkpointInterval, "audit-checkpoint-interval", audit.DefaultCheckpointInterval, "and at least this soon after a record not yet covered")
 	f.StringVar(&destinations, "destinations", "", "static destinations until the controller's watch lands: ip:port=spiffe-id,...")
 	f.StringVar(&policyFile, "policies", "", "AuthorizationPolicy YAML to enforce, until the controller streams them; empty: the default only")
 	f.StringVar(&defaultPolicy, "default-policy", string(authz.DefaultAllowMesh), "deny, allow-mesh, allow-same-namespace or allow-all")
@@ -249,7 +252,7 @@ func runCmd() *cobra.Command {
 
 // enforcer compiles this pod's table from the static policies and opens
 // the audit log.
-func enforcer(td spiffeid.TrustDomain, svids x509svid.Source, policyFile, defaultPolicy, ns, pod, labels, ports, auditLog string) (*authz.Enforcer, *audit.Writer, func(), error) {
+func enforcer(td spiffeid.TrustDomain, policyFile, defaultPolicy, ns, pod, labels, ports, auditLog string, acfg audit.Config) (*authz.Enforcer, *audit.Writer, func(), error) {
 	mode, err := authz.ParseDefaultMode(defaultPolicy)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("--default-policy: %w", err)
@@ -297,7 +300,9 @@ func enforcer(td spiffeid.TrustDomain, svids x509svid.Source, policyFile, defaul
 		out, closeOut = f, func() { f.Close() }
 	}
 	// The proxy signs checkpoints of its audit chain with its own SVID key.
-	w, err := audit.New(audit.Config{Out: out, Stream: fmt.Sprintf("%s/%s@%s", ns, pod, time.Now().UTC().Format(time.RFC3339Nano)), SVIDs: svids, Registerer: prometheus.DefaultRegisterer})
+	acfg.Out, acfg.Registerer = out, prometheus.DefaultRegisterer
+	acfg.Stream = fmt.Sprintf("%s/%s@%s", ns, pod, time.Now().UTC().Format(time.RFC3339Nano))
+	w, err := audit.New(acfg)
 	if err != nil {
 		closeOut()
 		return nil, nil, nil, err

@@ -26,6 +26,9 @@ import (
 	"github.com/mesh-dev/mesh/e2e/cluster"
 	"github.com/mesh-dev/mesh/e2e/node"
 	"github.com/mesh-dev/mesh/e2e/prereq"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
 // Config configures a demo run.
@@ -171,15 +174,29 @@ func Run(ctx context.Context, cfg Config) error {
 	if logPath == "" {
 		return fmt.Errorf("no audit record of the denial in %v", matches)
 	}
-	f, err := os.Open(logPath)
+	// The proxy signs the chain's head with its SVID key within a second
+	// of a record (--audit-checkpoint-interval): wait until the denial is
+	// anchored by a signed checkpoint.
+	roots, err := x509bundle.Load(spiffeid.RequireTrustDomainFromString("cluster.local"), bundlePath)
 	if err != nil {
 		return err
 	}
-	res, err := audit.Verify(f, audit.VerifyOptions{ChainOnly: true})
-	f.Close()
-	if err != nil {
+	var res audit.Result
+	if err := waitFor(ctx, 30*time.Second, func() error {
+		f, err := os.Open(logPath)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		res, err = audit.Verify(f, audit.VerifyOptions{Bundle: roots, Strict: true})
 		return err
+	}); err != nil {
+		return fmt.Errorf("audit log %s: %w", logPath, err)
 	}
+	if len(res.Streams) == 0 {
+		return fmt.Errorf("audit log %s: no stream", logPath)
+	}
+	say("audit log signed by %s, every record anchored by a signed checkpoint", res.Streams[0].Signer)
 	rec, _ := os.ReadFile(logPath)
 	say("audit log OK: %d record(s); the denial:\n%s", res.Records, indent(string(rec)))
 	say("done: the cluster, node and controller are stopped, nothing is left running")
@@ -198,7 +215,7 @@ func createMeshedPod(ctx context.Context, cs kubernetes.Interface, app, destinat
 	}
 	args := []string{"run", "--identity-addr", node.NodeIP + ":15012", "--bundle", "/run/mesh/bundle/bundle.pem",
 		"--token-file", "/var/run/secrets/mesh/tokens/identity-token", "--pod-labels", "app=" + app,
-		"--probe-sources", node.NodeIP, "--audit-log", "/run/mesh/audit/audit.log"}
+		"--audit-log", "/run/mesh/audit/audit.log", "--audit-checkpoint-interval", "1s"}
 	if destinations != "" {
 		args = append(args, "--destinations", destinations)
 	} else {
@@ -216,7 +233,11 @@ func createMeshedPod(ctx context.Context, cs kubernetes.Interface, app, destinat
 				},
 				{
 					Name: "mesh-proxy", Image: "mesh/mesh-proxy:dev", Args: args, RestartPolicy: &always,
-					Env:             []corev1.EnvVar{fieldEnv("POD_NAME", "metadata.name"), fieldEnv("POD_NAMESPACE", "metadata.namespace")},
+					Env: []corev1.EnvVar{fieldEnv("POD_NAME", "metadata.name"), fieldEnv("POD_NAMESPACE", "metadata.namespace"), fieldEnv("POD_IP", "status.podIP"),
+						// The echo container's readiness probe, which the
+						// kubelet now sends to the proxy's admin port (as the
+						// injector will rewrite it): the proxy performs it.
+						{Name: "MESH_APP_PROBES", Value: `{"/app-health/echo/readyz":{"httpGet":{"path":"/live","port":8080}}}`}},
 					SecurityContext: &corev1.SecurityContext{RunAsUser: &proxyUID},
 					VolumeMounts: []corev1.VolumeMount{
 						{Name: "mesh-token", MountPath: "/var/run/secrets/mesh/tokens"},
@@ -230,6 +251,9 @@ func createMeshedPod(ctx context.Context, cs kubernetes.Interface, app, destinat
 				Name: "echo", Image: "mesh-e2e/echo:dev",
 				Env:             []corev1.EnvVar{fieldEnv("POD_NAME", "metadata.name")},
 				SecurityContext: &corev1.SecurityContext{RunAsUser: &appUID},
+				// Strict mTLS lets no plaintext in, not even the kubelet's:
+				// its probe goes to the proxy, which probes the app.
+				ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/app-health/echo/readyz", Port: intstr.FromInt32(15020)}}},
 			}},
 			Volumes: []corev1.Volume{
 				{Name: "mesh-token", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Audience: "identity.mesh.dev", ExpirationSeconds: &exp, Path: "identity-token"}}}}}},

@@ -101,7 +101,11 @@ func TestPodsTalkThroughTheMesh(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsconfig.TLSServerConfig(self))))
+	opts, err := identity.ServerOptions(identity.TransportConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer(append(opts, grpc.Creds(credentials.NewTLS(tlsconfig.TLSServerConfig(self))))...)
 	svc.Register(gs)
 	go gs.Serve(lis)
 	t.Cleanup(gs.Stop)
@@ -172,7 +176,8 @@ spec:
 		t.Fatal(err)
 	}
 	var auditLog syncBuffer
-	w, err := audit.New(audit.Config{Out: &auditLog, Stream: "shop/backend-0"})
+	// Signed with the SVID the identity service issued to backend.
+	w, err := audit.New(audit.Config{Out: &auditLog, Stream: "shop/backend-0", SVIDs: backend})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -242,8 +247,8 @@ spec:
 	if err := <-auditDone; err != nil {
 		t.Fatal(err)
 	}
-	res, err := audit.Verify(bytes.NewReader(auditLog.Bytes()))
-	if err != nil || res.Records != 1 || !strings.Contains(string(auditLog.Bytes()), `"source.identity":"spiffe://cluster.local/ns/shop/sa/frontend"`) {
+	res, err := audit.Verify(bytes.NewReader(auditLog.Bytes()), audit.VerifyOptions{Bundle: x509bundle.FromX509Authorities(td, authority.Bundle()), Strict: true})
+	if err != nil || len(res.Streams) != 1 || res.Streams[0].Signer != backendID || res.Streams[0].Checkpoints == 0 || res.Streams[0].Unanchored != 0 || !strings.Contains(string(auditLog.Bytes()), `"source.identity":"spiffe://cluster.local/ns/shop/sa/frontend"`) {
 		t.Fatalf("audit log (%+v, %v):\n%s", res, err, auditLog.Bytes())
 	}
 }
