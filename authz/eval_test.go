@@ -417,3 +417,40 @@ spec:
 		}
 	}
 }
+
+// TestValidatePaths: a path rule must be written as the proxy matches
+// paths, normalised, or it could never match; the error says what to write.
+func TestValidatePaths(t *testing.T) {
+	tests := []struct{ path, err string }{
+		{"/admin*", ""},
+		{"/api/v1/users", ""},
+		{"*.php", ""},
+		{"*", ""},
+		{"/a%20b", ""},
+		{"//admin*", `write "/admin*"`},
+		{"/x/../admin", `write "/admin"`},
+		{"/./admin*", `write "/admin*"`},
+		{"/%61dmin", `write "/admin"`},
+		{"/admin?x=1", "paths match without the query string"},
+		{"/a b", "not a path the proxy can match"},
+		{"/x/..%2Fadmin", "not a path the proxy can match"},
+	}
+	for _, tc := range tests {
+		p := policies(t, `
+apiVersion: security.mesh.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: p, namespace: shop}
+spec:
+  action: DENY
+  rules: [{to: [{paths: ["x"]}]}]
+`)[0]
+		p.Spec.Rules[0].To[0].Paths = []string{tc.path}
+		errs := authz.Validate(&p)
+		switch {
+		case tc.err == "" && len(errs) > 0:
+			t.Errorf("%q refused: %v", tc.path, errs)
+		case tc.err != "" && (len(errs) == 0 || !strings.Contains(errs.ToAggregate().Error(), tc.err)):
+			t.Errorf("%q: errors %v, want one containing %q", tc.path, errs, tc.err)
+		}
+	}
+}

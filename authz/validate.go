@@ -13,6 +13,7 @@ import (
 	metav1validation "k8s.io/apimachinery/pkg/apis/meta/v1/validation"
 
 	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
+	"github.com/mesh-dev/mesh/proxy/normalize"
 )
 
 // Methods are the HTTP methods a rule may name.
@@ -137,6 +138,18 @@ func checkPath(p string) error {
 		return nil
 	case !strings.HasPrefix(p, "/"):
 		return fmt.Errorf("must start with / (or * for a suffix)")
+	}
+	// The proxy matches the normalised path: a rule written otherwise
+	// would never match anything.
+	base := strings.TrimSuffix(p, "*")
+	got, query, err := normalize.Path(base, normalize.DefaultMode)
+	switch {
+	case err != nil:
+		return fmt.Errorf("not a path the proxy can match: %w", err)
+	case query != "" || strings.Contains(base, "?"):
+		return fmt.Errorf("paths match without the query string: remove %q", "?"+query)
+	case got != base:
+		return fmt.Errorf("the proxy matches normalised paths (dot segments removed, slashes merged, unreserved characters decoded): write %q", strings.Replace(p, base, got, 1))
 	}
 	return nil
 }

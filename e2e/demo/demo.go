@@ -272,7 +272,9 @@ func createMeshedPod(ctx context.Context, cs kubernetes.Interface, app, destinat
 		if err != nil {
 			return err
 		}
-		if got.Status.PodIP == "" || len(got.Status.ContainerStatuses) == 0 || got.Status.ContainerStatuses[0].State.Running == nil {
+		// Ready: the kubelet's readiness probe, rewritten to the proxy's
+		// admin port, passed (the proxy probed the app).
+		if got.Status.PodIP == "" || len(got.Status.ContainerStatuses) == 0 || got.Status.ContainerStatuses[0].State.Running == nil || !got.Status.ContainerStatuses[0].Ready {
 			return fmt.Errorf("pod %s not running: %+v", app, got.Status)
 		}
 		ip = got.Status.PodIP
