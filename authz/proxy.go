@@ -2,6 +2,8 @@ package authz
 
 import (
 	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
 	"sync/atomic"
 	"time"
 
@@ -58,6 +60,22 @@ func (e *Enforcer) Ready() bool { return e.table.Load() != nil }
 
 // Table is the table in force.
 func (e *Enforcer) Table() *Table { return e.table.Load() }
+
+// WarningsMetric is a gauge of the warnings of the table in force (rule
+// parts the workload cannot resolve, such as container port names it does
+// not have), so that a policy that quietly does less than it says shows on
+// a dashboard, not only in a log line.
+func (e *Enforcer) WarningsMetric() prometheus.Collector {
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "mesh_proxy_policy_warnings",
+		Help: "Warnings of the policy table in force: rule parts the workload cannot resolve (see the proxy's log).",
+	}, func() float64 {
+		if t := e.table.Load(); t != nil {
+			return float64(len(t.Warnings()))
+		}
+		return 0
+	})
+}
 
 func toRequest(r *proxy.Request) Request {
 	q := Request{Port: r.DestinationPort}

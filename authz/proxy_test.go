@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/mesh-dev/mesh/authz"
@@ -49,5 +50,59 @@ func TestLogAllowsSampling(t *testing.T) {
 	}
 	if got := count(true, 5).Records; got != 3 {
 		t.Errorf("logAllows sampling 1 in 5: %d records, want 3", got)
+	}
+}
+
+// TestObserveRecordsTheEnforcedDecision: the audit record says what the
+// proxy enforced, even if the policy changed before the response ended.
+func TestObserveRecordsTheEnforcedDecision(t *testing.T) {
+	var buf bytes.Buffer
+	w, err := audit.New(audit.Config{Out: &buf, Stream: "s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	deny := `
+apiVersion: security.mesh.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: no-admin, namespace: shop}
+spec:
+  action: DENY
+  rules: [{to: [{paths: ["/admin"]}]}]
+`
+	e := authz.NewEnforcer(compile(t, authz.DefaultAllowMesh, backend(nil), deny), w)
+	req := &proxy.Request{Peer: spiffeid.RequireFromString(frontend), Authenticated: true, Source: netip.MustParseAddrPort("198.18.0.9:4000"),
+		DestinationPort: 8080, Protocol: "http1", HTTP: &proxy.HTTPRequest{Method: "GET", Path: "/admin"}}
+	d := e.Authorize(req)
+	// The policy is lifted while the denial is being answered.
+	e.Swap(compile(t, authz.DefaultAllowMesh, backend(nil), ""))
+	e.Observe(req, d, 403)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := w.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(buf.Bytes(), []byte(`"decision":"deny","dryRun":false,"policy":"shop/no-admin"`)) {
+		t.Fatalf("the record is not the enforced denial:\n%s", buf.Bytes())
+	}
+}
+
+// TestWarningsMetric: the gauge follows the table in force.
+func TestWarningsMetric(t *testing.T) {
+	bad := `
+apiVersion: security.mesh.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: p, namespace: shop}
+spec:
+  action: DENY
+  rules: [{to: [{ports: ["nope"]}]}]
+`
+	e := authz.NewEnforcer(compile(t, authz.DefaultAllowMesh, backend(nil), bad), nil)
+	g := e.WarningsMetric()
+	if got := testutil.ToFloat64(g); got != 1 {
+		t.Fatalf("warnings = %v, want 1", got)
+	}
+	e.Swap(compile(t, authz.DefaultAllowMesh, backend(nil), ""))
+	if got := testutil.ToFloat64(g); got != 0 {
+		t.Fatalf("warnings after a clean table = %v, want 0", got)
 	}
 }

@@ -194,6 +194,9 @@ func runCmd() *cobra.Command {
 			for _, w := range enf.Table().Warnings() {
 				log.Warn("policy", "warning", w)
 			}
+			if err := prometheus.DefaultRegisterer.Register(enf.WarningsMetric()); err != nil {
+				return err
+			}
 			enf.LogAllows, enf.SampleAllows = logAllows, sampleAllows
 			auditCtx, stopAudit := context.WithCancel(context.Background())
 			auditDone := make(chan error, 1)
