@@ -16,6 +16,7 @@ import (
 
 	"github.com/mesh-dev/mesh/authz"
 	"github.com/mesh-dev/mesh/authz/audit"
+	"github.com/mesh-dev/mesh/meshctl"
 	"github.com/mesh-dev/mesh/proxy"
 )
 
@@ -187,6 +188,33 @@ func TestPolicyEnforcement(t *testing.T) {
 	}
 	if _, err := audit.Verify(bytes.NewReader(forged), audit.VerifyOptions{Bundle: m.pki.Bundle()}); err == nil {
 		t.Fatal("a re-chained log verified against its signed checkpoints")
+	}
+	// And as an auditor runs it: meshctl audit verify with the trust bundle.
+	dir := t.TempDir()
+	bundlePEM, err := m.pki.Bundle().Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := map[string][]byte{"bundle.pem": bundlePEM, "real.log": raw, "forged.log": forged}
+	for name, b := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	meshctlVerify := func(log string) (string, error) {
+		cmd := meshctl.New()
+		var out bytes.Buffer
+		cmd.SetOut(&out)
+		cmd.SetErr(&out)
+		cmd.SetArgs([]string{"audit", "verify", "--bundle", filepath.Join(dir, "bundle.pem"), filepath.Join(dir, log)})
+		err := cmd.Execute()
+		return out.String(), err
+	}
+	if out, err := meshctlVerify("real.log"); err != nil || !strings.Contains(out, "signed by "+serverID.String()) {
+		t.Fatalf("meshctl audit verify of the real proxy's log: %v\n%s", err, out)
+	}
+	if out, err := meshctlVerify("forged.log"); err == nil {
+		t.Fatalf("meshctl audit verify passed the re-chained log:\n%s", out)
 	}
 	var recs []map[string]any
 	for _, l := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
