@@ -7,8 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"sync"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
