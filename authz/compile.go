@@ -223,7 +223,11 @@ func Compile(in Input) (*Table, error) {
 		}
 		cp, warnings := compilePolicy(p, in.Workload.Ports)
 		t.warnings = append(t.warnings, warnings...)
-		t.noteHTTPPorts(cp)
+		if !p.Spec.DryRun && p.Spec.Action != v1alpha1.Audit {
+			// Only enforced policies change how a port is read: a dry-run
+			// or AUDIT policy must never change a decision.
+			t.noteHTTPPorts(cp)
+		}
 		switch {
 		case p.Spec.Action == v1alpha1.Audit:
 			t.audit.add(cp, t.trustDomain)
@@ -360,8 +364,9 @@ func (t *Table) noteHTTPPorts(p *policy) {
 	}
 }
 
-// RequiresHTTP reports whether some rule of the table has HTTP fields
-// (methods or paths) that apply to port. The proxy must then read every
+// RequiresHTTP reports whether some enforced rule of the table (ALLOW or
+// DENY, not dry-run, not AUDIT) has HTTP fields (methods or paths) that
+// apply to port. The proxy must then read every
 // connection to port as HTTP and refuse one that is not, rather than fall
 // back to deciding it once as opaque TCP.
 func (t *Table) RequiresHTTP(port uint16) bool {

@@ -389,6 +389,16 @@ spec:
   action: DENY
   rules: [{to: [{ports: ["http-api"], paths: ["/admin*"]}]}]
 `, map[uint16]bool{8080: true, 9000: false}},
+		{"methods on every port", `
+apiVersion: security.mesh.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: p, namespace: shop}
+spec:
+  action: ALLOW
+  rules: [{to: [{methods: ["GET"]}]}]
+`, map[uint16]bool{8080: true, 9000: true}},
+		// Dry-run and AUDIT policies never change a decision, so they do
+		// not change how a port is read either.
 		{"methods on every port, dry-run", `
 apiVersion: security.mesh.dev/v1alpha1
 kind: AuthorizationPolicy
@@ -397,7 +407,15 @@ spec:
   action: ALLOW
   dryRun: true
   rules: [{to: [{methods: ["GET"]}]}]
-`, map[uint16]bool{8080: true, 9000: true}},
+`, map[uint16]bool{8080: false, 9000: false}},
+		{"paths in an AUDIT policy", `
+apiVersion: security.mesh.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: p, namespace: shop}
+spec:
+  action: AUDIT
+  rules: [{to: [{paths: ["/admin"]}]}]
+`, map[uint16]bool{8080: false}},
 		{"another workload's policy", `
 apiVersion: security.mesh.dev/v1alpha1
 kind: AuthorizationPolicy

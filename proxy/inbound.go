@@ -265,7 +265,11 @@ func (p *Proxy) appProtocol(ctx context.Context, c net.Conn, port uint16, appAdd
 		var appFirst bool
 		var h2 bool
 		if up, appFirst, h2, err = p.raceFirstBytes(ctx, ac, appAddr); err != nil {
-			return ac, 0, nil, "app_connect_failed", err.Error()
+			reason := "no_request"
+			if errors.Is(err, errAppConnect) {
+				reason = "app_connect_failed"
+			}
+			return ac, 0, nil, reason, err.Error()
 		}
 		if appFirst {
 			return ac, sniff.Unknown, up, "", ""
@@ -342,7 +346,7 @@ func classify(ac *appConn, deadline time.Time) (sniff.Protocol, int, error) {
 func (p *Proxy) raceFirstBytes(ctx context.Context, ac *appConn, appAddr string) (up net.Conn, appFirst, h2 bool, err error) {
 	conn, err := p.dialApp(ctx, appAddr)
 	if err != nil {
-		return nil, false, false, err
+		return nil, false, false, fmt.Errorf("%w: %w", errAppConnect, err)
 	}
 	tc, ok := conn.(*net.TCPConn)
 	if !ok {
@@ -462,6 +466,9 @@ func offersMesh(hello []byte) bool {
 	protos, err := sniff.ClientHelloALPN(hello)
 	return err == nil && slices.Contains(protos, ALPN)
 }
+
+// errAppConnect marks a failure to reach the application.
+var errAppConnect = errors.New("cannot connect to the application")
 
 // Handshake failure reasons, for metrics.
 var (
