@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -27,6 +26,7 @@ import (
 
 	"github.com/mesh-dev/mesh/ca"
 	identityv1 "github.com/mesh-dev/mesh/identity/api/v1"
+	"github.com/mesh-dev/mesh/internal/ration"
 )
 
 // DefaultAudience is the audience a proxy's projected token must be for.
@@ -99,8 +99,7 @@ type Server struct {
 	// throttledAudit rations the audit events of calls refused by the
 	// source and review limits, which an attacker controls the number of;
 	// suppressed counts those left out, reported with the next one.
-	throttledAudit *rate.Limiter
-	suppressed     atomic.Uint64
+	throttledAudit *ration.Ration
 
 	mu       sync.Mutex
 	limiters map[spiffeid.ID]*limiter
@@ -131,7 +130,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		cfg: cfg, td: cfg.CA.TrustDomain(), metrics: m,
 		sources:        newSourceLimiter(cfg.RatePerSource, cfg.BurstPerSource, cfg.MaxSources),
 		reviews:        newReviewSlots(cfg.MaxConcurrentReviews, cfg.ReviewWait),
-		throttledAudit: rate.NewLimiter(1, 10),
+		throttledAudit: ration.New(time.Second, 10),
 		limiters:       map[spiffeid.ID]*limiter{},
 	}, nil
 }
@@ -213,13 +212,12 @@ func (s *Server) Certify(ctx context.Context, req *identityv1.CertifyRequest) (*
 	}
 	s.metrics.certify.WithLabelValues(result).Inc()
 	s.metrics.latency.WithLabelValues(result).Observe(time.Since(start).Seconds())
-	var suppressed uint64
+	var suppressed int64
 	if who.throttled {
-		if !s.throttledAudit.Allow() {
-			s.suppressed.Add(1)
+		var ok bool
+		if ok, suppressed = s.throttledAudit.Allow(); !ok {
 			return resp, err
 		}
-		suppressed = s.suppressed.Swap(0)
 	}
 	s.audit(ctx, &who, svid, suppressed, err)
 	return resp, err
@@ -366,11 +364,11 @@ func (s *Server) allow(id spiffeid.ID) bool {
 	return l.AllowN(now, 1)
 }
 
-func (s *Server) audit(ctx context.Context, who *caller, svid *ca.SVID, suppressed uint64, err error) {
+func (s *Server) audit(ctx context.Context, who *caller, svid *ca.SVID, suppressed int64, err error) {
 	attrs := []slog.Attr{slog.String("type", AuditType)}
 	if suppressed > 0 {
 		// Throttled refusals left out of the log since the last one in it.
-		attrs = append(attrs, slog.Uint64("suppressed", suppressed))
+		attrs = append(attrs, slog.Int64("suppressed", suppressed))
 	}
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
 		attrs = append(attrs, slog.String("source", p.Addr.String()))

@@ -13,7 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
-	"golang.org/x/time/rate"
+
+	"github.com/mesh-dev/mesh/internal/ration"
 )
 
 // Proxy is one pod's sidecar.
@@ -24,10 +25,9 @@ type Proxy struct {
 	srvTLS   *tls.Config
 	// transports reach the local app for terminated HTTP.
 	transports *httpTransports
-	// refusals limits "connection refused" log lines, which an attacker
+	// logged rations "connection refused" log lines, which an attacker
 	// could otherwise use to flood the log.
-	refusals *rate.Limiter
-	dropped  atomic.Int64
+	logged *ration.Ration
 
 	mu    sync.Mutex
 	conns map[net.Conn]struct{}
@@ -45,8 +45,8 @@ type Proxy struct {
 	// ownPorts are the proxy's listener ports: a connection whose original
 	// destination is one of them would loop through the proxy.
 	ownPorts []uint16
-	// audited rate-limits the audit records of refused connections.
-	audited refusalLimiter
+	// audited rations the audit records of refusals, per reason.
+	audited *ration.Keyed
 }
 
 // New validates cfg and returns a proxy; Run starts it.
@@ -61,7 +61,8 @@ func New(cfg Config) (*Proxy, error) {
 	p := &Proxy{
 		cfg: cfg, m: m,
 		sessions: tls.NewLRUClientSessionCache(1024),
-		refusals: rate.NewLimiter(rate.Every(100*time.Millisecond), 20),
+		logged:   ration.New(100*time.Millisecond, 20),
+		audited:  ration.NewKeyed(200*time.Millisecond, 10),
 		conns:    map[net.Conn]struct{}{},
 		tcp:      map[net.Conn]*Request{},
 		shutdown: make(chan struct{}),
@@ -243,11 +244,11 @@ func (p *Proxy) drain() {
 // refuse logs a refused connection (rate-limited) and counts it.
 func (p *Proxy) refuse(direction, reason string, attrs ...any) {
 	p.m.refused.WithLabelValues(direction, reason).Inc()
-	if !p.refusals.Allow() {
-		p.dropped.Add(1)
+	ok, n := p.logged.Allow()
+	if !ok {
 		return
 	}
-	if n := p.dropped.Swap(0); n > 0 {
+	if n > 0 {
 		attrs = append(attrs, "suppressed", n)
 	}
 	p.cfg.Logger.Warn("connection refused", append([]any{"direction", direction, "reason", reason}, attrs...)...)
