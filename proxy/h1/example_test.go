@@ -16,7 +16,7 @@ func ExampleNewGate() {
 	var app http.Handler                        // authorization, then the reverse proxy
 	var listenerFor func(net.Conn) net.Listener // yields conn once
 
-	g := h1.NewGate(conn, h1.Config{HTTP2Preface: true})
+	g := h1.NewGate(conn, h1.Config{})
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if reason, ok := g.Rejected(r); ok {
 			http.Error(w, "mesh: bad request: "+reason, http.StatusBadRequest)

@@ -17,16 +17,7 @@ type Config struct {
 	// line), and also the last chunk and trailer section of a chunked body.
 	// Zero or less means DefaultMaxHeadBytes.
 	MaxHeadBytes int
-	// HTTP2Preface lets a connection that opens with the HTTP/2
-	// prior-knowledge preface through untouched (Opaque reports true at
-	// once), for a server that also speaks h2c: HTTP/2 frames are length
-	// prefixed, and net/http's HTTP/2 server parses them itself. When false
-	// the preface is rejected like any other head that is not HTTP/1.x.
-	HTTP2Preface bool
 }
-
-// h2Preface is the HTTP/2 client connection preface.
-const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 // initialBuffer is the gate's first buffer: a typical head, and what
 // net/http itself reads at a time.
@@ -71,7 +62,6 @@ type Gate struct {
 
 	mu     sync.Mutex // serialises Read; guards everything below but the atomics
 	max    int
-	h2     bool // Config.HTTP2Preface, until the first head is seen
 	state  gateState
 	buf    []byte // bytes read from Conn and not yet handed out: buf[r:w]
 	r, w   int
@@ -98,7 +88,7 @@ func NewGate(c net.Conn, cfg Config) *Gate {
 	if max <= 0 {
 		max = DefaultMaxHeadBytes
 	}
-	return &Gate{Conn: c, max: max, h2: cfg.HTTP2Preface, parser: Parser{Max: max}}
+	return &Gate{Conn: c, max: max, parser: Parser{Max: max}}
 }
 
 // Rejected reports whether r is the request the gate substituted for an
@@ -118,8 +108,7 @@ func (g *Gate) Rejected(r *http.Request) (reason string, ok bool) {
 // an Upgrade header (WebSocket, h2c) or the CONNECT method, every further
 // byte passes untouched, because after a 101 the bytes are not HTTP. The
 // handler must then make net/http close the connection after its response
-// unless it switched protocols. It is also true from the start of a
-// connection that opened with the HTTP/2 preface (Config.HTTP2Preface).
+// unless it switched protocols.
 //
 // Opaque turns true before the opaque request's head is handed to net/http,
 // so the handler of that request always sees it. net/http reads ahead while
@@ -211,20 +200,7 @@ func (g *Gate) readPass(p []byte) (int, error) {
 // (accepted, switched to opaque, or rejected) and ErrMore when it needs
 // more bytes.
 func (g *Gate) head() error {
-	b := g.buf[g.r:g.w]
-	if g.h2 {
-		n := min(len(b), len(h2Preface))
-		if string(b[:n]) == h2Preface[:n] {
-			if n < len(h2Preface) {
-				return ErrMore
-			}
-			g.opaque.Store(true)
-			g.state = gateOpaque
-			return nil
-		}
-		g.h2 = false
-	}
-	h, err := g.parser.Parse(b)
+	h, err := g.parser.Parse(g.buf[g.r:g.w])
 	if err != nil {
 		if errors.Is(err, ErrMore) {
 			return err
@@ -232,7 +208,6 @@ func (g *Gate) head() error {
 		g.reject(err)
 		return nil
 	}
-	g.h2 = false
 	g.parser.Reset()
 	g.ok = h.Len
 	switch {

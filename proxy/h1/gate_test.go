@@ -322,7 +322,7 @@ func TestGate(t *testing.T) {
 			want: []string{bad(`line 1: unsupported version "HTTP/1.2"`)},
 		},
 		{
-			name: "HTTP/2 preface when not allowed",
+			name: "HTTP/2 prior-knowledge preface",
 			in:   "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
 			want: []string{bad(`line 1: unsupported version "HTTP/2.0"`)},
 		},

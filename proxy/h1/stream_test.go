@@ -118,43 +118,6 @@ func TestGateExpectContinue(t *testing.T) {
 	}
 }
 
-// With HTTP2Preface, prior-knowledge HTTP/2 (h2c, as gRPC uses it) gets
-// through to net/http's HTTP/2 server; HTTP/1 on the same server is still
-// gated.
-func TestGateHTTP2Preface(t *testing.T) {
-	checkGoroutines(t)
-	addr, rec := serve(t, h1.Config{HTTP2Preface: true})
-	var protos http.Protocols
-	protos.SetUnencryptedHTTP2(true)
-	tr := &http.Transport{Protocols: &protos}
-	defer tr.CloseIdleConnections()
-	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
-	resp, err := client.Post("http://"+addr+"/h2", "text/plain", strings.NewReader("over h2"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if want := `POST /h2 HTTP/2.0 host="` + addr + `" cl=7 te=[] body="over h2"`; resp.StatusCode != 200 || string(body) != want {
-		t.Errorf("h2 response %d %q, want 200 %q", resp.StatusCode, body, want)
-	}
-	tr.CloseIdleConnections()
-
-	got := exchange(t, addr, []string{"GET / HTTP/1.1\r\nHost: x\nX: 1\r\n\r\n"}, 0)
-	if want := []string{bad("line 2: bare LF")}; !slices.Equal(got, want) {
-		t.Errorf("HTTP/1 after h2: %q, want %q", got, want)
-	}
-	// Something that starts like the preface but is not it: neither
-	// HTTP/2 nor valid HTTP/1.
-	got = exchange(t, addr, []string{"PRI * HTTP/2.0\r\n\r\nSX\r\n\r\n"}, 0)
-	if want := []string{bad(`line 1: unsupported version "HTTP/2.0"`)}; !slices.Equal(got, want) {
-		t.Errorf("partial preface: %q, want %q", got, want)
-	}
-	if calls, _ := rec.snapshot(); len(calls) != 3 {
-		t.Errorf("handler calls %q, want 3", calls)
-	}
-}
-
 // The synthetic request's host is per gate and unguessable: a client that
 // learnt the host of one rejection (it never should) cannot use it on
 // another connection to pass for a rejection, nor for anything else.
