@@ -26,8 +26,7 @@ const initialBuffer = 4 << 10
 type gateState uint8
 
 const (
-	gateHead     gateState = iota // parsing the next request head
-	gateBody                      // passing a Content-Length body (Gate.pass)
+	gateHead     gateState = iota // parsing the next request head (after Gate.pass body bytes)
 	gateChunked                   // scanning a chunked body
 	gateOpaque                    // passing everything: no longer HTTP/1
 	gateRejected                  // handing out the synthetic request, then EOF
@@ -152,9 +151,6 @@ func (g *Gate) Read(p []byte) (int, error) {
 			return n, nil
 		case gateBroken:
 			return 0, g.err
-		case gateBody:
-			g.state = gateHead
-			continue
 		case gateHead:
 			err = g.head()
 		case gateChunked:
@@ -220,8 +216,8 @@ func (g *Gate) head() error {
 		g.chunk.reset(g.max)
 		g.state = gateChunked
 	case h.ContentLength > 0:
+		// The state stays gateHead: Read passes these first.
 		g.pass = h.ContentLength
-		g.state = gateBody
 	}
 	return nil
 }
