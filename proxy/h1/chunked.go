@@ -73,13 +73,9 @@ func (c *chunkScanner) step(b []byte) (frame int, data int64, done bool, err err
 			return 0, 0, false, ErrMore
 		}
 		end := c.scan + i + 1
-		l := b[:end]
-		if len(l) < 2 || l[len(l)-2] != '\r' {
-			return 0, 0, false, chunkError("bare LF in chunk-size line")
-		}
-		l = l[:len(l)-2]
-		if bytes.IndexByte(l, '\r') >= 0 {
-			return 0, 0, false, chunkError("bare CR in chunk-size line")
+		l, problem := crlfLine(b[:end])
+		if problem != "" {
+			return 0, 0, false, chunkError("%s in chunk-size line", problem)
 		}
 		n, problem := parseChunkLine(l)
 		if problem != "" {
@@ -113,9 +109,9 @@ func (c *chunkScanner) trailer(b []byte) (frame int, data int64, done bool, err 
 			return 0, 0, false, ErrMore
 		}
 		end := c.scan + i + 1
-		l, err := crlfLine(b[c.off:end], c.line+1)
-		if err != nil {
-			return 0, 0, false, chunkError("trailer line %d: %s", c.line+1, err.(*SyntaxError).Problem)
+		l, problem := crlfLine(b[c.off:end])
+		if problem != "" {
+			return 0, 0, false, chunkError("trailer line %d: %s", c.line+1, problem)
 		}
 		c.line++
 		c.off, c.scan = end, end

@@ -130,9 +130,9 @@ func (p *Parser) Parse(b []byte) (Head, error) {
 			return Head{}, ErrMore
 		}
 		end := p.scan + i + 1
-		line, err := crlfLine(b[p.off:end], p.line+1)
-		if err != nil {
-			return Head{}, err
+		line, problem := crlfLine(b[p.off:end])
+		if problem != "" {
+			return Head{}, &SyntaxError{Line: p.line + 1, Problem: problem}
 		}
 		p.line++
 		p.off, p.scan = end, end
@@ -152,16 +152,17 @@ func (p *Parser) Parse(b []byte) (Head, error) {
 }
 
 // crlfLine checks that l, a line including its LF, ends in CRLF and holds
-// no other CR, and returns it without the CRLF.
-func crlfLine(l []byte, n int) ([]byte, error) {
+// no other CR, and returns it without the CRLF. problem is empty when the
+// line is valid. Head, chunk-size and trailer lines all go through it.
+func crlfLine(l []byte) (line []byte, problem string) {
 	if len(l) < 2 || l[len(l)-2] != '\r' {
-		return nil, &SyntaxError{Line: n, Problem: "bare LF"}
+		return nil, "bare LF"
 	}
 	l = l[:len(l)-2]
 	if bytes.IndexByte(l, '\r') >= 0 {
-		return nil, &SyntaxError{Line: n, Problem: "bare CR"}
+		return nil, "bare CR"
 	}
-	return l, nil
+	return l, ""
 }
 
 func (p *Parser) requestLine(l []byte) error {
