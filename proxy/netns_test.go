@@ -160,7 +160,7 @@ func newMeshFunc(t *testing.T, inboundMode proxy.Mode, mkAuthz func(*mesh) proxy
 		dests:    &dests{m: map[netip.AddrPort]spiffeid.ID{}},
 		authzB:   &testAuthz{deny: map[spiffeid.ID]bool{}, denyPaths: map[string]bool{"/admin": true}},
 		proxyBin: prereq.Bin(t, "mesh-proxy"),
-		bin:      appBinary(t),
+		bin:      netnstest.SelfCopy(t),
 	}
 	m.dests.expect(serverID)
 	nsA, nsB := netnstest.New(t, "a"), netnstest.New(t, "b")
@@ -178,33 +178,6 @@ func newMeshFunc(t *testing.T, inboundMode proxy.Mode, mkAuthz func(*mesh) proxy
 	m.startProxy(t, m.b, inboundMode, az)
 	m.startServer(t)
 	return m
-}
-
-// appBinary copies this test binary where the unprivileged app user can
-// run it.
-func appBinary(t *testing.T) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "mesh-proxy-app-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(self)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dst := filepath.Join(dir, "app")
-	if err := os.WriteFile(dst, b, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return dst
 }
 
 func (m *mesh) startProxy(t *testing.T, s *side, inbound proxy.Mode, az proxy.Authorizer) {

@@ -73,7 +73,7 @@ func dialAs(t *testing.T, ns *netnstest.NS, uid int, addr string) (string, error
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	cmd := ns.Command(ctx, uid, appBinary(t), "-test.run=^$")
+	cmd := ns.Command(ctx, uid, netnstest.SelfCopy(t), "-test.run=^$")
 	cmd.Env = append(os.Environ(), roleEnv+"=dial", "TARGET="+addr)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
@@ -313,9 +313,8 @@ func (a *appProc) accepted() []string {
 func startApp(t *testing.T, ns *netnstest.NS) *appProc {
 	t.Helper()
 	prereq.Command(t, "setpriv")
-	bin := appBinary(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	cmd := ns.Command(ctx, appUID, bin, "-test.run=^$")
+	cmd := ns.Command(ctx, appUID, netnstest.SelfCopy(t), "-test.run=^$")
 	cmd.Env = append(os.Environ(), roleEnv+"=app")
 	a := &appProc{}
 	cmd.Stdout, cmd.Stderr = a, a
@@ -360,32 +359,6 @@ func (a *appProc) acceptedAfter(t *testing.T, n int) []string {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-}
-
-// appBinary copies this test binary where the app user can run it.
-func appBinary(t *testing.T) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "mesh-intercept-app-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(self)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dst := filepath.Join(dir, "app")
-	if err := os.WriteFile(dst, b, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return dst
 }
 
 // noNAT6 is an ip6tables whose nat table is missing, as on a node without
