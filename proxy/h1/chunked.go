@@ -195,14 +195,6 @@ func hexValue(c byte) (byte, bool) {
 	return 0, false
 }
 
-func tokenLen(b []byte) int {
-	i := 0
-	for i < len(b) && isTchar[b[i]] {
-		i++
-	}
-	return i
-}
-
 // quotedLen returns the length of the quoted-string at the start of b
 // (which starts with a double quote), or -1 if it is malformed.
 func quotedLen(b []byte) int {

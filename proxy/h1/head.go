@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"iter"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // DefaultMaxHeadBytes bounds a request head when the caller sets no bound.
@@ -177,10 +179,8 @@ func (p *Parser) requestLine(l []byte) error {
 	if sp == 0 {
 		return bad("request line starts with a space")
 	}
-	for _, c := range l[:sp] {
-		if !isTchar[c] {
-			return bad("invalid character " + quoteByte(c) + " in method")
-		}
+	if k := tokenLen(l[:sp]); k < sp {
+		return bad("invalid character " + quoteByte(l[k]) + " in method")
 	}
 	p.methodEnd = sp
 	rest := l[sp+1:]
@@ -214,10 +214,7 @@ func splitField(l []byte) (name, value []byte, problem string) {
 	if l[0] == ' ' || l[0] == '\t' {
 		return nil, nil, "obs-fold (line starts with whitespace)"
 	}
-	i := 0
-	for i < len(l) && isTchar[l[i]] {
-		i++
-	}
+	i := tokenLen(l)
 	switch {
 	case i == len(l):
 		return nil, nil, "field line without a colon"
@@ -346,20 +343,15 @@ func equalFold(b []byte, lower string) bool {
 	return true
 }
 
-// isTchar holds RFC 9110's tchar: the bytes of a token.
-var isTchar = func() (t [256]bool) {
-	for c := '0'; c <= '9'; c++ {
-		t[c] = true
+// tokenLen is the length of the token (RFC 9110 tchar) at the start of b,
+// by the table net/http itself reads tokens with.
+func tokenLen(b []byte) int {
+	i := 0
+	for i < len(b) && httpguts.IsTokenRune(rune(b[i])) {
+		i++
 	}
-	for c := 'a'; c <= 'z'; c++ {
-		t[c] = true
-		t[c-'a'+'A'] = true
-	}
-	for _, c := range "!#$%&'*+-.^_`|~" {
-		t[c] = true
-	}
-	return t
-}()
+	return i
+}
 
 // isValueByte holds the bytes a field value may contain: HTAB, SP, visible
 // ASCII and obs-text; no other control character.

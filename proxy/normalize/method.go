@@ -3,6 +3,8 @@ package normalize
 import (
 	"fmt"
 	"strings"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // standardMethods are the methods of RFC 9110 and PATCH (RFC 5789). Policies
@@ -20,7 +22,7 @@ func Method(m string) error {
 		return fmt.Errorf("normalize: empty method")
 	}
 	for i := 0; i < len(m); i++ {
-		if !isTchar(m[i]) {
+		if !httpguts.IsTokenRune(rune(m[i])) {
 			return fmt.Errorf("normalize: method %q is not a token: byte %#02x at %d", clip(m), m[i], i)
 		}
 	}
@@ -36,16 +38,4 @@ func Method(m string) error {
 		}
 	}
 	return nil
-}
-
-// isTchar: the characters of an HTTP token (RFC 9110 5.6.2).
-func isTchar(c byte) bool {
-	if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' {
-		return true
-	}
-	switch c {
-	case '!', '#', '$', '%', '&', '\'', '*', '+', '-', '.', '^', '_', '`', '|', '~':
-		return true
-	}
-	return false
 }

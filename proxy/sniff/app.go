@@ -1,5 +1,7 @@
 package sniff
 
+import "golang.org/x/net/http/httpguts"
+
 // App classifies the first bytes a client sends on an accepted connection,
 // inside mTLS or in plaintext: HTTP2 for the HTTP/2 connection preface,
 // HTTP1 for anything an HTTP/1 server might read as a request line, Unknown
@@ -36,7 +38,7 @@ func App(b []byte) (Protocol, error) {
 		return Unknown, ErrMore
 	}
 	start := i
-	for i < len(b) && isTchar(b[i]) {
+	for i < len(b) && httpguts.IsTokenRune(rune(b[i])) {
 		i++
 	}
 	method := b[start:i]
@@ -89,19 +91,6 @@ func isStandardMethod(m []byte) bool {
 }
 
 func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\r' || c == '\n' }
-
-// isTchar reports whether c may appear in an HTTP token (RFC 9110 5.6.2).
-func isTchar(c byte) bool {
-	switch {
-	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		return true
-	}
-	switch c {
-	case '!', '#', '$', '%', '&', '\'', '*', '+', '-', '.', '^', '_', '`', '|', '~':
-		return true
-	}
-	return false
-}
 
 // equalFold compares ASCII case-insensitively without allocating.
 func equalFold(b []byte, s string) bool {
