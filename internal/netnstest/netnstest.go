@@ -1,6 +1,8 @@
 // Package netnstest gives tests network namespaces of their own: made with
 // `ip netns add`, linked by veth pairs inside 198.18.0.0/16 with nothing in
-// the host namespace, and removed when the test ends.
+// the host namespace, and removed when the test ends. The kernel also gives
+// each veth end an IPv6 link-local address (LinkLocal), reachable only
+// across that one link.
 package netnstest
 
 import (

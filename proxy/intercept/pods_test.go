@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -120,20 +119,15 @@ func newPods(t *testing.T, subnet int) *pods {
 	t.Helper()
 	prereq.Root(t)
 	a, b := netnstest.New(t, "peer"), netnstest.New(t, "pod")
-	// Without duplicate address detection the link-local addresses are
-	// usable as soon as the link is up.
-	for _, ns := range []*netnstest.NS{a, b} {
-		for _, conf := range []string{"all", "default"} {
-			writeProc(t, ns, "/proc/sys/net/ipv6/conf/"+conf+"/accept_dad", "0")
-		}
-	}
+	a.NoDAD(t)
+	b.NoDAD(t)
 	p := &pods{a: a, b: b,
 		ipA: netip.MustParseAddr(fmt.Sprintf("198.18.%d.1", subnet)),
 		ipB: netip.MustParseAddr(fmt.Sprintf("198.18.%d.2", subnet)),
 	}
 	p.ifA, p.ifB = netnstest.Link(t, a, b, p.ipA.String()+"/24", p.ipB.String()+"/24")
-	p.zoneA, p.llA = linkLocal(t, a, p.ifA)
-	p.zoneB, p.llB = linkLocal(t, b, p.ifB)
+	p.zoneA, p.llA = a.LinkLocal(t, p.ifA)
+	p.zoneB, p.llB = b.LinkLocal(t, p.ifB)
 	return p
 }
 
@@ -168,42 +162,6 @@ func (p *pods) origB(family string, port int) netip.AddrPort {
 		return netip.AddrPortFrom(p.llB.WithZone(p.zoneB), uint16(port))
 	}
 	return netip.AddrPortFrom(p.ipB, uint16(port))
-}
-
-func writeProc(t *testing.T, ns *netnstest.NS, path, value string) {
-	t.Helper()
-	if err := ns.Do(func() error { return os.WriteFile(path, []byte(value), 0) }); err != nil {
-		t.Fatalf("%s: write %s: %v", ns.Name, path, err)
-	}
-}
-
-var tentative = regexp.MustCompile(`\btentative\b`)
-
-// linkLocal waits (bounded) for the interface's usable link-local address
-// and returns it with the interface's index.
-func linkLocal(t *testing.T, ns *netnstest.NS, ifName string) (string, netip.Addr) {
-	t.Helper()
-	var ifi *net.Interface
-	if err := ns.Do(func() (err error) { ifi, err = net.InterfaceByName(ifName); return err }); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		out := ns.Run(t, "ip", "-6", "-o", "addr", "show", "dev", ifName, "scope", "link")
-		for _, l := range strings.Split(out, "\n") {
-			f := strings.Fields(l)
-			if len(f) < 4 || f[2] != "inet6" || tentative.MatchString(l) {
-				continue
-			}
-			if pfx, err := netip.ParsePrefix(f[3]); err == nil && pfx.Addr().IsLinkLocalUnicast() {
-				return strconv.Itoa(ifi.Index), pfx.Addr()
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: no usable link-local address on %s:\n%s", ns.Name, ifName, out)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 // apply runs intercept.Apply in ns, as mesh-proxy init does in a pod.

@@ -5,9 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -26,17 +23,11 @@ import (
 func TestGet(t *testing.T) {
 	prereq.Root(t)
 	a, b := netnstest.New(t, "client"), netnstest.New(t, "server")
-	for _, ns := range []*netnstest.NS{a, b} {
-		for _, conf := range []string{"all", "default"} {
-			p := "/proc/sys/net/ipv6/conf/" + conf + "/accept_dad"
-			if err := ns.Do(func() error { return os.WriteFile(p, []byte("0"), 0) }); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	a.NoDAD(t)
+	b.NoDAD(t)
 	ifA, ifB := netnstest.Link(t, a, b, "198.18.249.1/24", "198.18.249.2/24")
-	zoneA, _ := linkLocal(t, a, ifA)
-	zoneB, llB := linkLocal(t, b, ifB)
+	zoneA, _ := a.LinkLocal(t, ifA)
+	zoneB, llB := b.LinkLocal(t, ifB)
 	for _, bin := range []string{"iptables", "ip6tables"} {
 		b.Run(t, prereq.Command(t, bin), "-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport", "8080", "-j", "REDIRECT", "--to-ports", "15006")
 	}
@@ -105,32 +96,5 @@ func TestGet(t *testing.T) {
 	back.Close()
 	if r := <-got; r.err != nil {
 		t.Fatal(r.err)
-	}
-}
-
-// linkLocal waits (bounded) for the interface's usable link-local address
-// and returns the interface's index, its zone, with the address.
-func linkLocal(t *testing.T, ns *netnstest.NS, ifName string) (string, netip.Addr) {
-	t.Helper()
-	var ifi *net.Interface
-	if err := ns.Do(func() (err error) { ifi, err = net.InterfaceByName(ifName); return err }); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		out := ns.Run(t, "ip", "-6", "-o", "addr", "show", "dev", ifName, "scope", "link")
-		for _, l := range strings.Split(out, "\n") {
-			f := strings.Fields(l)
-			if len(f) < 4 || f[2] != "inet6" || strings.Contains(l, "tentative") {
-				continue
-			}
-			if p, err := netip.ParsePrefix(f[3]); err == nil && p.Addr().IsLinkLocalUnicast() {
-				return strconv.Itoa(ifi.Index), p.Addr()
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no usable link-local address on %s:\n%s", ifName, out)
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
