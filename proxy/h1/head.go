@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"iter"
 
 	"golang.org/x/net/http/httpguts"
 )
@@ -46,34 +45,15 @@ type Head struct {
 	Minor  int    // HTTP/1.Minor: 0 or 1
 	// ContentLength is the Content-Length, or -1 when there is none.
 	ContentLength int64
-	Chunked       bool // Transfer-Encoding: chunked
-	Upgrade       bool // an Upgrade field is present
-	Len           int  // bytes of the head, the request line to the blank line included
-	raw           []byte
+	Chunked       bool   // Transfer-Encoding: chunked
+	Upgrade       bool   // an Upgrade field is present
+	Len           int    // bytes of the head, the request line to the blank line included
+	raw           []byte // the head's bytes, for the tests' Fields (export_test.go)
 }
 
 // Opaque reports whether what follows this head may not be HTTP/1 at all:
 // a CONNECT tunnel, or a protocol switch the Upgrade field asks for.
 func (h *Head) Opaque() bool { return h.Upgrade || string(h.Method) == "CONNECT" }
-
-// Fields yields the header fields in order, names as sent and values
-// without the surrounding whitespace.
-func (h *Head) Fields() iter.Seq2[[]byte, []byte] {
-	return func(yield func([]byte, []byte) bool) {
-		rest := h.raw
-		if i := bytes.IndexByte(rest, '\n'); i >= 0 {
-			rest = rest[i+1:] // the request line
-		}
-		for len(rest) > 2 {
-			i := bytes.IndexByte(rest, '\n')
-			name, value, _ := splitField(rest[:i-1])
-			if !yield(name, value) {
-				return
-			}
-			rest = rest[i+1:]
-		}
-	}
-}
 
 // ParseHead parses the request head at the start of b, accepting no more
 // than max bytes for it (zero or less means DefaultMaxHeadBytes). It returns
