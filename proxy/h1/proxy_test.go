@@ -1,7 +1,6 @@
 package h1_test
 
 import (
-	"bufio"
 	"context"
 	"io"
 	"net"
@@ -89,14 +88,7 @@ func TestGateReverseProxyUpgrade(t *testing.T) {
 
 	t.Run("accepted", func(t *testing.T) {
 		c := dial(t, addr)
-		if _, err := io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n"); err != nil {
-			t.Fatal(err)
-		}
-		br := bufio.NewReader(c)
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		br, resp := send(t, c, "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
 		if resp.StatusCode != http.StatusSwitchingProtocols || !slices.Equal(resp.Header.Values("Connection"), []string{"Upgrade"}) {
 			t.Fatalf("got %d, Connection %q; want 101, Connection [Upgrade]", resp.StatusCode, resp.Header.Values("Connection"))
 		}

@@ -29,6 +29,21 @@ func dial(t *testing.T, addr string) net.Conn {
 	return c
 }
 
+// send writes raw to c and reads the first response; br holds what the
+// server sent after it.
+func send(t *testing.T, c net.Conn, raw string) (br *bufio.Reader, resp *http.Response) {
+	t.Helper()
+	if _, err := io.WriteString(c, raw); err != nil {
+		t.Fatal(err)
+	}
+	br = bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return br, resp
+}
+
 // Slowloris-style delivery, a byte at a time, still serves every request,
 // and a head cut anywhere is never served early.
 func TestGateByteAtATime(t *testing.T) {
@@ -55,14 +70,7 @@ func TestGateUpgradePassesFramesUntouched(t *testing.T) {
 	checkGoroutines(t)
 	addr, rec := serve(t, h1.Config{})
 	c := dial(t, addr)
-	if _, err := io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n"); err != nil {
-		t.Fatal(err)
-	}
-	br := bufio.NewReader(c)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	br, resp := send(t, c, "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		t.Fatalf("status %d, want 101", resp.StatusCode)
 	}
@@ -96,14 +104,7 @@ func TestGateExpectContinue(t *testing.T) {
 	checkGoroutines(t)
 	addr, _ := serve(t, h1.Config{})
 	c := dial(t, addr)
-	if _, err := io.WriteString(c, "PUT /up HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"); err != nil {
-		t.Fatal(err)
-	}
-	br := bufio.NewReader(c)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	br, resp := send(t, c, "PUT /up HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
 	if resp.StatusCode != http.StatusContinue {
 		t.Fatalf("status %d, want 100", resp.StatusCode)
 	}
