@@ -111,7 +111,6 @@ type pods struct {
 	llA, llB netip.Addr // link-local addresses
 	zoneA    string     // A's interface index: the zone to reach llB
 	zoneB    string     // B's interface index: the zone to reach llA
-	ifA, ifB string
 }
 
 // newPods makes the two namespaces on 198.18.<subnet>.0/24.
@@ -125,43 +124,36 @@ func newPods(t *testing.T, subnet int) *pods {
 		ipA: netip.MustParseAddr(fmt.Sprintf("198.18.%d.1", subnet)),
 		ipB: netip.MustParseAddr(fmt.Sprintf("198.18.%d.2", subnet)),
 	}
-	p.ifA, p.ifB = netnstest.Link(t, a, b, p.ipA.String()+"/24", p.ipB.String()+"/24")
-	p.zoneA, p.llA = a.LinkLocal(t, p.ifA)
-	p.zoneB, p.llB = b.LinkLocal(t, p.ifB)
+	ifA, ifB := netnstest.Link(t, a, b, p.ipA.String()+"/24", p.ipB.String()+"/24")
+	p.zoneA, p.llA = a.LinkLocal(t, ifA)
+	p.zoneB, p.llB = b.LinkLocal(t, ifB)
 	return p
 }
 
-// addrA is A's address of the given family at port, dialled from B.
+// addrA is A's address of the given family ("4" or "6") at port, dialled
+// from B: the link-local one for IPv6, with B's zone.
 func (p *pods) addrA(family string, port int) string {
-	if family == "6" {
-		return fmt.Sprintf("[%s%%%s]:%d", p.llA, p.zoneB, port)
-	}
-	return fmt.Sprintf("%s:%d", p.ipA, port)
+	return pick(family, p.ipA, p.llA.WithZone(p.zoneB), port).String()
 }
 
-// origA is what origdst.Get reports in B for a connection from B to addrA.
-func (p *pods) origA(family string, port int) netip.AddrPort {
-	if family == "6" {
-		return netip.AddrPortFrom(p.llA.WithZone(p.zoneB), uint16(port))
-	}
-	return netip.AddrPortFrom(p.ipA, uint16(port))
-}
-
-// addrB is B's address of the given family ("4" or "6") at port, dialled
-// from A: the link-local one for IPv6, with A's zone.
+// addrB is B's address of the given family at port, dialled from A: the
+// link-local one for IPv6, with A's zone.
 func (p *pods) addrB(family string, port int) string {
-	if family == "6" {
-		return fmt.Sprintf("[%s%%%s]:%d", p.llB, p.zoneA, port)
-	}
-	return fmt.Sprintf("%s:%d", p.ipB, port)
+	return pick(family, p.ipB, p.llB.WithZone(p.zoneA), port).String()
 }
 
-// origB is what origdst.Get reports in B for a connection to addrB.
+// origB is what origdst.Get reports in B for a connection to addrB: the
+// same address, but for IPv6 with B's zone, the interface it arrived on.
 func (p *pods) origB(family string, port int) netip.AddrPort {
+	return pick(family, p.ipB, p.llB.WithZone(p.zoneB), port)
+}
+
+// pick is v4, or v6 for family "6", at port.
+func pick(family string, v4, v6 netip.Addr, port int) netip.AddrPort {
 	if family == "6" {
-		return netip.AddrPortFrom(p.llB.WithZone(p.zoneB), uint16(port))
+		return netip.AddrPortFrom(v6, uint16(port))
 	}
-	return netip.AddrPortFrom(p.ipB, uint16(port))
+	return netip.AddrPortFrom(v4, uint16(port))
 }
 
 // apply runs intercept.Apply in ns, as mesh-proxy init does in a pod.
