@@ -68,6 +68,11 @@ func TestParseHead(t *testing.T) {
 		{in: "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 9223372036854775807\r\n\r\n", method: "GET", target: "/", minor: 1, cl: 1<<63 - 1, fields: []string{"Host=x", "Content-Length=9223372036854775807"}},
 		{in: "GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", err: `h1: line 3: Transfer-Encoding "gzip, chunked" is not exactly chunked`},
 		{in: "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: \xc3\xa9\r\n\r\n", err: `h1: line 3: Content-Length "\u00e9" is not a decimal number`},
+		// Unicode case folding (bytes.EqualFold) would read these as the
+		// framing fields; HTTP compares names and "chunked" in ASCII only.
+		{in: "GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chun\u212aed\r\n\r\n", err: `h1: line 3: Transfer-Encoding "chun\u212aed" is not exactly chunked`},
+		{in: "GET / HTTP/1.1\r\nHost: x\r\nTran\u017ffer-Encoding: chunked\r\n\r\n", err: "h1: line 3: invalid character 0xc5 in field name"},
+		{in: "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: \uff15\r\n\r\n", err: `h1: line 3: Content-Length "\uff15" is not a decimal number`},
 		{in: "GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 0\r\n\r\n", err: "h1: both Content-Length and Transfer-Encoding"},
 		{in: "GET / HTTP/1.1\r\nX: y\r\n\r\n", err: "h1: HTTP/1.1 request without Host"},
 		{in: "GET / HTTP/1.1\r\nHost: x\r\n\r\n", max: 26, err: "h1: head longer than 26 bytes"},

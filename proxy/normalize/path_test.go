@@ -101,6 +101,11 @@ func pathRows() []row {
 		{target: "/a%20b", want: four("/a%20b")},
 		{target: "/%2561dmin", want: four("/%2561dmin")},
 		{target: "/%252e%252e/admin", want: four("/%252e%252e/admin")},
+		// Overlong UTF-8 and fullwidth dots are not "..": kept encoded
+		// (raw and encoded spellings alike), never a dot segment.
+		{target: "/x/%c0%ae%c0%ae/admin", want: norm("/x/%c0%ae%c0%ae/admin", "/x/%C0%AE%C0%AE/admin")},
+		{target: "/x/\xc0\xae\xc0\xae/admin", want: norm("/x/\xc0\xae\xc0\xae/admin", "/x/%C0%AE%C0%AE/admin")},
+		{target: "/x/%ef%bc%8e%ef%bc%8e/admin", want: norm("/x/%ef%bc%8e%ef%bc%8e/admin", "/x/%EF%BC%8E%EF%BC%8E/admin")},
 		{target: "/a%0d%0ab", want: norm("/a%0d%0ab", "/a%0D%0Ab")},
 		// Bytes not allowed raw in a path are encoded.
 		{target: "/a{b}", want: norm("/a{b}", "/a%7Bb%7D")},

@@ -39,6 +39,9 @@ func TestApp(t *testing.T) {
 		{string(bytes.Repeat([]byte("X"), 100)) + " /admin HTTP/1.1\r\n", sniff.HTTP1, nil},
 		{sniff.H2Preface, sniff.HTTP2, nil},
 		{sniff.H2Preface[:10], sniff.Unknown, sniff.ErrMore},
+		// A preface that goes wrong is still a request line to a lenient
+		// server: HTTP1, so the strict parser refuses it, never opaque.
+		{"PRI * HTTP/2.0\r\n\r\nSX\r\n\r\n", sniff.HTTP1, nil},
 		// Not HTTP: opaque.
 		{"raw bytes \x01\x02\xff end", sniff.Unknown, nil},
 		{"hello world", sniff.Unknown, nil},
