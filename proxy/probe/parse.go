@@ -125,10 +125,7 @@ func validate(path string, p Prober) error {
 		}
 		return validatePort(fail, "tcpSocket.port", p.TCPSocket.Port)
 	default:
-		if p.GRPC.Port < 1 || p.GRPC.Port > 65535 {
-			return fail("grpc.port %d is out of range 1-65535", p.GRPC.Port)
-		}
-		return nil
+		return validatePort(fail, "grpc.port", intstr.FromInt32(p.GRPC.Port))
 	}
 }
 
