@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/mesh-dev/mesh/e2e/prereq"
+	"github.com/mesh-dev/mesh/internal/accepttest"
 	"github.com/mesh-dev/mesh/internal/netnstest"
 	"github.com/mesh-dev/mesh/proxy/intercept"
 	"github.com/mesh-dev/mesh/proxy/origdst"
@@ -192,26 +193,15 @@ func newStandIn(t *testing.T, ns *netnstest.NS, name string, port int) *standIn 
 		t.Fatal(err)
 	}
 	s := &standIn{name: name, lands: make(chan landing, 16)}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return // closed by the cleanup below
-			}
-			orig, err := origdst.Get(c.(*net.TCPConn))
-			fmt.Fprintln(c, name)
-			c.Close()
-			select {
-			case s.lands <- landing{listener: name, orig: orig, err: err}:
-			default:
-				t.Errorf("stand-in %s: more connections than the test made", name)
-			}
+	accepttest.Serve(t, ln, func(c net.Conn) {
+		orig, err := origdst.Get(c.(*net.TCPConn))
+		fmt.Fprintln(c, name)
+		select {
+		case s.lands <- landing{listener: name, orig: orig, err: err}:
+		default:
+			t.Errorf("stand-in %s: more connections than the test made", name)
 		}
-	}()
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	})
 	return s
 }
 

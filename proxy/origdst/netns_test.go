@@ -5,11 +5,11 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/mesh-dev/mesh/e2e/prereq"
+	"github.com/mesh-dev/mesh/internal/accepttest"
 	"github.com/mesh-dev/mesh/internal/netnstest"
 	"github.com/mesh-dev/mesh/proxy/origdst"
 )
@@ -41,21 +41,10 @@ func TestGet(t *testing.T) {
 		err  error
 	}
 	got := make(chan result, 1)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return // closed at the end of the test
-			}
-			orig, err := origdst.Get(c.(*net.TCPConn))
-			c.Close()
-			got <- result{orig, err}
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	accepttest.Serve(t, ln, func(c net.Conn) {
+		orig, err := origdst.Get(c.(*net.TCPConn))
+		got <- result{orig, err}
+	})
 
 	ipB := netip.MustParseAddr("198.18.249.2")
 	tests := []struct {

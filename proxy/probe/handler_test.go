@@ -27,6 +27,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/mesh-dev/mesh/internal/accepttest"
 	"github.com/mesh-dev/mesh/proxy/probe"
 )
 
@@ -416,23 +417,12 @@ func TestTCPProbe(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
 	accepted := make(chan []byte, 10)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
-			b, _ := io.ReadAll(c)
-			c.Close()
-			accepted <- b
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	accepttest.Serve(t, ln, func(c net.Conn) {
+		_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		b, _ := io.ReadAll(c)
+		accepted <- b
+	})
 	closed, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
