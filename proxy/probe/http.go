@@ -3,7 +3,6 @@ package probe
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -105,7 +104,7 @@ func (h *Handler) httpCheck(g *corev1.HTTPGetAction) (func(context.Context) erro
 		defer resp.Body.Close()
 		// Read a bounded part so a slow or endless body cannot hold the
 		// probe; the rest is dropped with the connection (no keep-alive).
-		if _, err := io.Copy(io.Discard, io.LimitReader(resp.Body, maxBody)); err != nil && !errors.Is(err, io.EOF) {
+		if _, err := io.Copy(io.Discard, io.LimitReader(resp.Body, maxBody)); err != nil {
 			return fmt.Errorf("probe: http: reading the response: %w", err)
 		}
 		if resp.StatusCode < 200 || resp.StatusCode >= 400 {
