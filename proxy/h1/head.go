@@ -306,7 +306,9 @@ func parseContentLength(v []byte) (int64, string) {
 	return n, ""
 }
 
-// equalFold compares b with lower, which must be lower-case ASCII.
+// equalFold compares b with lower, which must be lower-case ASCII, in ASCII
+// only, as HTTP compares field names and "chunked": bytes.EqualFold would
+// also fold the Kelvin sign to 'k' and the long s to 's'.
 func equalFold(b []byte, lower string) bool {
 	if len(b) != len(lower) {
 		return false
