@@ -378,7 +378,7 @@ func TestCheckpointKeyTypes(t *testing.T) {
 		{"p256", "ecdsa-p256-sha256"}, {"p384", "ecdsa-p384-sha384"}, {"ed25519", "ed25519"}, {"rsa2048", "rsa-pss-sha256"},
 	} {
 		t.Run(tt.key, func(t *testing.T) {
-			svid := svidWithKey(t, pki, backendID, newKey(t, tt.key))
+			svid := pki.SVIDWithKey(t, backendID, newKey(t, tt.key))
 			lines := signedLog(t, &sequence{svids: []*x509svid.SVID{svid}}, "s", 3, 100)
 			if !strings.Contains(lines[3], `"checkpoint.alg":"`+tt.alg+`"`) {
 				t.Fatalf("checkpoint: %s; want alg %s", lines[3], tt.alg)

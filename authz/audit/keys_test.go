@@ -16,8 +16,6 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-
-	"github.com/mesh-dev/mesh/internal/testpki"
 )
 
 func newKey(t *testing.T, kind string) crypto.Signer {
@@ -46,25 +44,6 @@ func newKey(t *testing.T, kind string) crypto.Signer {
 		t.Fatal(err)
 	}
 	return k
-}
-
-// svidWithKey has the test PKI's CA sign an SVID for id with key.
-func svidWithKey(t *testing.T, pki *testpki.PKI, id string, key crypto.Signer) *x509svid.SVID {
-	t.Helper()
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := x509.ParseCertificateRequest(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sid := spiffeid.RequireFromString(id)
-	s, err := pki.CA.SignSVID(csr, sid, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &x509svid.SVID{ID: sid, Certificates: s.Chain, PrivateKey: key}
 }
 
 // selfSigned makes an SVID-shaped certificate the mesh CA would never

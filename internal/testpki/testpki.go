@@ -4,6 +4,7 @@
 package testpki
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -45,6 +46,13 @@ func (p *PKI) SVID(t testing.TB, id string) *x509svid.SVID {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return p.SVIDWithKey(t, id, key)
+}
+
+// SVIDWithKey signs a new SVID for id with key, for a test of what happens
+// with keys other than SVID's P-256: whatever the CA refuses fails the test.
+func (p *PKI) SVIDWithKey(t testing.TB, id string, key crypto.Signer) *x509svid.SVID {
+	t.Helper()
 	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
 	if err != nil {
 		t.Fatal(err)
