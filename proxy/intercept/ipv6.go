@@ -119,13 +119,17 @@ func (c *Config) proc() string {
 // do).
 func (c *Config) inet6Path() string { return filepath.Join(c.proc(), "thread-self", "net", "if_inet6") }
 
-func (c *Config) confPath() string { return filepath.Join(c.proc(), "sys", "net", "ipv6", "conf") }
+// ipv6Sysctls is IPv6's sysctl folder, there when the kernel has IPv6 in
+// this namespace.
+func (c *Config) ipv6Sysctls() string { return filepath.Join(c.proc(), "sys", "net", "ipv6") }
+
+func (c *Config) confPath() string { return filepath.Join(c.ipv6Sysctls(), "conf") }
 
 // hasIPv6 reports whether the kernel has IPv6 in this namespace. Only
 // proof of absence counts: a path that cannot be checked for another
 // reason means IPv6 may be there, and is handled.
 func (c *Config) hasIPv6() bool {
-	for _, p := range []string{filepath.Join(c.proc(), "sys", "net", "ipv6"), c.inet6Path()} {
+	for _, p := range []string{c.ipv6Sysctls(), c.inet6Path()} {
 		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
 			return true
 		}
@@ -143,7 +147,7 @@ func (c *Config) mode() IPv6Mode {
 func (c *Config) applyIPv6(ctx context.Context) (*Result, error) {
 	if !c.hasIPv6() {
 		if c.mode() == IPv6On {
-			return nil, fmt.Errorf("intercept: ipv6 mode on, but the namespace has no IPv6 (neither %s nor %s exists)", filepath.Join(c.proc(), "sys", "net", "ipv6"), c.inet6Path())
+			return nil, fmt.Errorf("intercept: ipv6 mode on, but the namespace has no IPv6 (neither %s nor %s exists)", c.ipv6Sysctls(), c.inet6Path())
 		}
 		return &Result{IPv6: IPv6Absent}, nil
 	}
@@ -237,7 +241,7 @@ func (c *Config) inet6Interfaces() ([]string, error) {
 
 // planIPv6 writes what applyIPv6 would try, in order.
 func (c *Config) planIPv6(b *strings.Builder) {
-	fmt.Fprintf(b, "# IPv6 (mode %s), if the namespace has it (%s or %s exists):\n", c.mode(), filepath.Join(c.proc(), "sys", "net", "ipv6"), c.inet6Path())
+	fmt.Fprintf(b, "# IPv6 (mode %s), if the namespace has it (%s or %s exists):\n", c.mode(), c.ipv6Sysctls(), c.inet6Path())
 	f := c.v6()
 	c.nat(f).plan(b, f)
 	if c.mode() == IPv6On {
