@@ -171,11 +171,11 @@ func podConfig() intercept.Config {
 	return intercept.Config{ProxyUID: proxyUID, InboundPort: inPort, OutboundPort: outPort, AdminPort: 15020}
 }
 
-// landing is one connection a stand-in listener accepted.
+// landing is one connection a stand-in listener accepted: where it was
+// originally going.
 type landing struct {
-	listener string
-	orig     netip.AddrPort
-	err      error
+	orig netip.AddrPort
+	err  error
 }
 
 // standIn listens on [::]:port in ns (both families) in place of a proxy
@@ -197,7 +197,7 @@ func newStandIn(t *testing.T, ns *netnstest.NS, name string, port int) *standIn 
 		orig, err := origdst.Get(c.(*net.TCPConn))
 		fmt.Fprintln(c, name)
 		select {
-		case s.lands <- landing{listener: name, orig: orig, err: err}:
+		case s.lands <- landing{orig: orig, err: err}:
 		default:
 			t.Errorf("stand-in %s: more connections than the test made", name)
 		}
