@@ -160,25 +160,23 @@ func (e *Enforcer) Refused(r proxy.Refusal) {
 	}
 	ns, pod := e.workload()
 	rec := audit.Record{
-		Time: time.Now().UTC(), Event: "refused", Direction: r.Direction,
+		Time: time.Now().UTC(), Event: audit.EventRefused, Direction: r.Direction,
 		Decision: "deny", Reason: r.Reason, Detail: r.Detail, Suppressed: r.Suppressed,
-		SourceIP:             r.Source.Addr().String(),
 		DestinationNamespace: ns, DestinationPod: pod, DestinationPort: r.Destination.Port(),
 	}
-	if !r.Peer.IsZero() {
-		rec.SourceIdentity = r.Peer.String()
+	if r.Source.IsValid() {
+		rec.SourceIP = r.Source.Addr().String()
 	}
-	if r.Direction == "outbound" {
+	switch {
+	case r.Direction == "outbound":
 		// The local workload is the caller; the peer is who it tried to
-		// reach.
-		rec.SourceIdentity = ""
+		// reach, and what identity was expected there.
 		rec.DestinationIP = r.Destination.Addr().String()
 		if !r.Peer.IsZero() {
 			rec.DestinationIdentity = r.Peer.String()
 		}
-	}
-	if !r.Source.IsValid() {
-		rec.SourceIP = ""
+	case !r.Peer.IsZero():
+		rec.SourceIdentity = r.Peer.String()
 	}
 	e.Audit.Write(rec)
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -104,5 +105,44 @@ spec:
 	e.Swap(compile(t, authz.DefaultAllowMesh, backend(nil), ""))
 	if got := testutil.ToFloat64(g); got != 0 {
 		t.Fatalf("warnings after a clean table = %v, want 0", got)
+	}
+}
+
+// TestRefusedRecords: refusals become audit records: an inbound one names
+// the caller, an outbound one (a peer with the wrong identity) names where
+// the workload tried to go and whom it expected there.
+func TestRefusedRecords(t *testing.T) {
+	var buf bytes.Buffer
+	w, err := audit.New(audit.Config{Out: &buf, Stream: "s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := authz.NewEnforcer(compile(t, authz.DefaultAllowMesh, backend(nil), ""), w)
+	e.Refused(proxy.Refusal{Direction: "inbound", Reason: "plaintext_in_strict_mode",
+		Source: netip.MustParseAddrPort("198.18.0.9:4000"), Destination: netip.MustParseAddrPort("198.18.0.20:8080"), Suppressed: 3})
+	e.Refused(proxy.Refusal{Direction: "outbound", Reason: "wrong_identity", Detail: "wrong_identity: peer is other",
+		Source: netip.MustParseAddrPort("198.18.0.20:5000"), Destination: netip.MustParseAddrPort("198.18.0.30:9090"),
+		Peer: spiffeid.RequireFromString(prometheus)})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := w.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("%d records, want 2:\n%s", len(lines), buf.String())
+	}
+	for i, want := range [][]string{
+		{`"event":"refused"`, `"decision":"deny"`, `"reason":"plaintext_in_strict_mode"`, `"source.ip":"198.18.0.9"`, `"destination.namespace":"shop"`, `"destination.port":8080`, `"suppressed":3`},
+		{`"event":"refused"`, `"reason":"wrong_identity"`, `"direction":"outbound"`, `"source.ip":"198.18.0.20"`, `"destination.ip":"198.18.0.30"`, `"destination.port":9090`, `"destination.identity":"` + prometheus + `"`},
+	} {
+		for _, field := range want {
+			if !strings.Contains(lines[i], field) {
+				t.Errorf("record %d lacks %s:\n%s", i, field, lines[i])
+			}
+		}
+	}
+	if strings.Contains(lines[1], "source.identity") {
+		t.Errorf("the outbound refusal names the expected peer as its source:\n%s", lines[1])
 	}
 }

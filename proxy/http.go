@@ -140,16 +140,10 @@ func (p *Proxy) serveHTTP(ctx context.Context, conn net.Conn, base *Request, tls
 			}
 		},
 		ModifyResponse: func(resp *http.Response) error {
-			switch {
-			case resp.StatusCode == http.StatusSwitchingProtocols:
+			if resp.StatusCode == http.StatusSwitchingProtocols {
 				// From here on the bytes are not HTTP: one decision (the
 				// upgrade request's), and the idle timeout.
 				cn.idle.Store(p.watchIdle(cn))
-			case gate != nil && gate.Opaque():
-				// The gate stopped reading requests at the upgrade
-				// request; as the upgrade did not happen, nothing more
-				// may be read from this connection.
-				resp.Header.Set("Connection", "close")
 			}
 			return nil
 		},
@@ -159,9 +153,6 @@ func (p *Proxy) serveHTTP(ctx context.Context, conn net.Conn, base *Request, tls
 		ErrorLog:      log.New(slogWriter{p}, "", 0),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			p.cfg.Logger.Warn("app unreachable", "direction", "inbound", "port", base.DestinationPort, "err", err)
-			if gate != nil && gate.Opaque() {
-				w.Header().Set("Connection", "close")
-			}
 			w.WriteHeader(http.StatusBadGateway)
 		},
 	}
@@ -171,6 +162,12 @@ func (p *Proxy) serveHTTP(ctx context.Context, conn net.Conn, base *Request, tls
 	}
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
+		if gate != nil && gate.Opaque() {
+			// The gate stopped reading requests at an upgrade request:
+			// unless the protocol switches (a 101, which hijacks the
+			// connection), nothing after it may be read as HTTP.
+			w = h1.CloseAfter(w)
+		}
 		sw := &statusWriter{ResponseWriter: w}
 		// Deferred: ReverseProxy aborts a stream whose client went away by
 		// panicking with http.ErrAbortHandler, and the request still counts.
@@ -201,11 +198,6 @@ func (p *Proxy) serveHTTP(ctx context.Context, conn net.Conn, base *Request, tls
 		p.countDecision(d, "inbound")
 		if !d.Allow {
 			p.refuse("inbound", "denied_by_policy", "source", base.Source.String(), "peer", peer, "method", r.Method, "path", req.HTTP.Path, "policy", d.Policy, "rule", d.Rule, "why", d.Reason)
-			if gate != nil && gate.Opaque() {
-				// The gate stopped reading requests at this upgrade
-				// request: nothing after it may be read as HTTP.
-				w.Header().Set("Connection", "close")
-			}
 			deny(sw, r, d)
 			return
 		}

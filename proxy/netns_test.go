@@ -778,7 +778,7 @@ func TestDenials(t *testing.T) {
 	m.authzB.denyPeer(clientID)
 	out, err := m.app(t, "grpc", fmt.Sprintf("TARGET=%s:%d", ipB, grpcPort), "MESSAGE=x")
 	if err == nil || !strings.Contains(err.Error(), "PermissionDenied") || !strings.Contains(err.Error(), "test/deny") {
-		t.Fatalf("denied gRPC call = %q, %v; want PermissionDenied naming the policy", out, err)
+		t.Fatalf("denied gRPC call = %q, %v; want PermissionDenied naming the policy\nA logs:\n%s\nB logs:\n%s", out, err, m.a.logs.String(), m.b.logs.String())
 	}
 
 	appConns := metric(t, m.b.reg, "mesh_proxy_connections_opened_total", map[string]string{"direction": "inbound", "tls": "mtls"})

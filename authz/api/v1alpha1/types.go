@@ -107,8 +107,10 @@ type Operation struct {
 	// +kubebuilder:validation:MaxItems=256
 	// +optional
 	Ports []intstr.IntOrString `json:"ports,omitempty"`
-	// Methods are HTTP methods. An entry with methods or paths never
-	// matches a non-HTTP connection.
+	// Methods are HTTP methods, upper-case. A connection that is not HTTP
+	// has no method or path: in an ALLOW or AUDIT policy an entry with
+	// methods or paths does not match it, in a DENY policy it does (fail
+	// closed).
 	// +kubebuilder:validation:MaxItems=32
 	// +optional
 	Methods []string `json:"methods,omitempty"`
