@@ -91,6 +91,7 @@ func TestBypasses(t *testing.T) {
 		// Upgrades are decided before they happen; h2c is refused so that
 		// every later request is still seen.
 		{"WebSocket upgrade to /admin", []seg{{Data: "GET /admin HTTP/1.1\r\n" + host + "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"}}, []string{"HTTP/1.1 403"}, nil},
+		{"h2c upgrade hidden beside another", []seg{{Data: "GET /ok HTTP/1.1\r\n" + host + "Connection: Upgrade\r\nUpgrade: websocket, h2c\r\n\r\n"}}, []string{"HTTP/1.1 400"}, nil},
 		{"h2c upgrade answered in HTTP/1.1", []seg{{Data: "GET /ok HTTP/1.1\r\n" + host + "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"}}, []string{"HTTP/1.1 200"}, []string{"GET /ok"}},
 	}
 	for _, tc := range tests {

@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/net/http/httpguts"
+
 	"github.com/mesh-dev/mesh/proxy/h1"
 	"github.com/mesh-dev/mesh/proxy/normalize"
 	"github.com/mesh-dev/mesh/proxy/sniff"
@@ -188,8 +190,8 @@ func (p *Proxy) serveHTTP(ctx context.Context, conn net.Conn, base *Request, tls
 				req.Protocol = "grpc"
 			}
 		}
-		if reason, bad := p.checkRequest(r, gate); bad {
-			p.badRequest(sw, r, &req, reason)
+		if bad := p.checkRequest(r, gate); bad != nil {
+			p.refuseRequest(sw, &req, bad)
 			return
 		}
 		req.HTTP = &HTTPRequest{Method: r.Method, Path: r.URL.RawPath, Host: r.Host}
@@ -224,90 +226,67 @@ func (p *Proxy) serveHTTP(ctx context.Context, conn net.Conn, base *Request, tls
 	p.m.closed.WithLabelValues("inbound", peer, tlsState).Inc()
 }
 
+// badRequest is why a request is refused with 400: a bounded label for the
+// metric and the reason for the client, the log and the audit record.
+type badRequest struct{ label, reason string }
+
 // checkRequest refuses what could be read two ways, and rewrites r into
 // the one form that is authorized and forwarded: normalised path, no
-// variant of mesh's own headers, no h2c upgrade. It returns a reason when
-// the request must be refused with 400.
-func (p *Proxy) checkRequest(r *http.Request, gate *h1.Gate) (string, bool) {
+// variant of mesh's own headers, no h2c upgrade.
+func (p *Proxy) checkRequest(r *http.Request, gate *h1.Gate) *badRequest {
 	if gate != nil {
 		if reason, ok := gate.Rejected(r); ok {
-			return "malformed request: " + reason, true
+			return &badRequest{"malformed", "malformed request: " + reason}
 		}
 	}
 	if err := normalize.Method(r.Method); err != nil {
-		return err.Error(), true
+		return &badRequest{"method", err.Error()}
 	}
 	if r.Method == http.MethodConnect {
-		return "CONNECT is not served by the mesh's inbound proxy", true
+		return &badRequest{"method", "CONNECT is not served by the mesh's inbound proxy"}
 	}
 	path, query, err := normalize.Path(r.RequestURI, p.cfg.PathNormalization)
 	if err != nil {
-		return err.Error(), true
+		return &badRequest{"path", err.Error()}
 	}
 	raw, err := url.PathUnescape(path)
 	if err != nil {
-		return fmt.Sprintf("path %q: %v", path, err), true
+		return &badRequest{"path", fmt.Sprintf("path %q: %v", path, err)}
 	}
 	r.URL.Path, r.URL.RawPath, r.URL.RawQuery = raw, path, query
 	removed, err := normalize.Headers(r.Header, p.cfg.HeadersWithUnderscores)
 	if err != nil {
-		return err.Error(), true
+		return &badRequest{"header", err.Error()}
 	}
 	if len(removed) > 0 {
 		p.m.headersDrop.Add(float64(len(removed)))
 	}
-	if up := r.Header.Values("Upgrade"); len(up) > 0 {
-		h2c := false
-		for _, v := range up {
-			for _, tok := range strings.Split(v, ",") {
-				if strings.EqualFold(strings.TrimSpace(tok), "h2c") {
-					h2c = true
-				}
-			}
+	if up := r.Header["Upgrade"]; httpguts.HeaderValuesContainsToken(up, "h2c") {
+		if len(up) > 1 || strings.Contains(up[0], ",") {
+			return &badRequest{"upgrade", "an upgrade to h2c together with another protocol is not served"}
 		}
-		if h2c {
-			if len(up) > 1 || strings.Contains(up[0], ",") {
-				return "an upgrade to h2c together with another protocol is not served", true
-			}
-			// HTTP/2 after an upgrade would carry requests the proxy never
-			// sees: answer in HTTP/1.1 instead, as the client must accept.
-			r.Header.Del("Upgrade")
-			r.Header.Del("Http2-Settings")
-			r.Header.Del("Connection")
-		}
+		// HTTP/2 after an upgrade would carry requests the proxy never
+		// sees: answer in HTTP/1.1 instead, as the client must accept.
+		r.Header.Del("Upgrade")
+		r.Header.Del("Http2-Settings")
+		r.Header.Del("Connection")
 	}
-	return "", false
+	return nil
 }
 
-// badRequest answers 400 with the reason, closes the connection (what
+// refuseRequest answers 400 with the reason, closes the connection (what
 // follows a malformed request cannot be trusted to be framed as the client
 // meant), counts and audits it.
-func (p *Proxy) badRequest(w http.ResponseWriter, r *http.Request, req *Request, reason string) {
-	p.m.badRequests.WithLabelValues(badRequestLabel(reason)).Inc()
-	p.refuse("inbound", "bad_request", "source", req.Source.String(), "peer", req.Peer.String(), "why", reason)
-	p.audit(Refusal{Direction: "inbound", Reason: "bad_request", Detail: reason, Source: req.Source,
+func (p *Proxy) refuseRequest(w http.ResponseWriter, req *Request, bad *badRequest) {
+	p.m.badRequests.WithLabelValues(bad.label).Inc()
+	p.refuse("inbound", "bad_request", "source", req.Source.String(), "peer", req.Peer.String(), "why", bad.reason)
+	p.audit(Refusal{Direction: "inbound", Reason: "bad_request", Detail: bad.reason, Source: req.Source,
 		Destination: netip.AddrPortFrom(netip.Addr{}, req.DestinationPort), Peer: req.Peer})
 	w.Header().Set("Connection", "close")
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(http.StatusBadRequest)
-	fmt.Fprintf(w, "mesh: bad request: %s\n", reason)
-}
-
-// badRequestLabel keeps the metric's cardinality bounded: the reason's
-// first words.
-func badRequestLabel(reason string) string {
-	switch {
-	case strings.HasPrefix(reason, "malformed request"):
-		return "malformed"
-	case strings.HasPrefix(reason, "normalize: method"), strings.Contains(reason, "method"):
-		return "method"
-	case strings.Contains(reason, "header"):
-		return "header"
-	case strings.Contains(reason, "path"), strings.Contains(reason, "normalize"):
-		return "path"
-	}
-	return "other"
+	fmt.Fprintf(w, "mesh: bad request: %s\n", bad.reason)
 }
 
 func (p *Proxy) countDecision(d Decision, direction string) {

@@ -74,7 +74,7 @@ func (p *Proxy) inbound(ctx context.Context, c net.Conn) {
 		readers.Put(br)
 	}()
 	_ = tc.SetReadDeadline(time.Now().Add(p.cfg.DetectTimeout))
-	tlsHello, first, err := peekHello(br)
+	first, err := peekHello(br)
 	_ = tc.SetReadDeadline(time.Time{})
 	if err != nil && (len(first) > 0 || p.cfg.InboundMode == Strict) {
 		refuse("detect_failed", err.Error())
@@ -83,7 +83,7 @@ func (p *Proxy) inbound(ctx context.Context, c net.Conn) {
 	var client net.Conn = &bufConn{Conn: tc, tc: tc, r: br}
 	tlsState := "plaintext"
 	switch {
-	case tlsHello && offersMesh(first):
+	case offersMesh(first):
 		conn := tls.Server(client, p.srvTLS)
 		hctx, cancel := context.WithTimeout(ctx, p.cfg.ConnectTimeout)
 		err := conn.HandshakeContext(hctx)
@@ -327,11 +327,6 @@ func classify(ac *appConn, deadline time.Time) (sniff.Protocol, int, error) {
 			}
 			return sniff.Unknown, len(b), err
 		}
-		if len(b) >= ac.r.Size() {
-			// A buffer full of what may still be a request line: HTTP,
-			// for the strict parser to judge.
-			return sniff.HTTP1, len(b), nil
-		}
 		n = len(b) + 1
 	}
 }
@@ -430,33 +425,21 @@ func isH2Settings(b []byte) bool {
 	return b[3] == 0x4 && b[5]&0x7f == 0 && b[6] == 0 && b[7] == 0 && b[8] == 0 && length%6 == 0
 }
 
-// peekHello reads until the first bytes are known to be a TLS ClientHello
-// (whole) or not TLS, within the read deadline already set and sniffBytes.
-// It returns the bytes seen; with none and an error, the client sent
-// nothing in time.
-func peekHello(br *bufio.Reader) (bool, []byte, error) {
+// peekHello reads until the first bytes are a whole TLS ClientHello or
+// cannot be one, within the read deadline already set and sniffBytes. It
+// returns the bytes seen; with none and an error, the client sent nothing
+// in time.
+func peekHello(br *bufio.Reader) ([]byte, error) {
 	for n := 1; ; {
 		_, err := br.Peek(n)
 		b, _ := br.Peek(br.Buffered())
-		if len(b) > 0 && b[0] != 0x16 {
-			return false, b, nil
-		}
 		if len(b) > 0 {
-			proto, derr := sniff.Detect(b)
-			if derr == nil && proto != sniff.TLS {
-				return false, b, nil
-			}
-			if derr == nil {
-				if _, aerr := sniff.ClientHelloALPN(b); !errors.Is(aerr, sniff.ErrMore) {
-					return true, b, nil
-				}
+			if _, aerr := sniff.ClientHelloALPN(b); !errors.Is(aerr, sniff.ErrMore) {
+				return b, nil
 			}
 		}
-		if err != nil {
-			return false, b, err
-		}
-		if len(b) >= sniffBytes {
-			return true, b, nil
+		if err != nil || len(b) >= sniffBytes {
+			return b, err
 		}
 		n = len(b) + 1
 	}

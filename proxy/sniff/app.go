@@ -1,6 +1,10 @@
 package sniff
 
-import "golang.org/x/net/http/httpguts"
+import (
+	"errors"
+
+	"golang.org/x/net/http/httpguts"
+)
 
 // App classifies the first bytes a client sends on an accepted connection,
 // inside mTLS or in plaintext: HTTP2 for the HTTP/2 connection preface,
@@ -20,7 +24,22 @@ import "golang.org/x/net/http/httpguts"
 // or tab, then a request target that starts like one: "/", "*", or an
 // absolute URI "http://" or "https://"; or a token that is a standard
 // method in any case, whatever follows it.
+//
+// It looks at no more than MaxUndecided bytes: what is still undecided
+// there is HTTP1, for the strict parser to judge. That bounds the work of
+// a caller that asks again as each byte arrives.
 func App(b []byte) (Protocol, error) {
+	p, err := app(b[:min(len(b), MaxUndecided)])
+	if errors.Is(err, ErrMore) && len(b) >= MaxUndecided {
+		return HTTP1, nil
+	}
+	return p, err
+}
+
+// MaxUndecided bounds the bytes App reads to decide.
+const MaxUndecided = 1024
+
+func app(b []byte) (Protocol, error) {
 	if len(b) == 0 {
 		return Unknown, ErrMore
 	}

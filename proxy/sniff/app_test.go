@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"net/http"
+	"strings"
 	"testing"
 
 	"github.com/mesh-dev/mesh/proxy/sniff"
@@ -35,6 +36,11 @@ func TestApp(t *testing.T) {
 		{"PURGE\t\t/admin HTTP/1.1\r\n", sniff.HTTP1, nil},
 		{"   ", sniff.Unknown, sniff.ErrMore},
 		{"PURGE ", sniff.Unknown, sniff.ErrMore},
+		// However long the undecided prefix, a decision at MaxUndecided:
+		// HTTP, for the strict parser to refuse.
+		{strings.Repeat(" ", sniff.MaxUndecided), sniff.HTTP1, nil},
+		{strings.Repeat("X", sniff.MaxUndecided-1), sniff.Unknown, sniff.ErrMore},
+		{strings.Repeat("X", sniff.MaxUndecided+100), sniff.HTTP1, nil},
 		// A long method is still a method.
 		{string(bytes.Repeat([]byte("X"), 100)) + " /admin HTTP/1.1\r\n", sniff.HTTP1, nil},
 		{sniff.H2Preface, sniff.HTTP2, nil},

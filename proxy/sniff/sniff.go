@@ -1,11 +1,11 @@
 // Package sniff recognises what a connection speaks from its first bytes,
-// without consuming them: a TLS ClientHello (and the ALPN protocols it
-// offers), an HTTP/1.x request head, or the HTTP/2 connection preface.
-// Everything here reads peer input, so it is bounded and fuzzed.
+// without consuming them: a TLS ClientHello and the ALPN protocols it
+// offers (ClientHelloALPN), and, inside the connection, HTTP/1, the HTTP/2
+// preface or neither (App). Everything here reads peer input, so it is
+// bounded and fuzzed. Requests themselves are parsed by package h1.
 package sniff
 
 import (
-	"bytes"
 	"encoding/binary"
 	"errors"
 )
@@ -16,15 +16,12 @@ type Protocol int
 // Protocols.
 const (
 	Unknown Protocol = iota
-	TLS
 	HTTP1
 	HTTP2
 )
 
 func (p Protocol) String() string {
 	switch p {
-	case TLS:
-		return "tls"
 	case HTTP1:
 		return "http1"
 	case HTTP2:
@@ -39,41 +36,6 @@ var ErrMore = errors.New("sniff: need more bytes")
 
 // H2Preface is the HTTP/2 client connection preface.
 const H2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-var methods = []string{"GET ", "HEAD ", "POST ", "PUT ", "DELETE ", "CONNECT ", "OPTIONS ", "TRACE ", "PATCH "}
-
-// Detect classifies the first bytes of a connection. It returns ErrMore
-// while b is too short to tell, and Unknown for anything else (opaque TCP).
-func Detect(b []byte) (Protocol, error) {
-	if len(b) == 0 {
-		return Unknown, ErrMore
-	}
-	if b[0] == 0x16 {
-		if len(b) < 3 {
-			return Unknown, ErrMore
-		}
-		if b[1] == 0x03 && b[2] <= 0x04 {
-			return TLS, nil
-		}
-		return Unknown, nil
-	}
-	if n := min(len(b), len(H2Preface)); string(b[:n]) == H2Preface[:n] {
-		if n < len(H2Preface) {
-			return Unknown, ErrMore
-		}
-		return HTTP2, nil
-	}
-	for _, m := range methods {
-		n := min(len(b), len(m))
-		if string(b[:n]) == m[:n] {
-			if n < len(m) {
-				return Unknown, ErrMore
-			}
-			return HTTP1, nil
-		}
-	}
-	return Unknown, nil
-}
 
 // ClientHelloALPN returns the ALPN protocols offered by the TLS ClientHello
 // at the start of b. It returns ErrMore while the first record is
@@ -141,59 +103,6 @@ func ClientHelloALPN(b []byte) ([]string, error) {
 		return protos, nil
 	}
 	return nil, nil
-}
-
-// RequestHead is the first line and Host of an HTTP/1.x request.
-type RequestHead struct {
-	Method, Path, Proto, Host string
-	// Len is the length of the head, blank line included.
-	Len int
-}
-
-// MaxHeadBytes bounds an HTTP/1.x request head the proxy will parse.
-const MaxHeadBytes = 16 << 10
-
-// ParseRequestHead parses the HTTP/1.x request head at the start of b. It
-// returns ErrMore until the blank line ending the head is seen, and an
-// error for a malformed or oversized head.
-func ParseRequestHead(b []byte) (RequestHead, error) {
-	end := bytes.Index(b, []byte("\r\n\r\n"))
-	if end < 0 {
-		if len(b) >= MaxHeadBytes {
-			return RequestHead{}, errors.New("sniff: request head too large")
-		}
-		return RequestHead{}, ErrMore
-	}
-	if end+4 > MaxHeadBytes {
-		return RequestHead{}, errors.New("sniff: request head too large")
-	}
-	lines := bytes.Split(b[:end], []byte("\r\n"))
-	parts := bytes.Split(lines[0], []byte(" "))
-	if len(parts) != 3 || len(parts[0]) == 0 || len(parts[1]) == 0 {
-		return RequestHead{}, errors.New("sniff: malformed request line")
-	}
-	h := RequestHead{Method: string(parts[0]), Path: string(parts[1]), Proto: string(parts[2]), Len: end + 4}
-	if h.Proto != "HTTP/1.1" && h.Proto != "HTTP/1.0" {
-		return RequestHead{}, errors.New("sniff: not HTTP/1.0 or HTTP/1.1")
-	}
-	for _, c := range h.Method {
-		if c < 'A' || c > 'Z' {
-			return RequestHead{}, errors.New("sniff: malformed method")
-		}
-	}
-	if h.Path[0] != '/' && h.Path != "*" {
-		return RequestHead{}, errors.New("sniff: request target is not a path")
-	}
-	for _, l := range lines[1:] {
-		name, value, ok := bytes.Cut(l, []byte(":"))
-		if !ok || len(name) == 0 || bytes.ContainsAny(name, " \t") {
-			return RequestHead{}, errors.New("sniff: malformed header line")
-		}
-		if bytes.EqualFold(name, []byte("Host")) {
-			h.Host = string(bytes.TrimSpace(value))
-		}
-	}
-	return h, nil
 }
 
 // reader is a cursor over TLS wire data.
