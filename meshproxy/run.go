@@ -37,7 +37,9 @@ type runOptions struct {
 	adminPort, maxConns, checkpointEvery                           int
 	destinations, policyFile, defaultPolicy                        string
 	podNS, podName, podLabels, podPorts, auditLog                  string
-	opaquePorts, portProtocols, pathNorm, underscores              string
+	opaquePorts, portProtocols                                     string
+	pathNorm                                                       normalize.Mode
+	underscores                                                    normalize.UnderscoreAction
 	logAllows                                                      bool
 	sampleAllows                                                   uint64
 	idleTimeout, checkpointInterval                                time.Duration
@@ -56,8 +58,8 @@ func (o *runOptions) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.podIP, "pod-ip", os.Getenv("POD_IP"), "this pod's IP, where the app probes connect")
 	f.StringVar(&o.portProtocols, "port-protocols", "", "what the app's ports speak, port=http|grpc|opaque,...; other ports are detected, and on ports a policy reads as HTTP anything else is refused")
 	f.StringVar(&o.opaquePorts, "opaque-ports", "", "comma-separated inbound ports never inspected for HTTP (server-first protocols); short for --port-protocols PORT=opaque")
-	f.StringVar(&o.pathNorm, "path-normalization", normalize.DefaultMode.String(), "how request paths are normalised before authorization: NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES")
-	f.StringVar(&o.underscores, "headers-with-underscores", normalize.DefaultUnderscoreAction.String(), "request headers with '_' in their names: reject (400), drop, or allow")
+	f.TextVar(&o.pathNorm, "path-normalization", normalize.DefaultMode, "how request paths are normalised before authorization: NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES")
+	f.TextVar(&o.underscores, "headers-with-underscores", normalize.DefaultUnderscoreAction, "request headers with '_' in their names: reject (400), drop, or allow")
 	f.IntVar(&o.maxConns, "max-connections", 10000, "connections served at once, inbound and outbound; more are closed and counted")
 	f.DurationVar(&o.idleTimeout, "idle-timeout", time.Hour, "close opaque TCP connections and upgraded streams idle this long")
 	f.StringVar(&o.destinations, "destinations", "", "static destinations until the controller's watch lands: ip:port=spiffe-id,...")
@@ -118,14 +120,6 @@ func (o *runOptions) parse() (*settings, error) {
 	if err != nil {
 		return nil, err
 	}
-	norm, err := normalize.ParseMode(o.pathNorm)
-	if err != nil {
-		return nil, fmt.Errorf("--path-normalization: %w", err)
-	}
-	us, err := normalize.ParseUnderscoreAction(o.underscores)
-	if err != nil {
-		return nil, fmt.Errorf("--headers-with-underscores: %w", err)
-	}
 	if o.appProbes != "" {
 		probers, err := probe.Parse([]byte(o.appProbes))
 		if err != nil {
@@ -146,7 +140,7 @@ func (o *runOptions) parse() (*settings, error) {
 		TrustDomain: s.td, Destinations: dests,
 		InboundMode: proxy.Mode(o.inMode), OutboundMode: proxy.Mode(o.outMode),
 		AdminAddr: fmt.Sprintf(":%d", o.adminPort), AppHealth: s.health,
-		PortProtocols: protocols, PathNormalization: norm, HeadersWithUnderscores: us,
+		PortProtocols: protocols, PathNormalization: o.pathNorm, HeadersWithUnderscores: o.underscores,
 		MaxConnections: o.maxConns, IdleTimeout: o.idleTimeout,
 		Registerer: prometheus.DefaultRegisterer,
 	}
