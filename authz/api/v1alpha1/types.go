@@ -36,12 +36,21 @@ const (
 // +kubebuilder:resource:shortName=authz;ap,categories=mesh
 // +kubebuilder:printcolumn:name="Action",type=string,JSONPath=`.spec.action`
 // +kubebuilder:printcolumn:name="Dry-Run",type=boolean,JSONPath=`.spec.dryRun`
+// +kubebuilder:printcolumn:name="Accepted",type=string,JSONPath=`.status.conditions[?(@.type=="Accepted")].status`
+// +kubebuilder:printcolumn:name="Enforced",type=string,JSONPath=`.status.enforced`
+// +kubebuilder:printcolumn:name="Observed",type=integer,JSONPath=`.status.observedGeneration`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+// +kubebuilder:subresource:status
 type AuthorizationPolicy struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
 
 	Spec AuthorizationPolicySpec `json:"spec"`
+
+	// Status is written by mesh-controller: whether the policy is valid,
+	// which workloads it selects and how many of their proxies enforce it.
+	// +optional
+	Status AuthorizationPolicyStatus `json:"status,omitempty"`
 }
 
 // AuthorizationPolicySpec is a policy's content.
@@ -114,7 +123,9 @@ type Operation struct {
 	// +kubebuilder:validation:MaxItems=32
 	// +optional
 	Methods []string `json:"methods,omitempty"`
-	// Paths are exact, a prefix ending in *, or a suffix starting with *.
+	// Paths are exact, a prefix ending in *, or a suffix starting with *,
+	// matched case-sensitively against the normalised request path, and so
+	// written normalised (no dot segments, no doubled slashes).
 	// +kubebuilder:validation:MaxItems=256
 	// +optional
 	Paths []string `json:"paths,omitempty"`
