@@ -27,6 +27,8 @@ type CA struct {
 	st      *state
 	version string                            // the store version st was loaded from or saved as
 	signer  apiv1.CertificateAuthorityService // signs with st.issuer
+	// updated is closed and replaced whenever a new state is installed.
+	updated chan struct{}
 }
 
 // SVID is a signed X509-SVID with the chain a peer needs to verify it.
@@ -43,7 +45,7 @@ func New(ctx context.Context, cfg Config) (*CA, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	c := &CA{cfg: cfg}
+	c := &CA{cfg: cfg, updated: make(chan struct{})}
 	data, version, err := cfg.Store.Load(ctx)
 	switch {
 	case errors.Is(err, ErrNotFound) && cfg.External:
@@ -116,9 +118,24 @@ func (c *CA) install(st *state, version string) error {
 	}
 	c.mu.Lock()
 	c.st, c.version, c.signer = st, version, signer
+	close(c.updated)
+	c.updated = make(chan struct{})
 	c.mu.Unlock()
 	return nil
 }
+
+// Updated is closed when the CA's state changes (a rotation step here or,
+// after Reload, one another replica or meshctl saved): the trust bundle
+// may have changed.
+func (c *CA) Updated() <-chan struct{} {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.updated
+}
+
+// Reload loads the state from the store if another process changed it.
+// mesh-controller calls it when its watch of the CA Secret sees a change.
+func (c *CA) Reload(ctx context.Context) error { return c.reload(ctx) }
 
 // saveNew persists st and installs it.
 func (c *CA) saveNew(ctx context.Context, st *state, version string) error {

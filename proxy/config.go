@@ -49,12 +49,36 @@ type Identity interface {
 	x509bundle.Source
 }
 
-// Destinations says which identity runs at an address. The controller's
-// watch implements it in production; StaticDestinations in tests.
+// Destinations says what is at an address. The controller's destination
+// watch (package controlplane/client) implements it in production;
+// StaticDestinations in standalone mode and tests.
 type Destinations interface {
-	// Lookup returns the identity expected at addr, and whether addr is a
-	// meshed workload at all.
-	Lookup(addr netip.AddrPort) (id spiffeid.ID, meshed bool)
+	// Lookup says what is at addr. It may wait, up to ctx's deadline, for
+	// an answer not known yet; an error means there is no answer, and the
+	// connection is refused: a destination that might be meshed is never
+	// dialled in plaintext. An address the mesh knows nothing of is
+	// Destination{}: not meshed.
+	Lookup(ctx context.Context, addr netip.AddrPort) (Destination, error)
+}
+
+// Destination is what the proxy knows of an address.
+type Destination struct {
+	// Meshed: the destination runs a proxy; it is dialled over mTLS and
+	// must present Identity.
+	Meshed   bool
+	Identity spiffeid.ID
+	// Service: the address is a Service's; the proxy dials one of its
+	// ready Endpoints itself, picked per connection, requiring that
+	// endpoint's identity. A Service with no ready endpoint is refused.
+	Service   bool
+	Endpoints []Endpoint
+}
+
+// Endpoint is one ready backend of a Service.
+type Endpoint struct {
+	Addr     netip.AddrPort
+	Meshed   bool
+	Identity spiffeid.ID
 }
 
 // AppProtocol is what a port of the application speaks, as declared by
@@ -158,6 +182,10 @@ type Config struct {
 	// DrainTimeout bounds how long Run lets open connections finish after
 	// its context ends. Zero means 20 seconds.
 	DrainTimeout time.Duration
+	// Readiness, when set, must also be ready for the proxy to be: the
+	// control-plane client is, once it has its first policy, destinations
+	// and trust bundle. Zero means the SVID and the policy only.
+	Readiness Readier
 	// Registerer receives the proxy's metrics. Zero means none.
 	Registerer prometheus.Registerer
 	// Gatherer serves /metrics. Zero means prometheus.DefaultGatherer.
@@ -246,11 +274,12 @@ func (c *Config) setDefaults() error {
 	return errors.Join(errs...)
 }
 
-// StaticDestinations is a fixed address → identity table.
+// StaticDestinations is a fixed address → identity table: the meshed
+// destinations; every other address is not meshed.
 type StaticDestinations map[netip.AddrPort]spiffeid.ID
 
 // Lookup implements Destinations.
-func (s StaticDestinations) Lookup(addr netip.AddrPort) (spiffeid.ID, bool) {
+func (s StaticDestinations) Lookup(_ context.Context, addr netip.AddrPort) (Destination, error) {
 	id, ok := s[addr]
-	return id, ok
+	return Destination{Meshed: ok, Identity: id}, nil
 }

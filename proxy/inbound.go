@@ -104,6 +104,7 @@ func (p *Proxy) inbound(ctx context.Context, c net.Conn) {
 		}
 		req.Peer, req.Authenticated = id, true
 		client, tlsState = conn, "mtls"
+		p.trackPeer(c, true, src, id)
 	case p.cfg.InboundMode == Strict:
 		// No plaintext exception, not even for kubelet probes: they are
 		// rewritten to the admin port's /app-health/ (package probe).

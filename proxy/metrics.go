@@ -26,6 +26,7 @@ type metrics struct {
 	acceptErrors *prometheus.CounterVec
 	limitReached *prometheus.CounterVec
 	idleClosed   prometheus.Counter
+	revoked      *prometheus.CounterVec
 	badRequests  *prometheus.CounterVec
 	headersDrop  prometheus.Counter
 }
@@ -75,6 +76,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		limitReached: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mesh_proxy_connections_limit_reached_total", Help: "Connections closed at once because the proxy already served its maximum, by listener.",
 		}, []string{"listener"}),
+		revoked: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mesh_proxy_connections_revoked_total",
+			Help: "Open mTLS connections closed because the mesh no longer has a pod of the peer's identity at the peer's address (pod deleted, address reused).",
+		}, []string{"direction"}),
 		idleClosed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "mesh_proxy_idle_timeouts_total", Help: "Opaque TCP connections and upgraded HTTP streams closed after the idle timeout.",
 		}),
@@ -86,7 +91,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.opened, m.closed, m.open, m.bytes, m.handshakes, m.hsErrors, m.refused, m.decisions, m.svidExpiry, m.renewals, m.httpRequests, m.httpLatency, m.acceptErrors, m.limitReached, m.idleClosed, m.badRequests, m.headersDrop} {
+		for _, c := range []prometheus.Collector{m.opened, m.closed, m.open, m.bytes, m.handshakes, m.hsErrors, m.refused, m.decisions, m.svidExpiry, m.renewals, m.httpRequests, m.httpLatency, m.acceptErrors, m.limitReached, m.idleClosed, m.revoked, m.badRequests, m.headersDrop} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("proxy: register metrics: %w", err)
 			}

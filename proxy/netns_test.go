@@ -56,13 +56,55 @@ var (
 type dests struct {
 	mu sync.Mutex
 	m  map[netip.AddrPort]spiffeid.ID
+	// pods are meshed pods by address (any port), as the controller's
+	// destinations name them; services are Service addresses.
+	pods     map[netip.Addr]spiffeid.ID
+	services map[netip.AddrPort][]proxy.Endpoint
+	// unknown: no answer yet; Lookup waits for ctx, then fails.
+	unknown bool
+	updated chan struct{}
 }
 
-func (d *dests) Lookup(a netip.AddrPort) (spiffeid.ID, bool) {
+func (d *dests) Lookup(ctx context.Context, a netip.AddrPort) (proxy.Destination, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	id, ok := d.m[a]
-	return id, ok
+	if d.unknown {
+		d.mu.Unlock()
+		<-ctx.Done()
+		d.mu.Lock()
+		return proxy.Destination{}, fmt.Errorf("destinations not known yet: %w", ctx.Err())
+	}
+	if eps, ok := d.services[a]; ok {
+		return proxy.Destination{Service: true, Endpoints: eps}, nil
+	}
+	if id, ok := d.m[a]; ok {
+		return proxy.Destination{Meshed: true, Identity: id}, nil
+	}
+	if id, ok := d.pods[a.Addr()]; ok {
+		return proxy.Destination{Meshed: true, Identity: id}, nil
+	}
+	return proxy.Destination{}, nil
+}
+
+// Updated implements proxy.Notifier.
+func (d *dests) Updated() <-chan struct{} {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.updated == nil {
+		d.updated = make(chan struct{})
+	}
+	return d.updated
+}
+
+// change edits the destinations and tells the proxies.
+func (d *dests) change(f func(d *dests)) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	f(d)
+	if d.updated != nil {
+		close(d.updated)
+	}
+	d.updated = make(chan struct{})
 }
 
 func (d *dests) expect(id spiffeid.ID) {

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
+	"math/rand/v2"
 	"net"
 	"slices"
 	"strconv"
@@ -30,13 +31,37 @@ func (p *Proxy) outbound(ctx context.Context, app net.Conn) {
 		p.audit(Refusal{Direction: dir, Reason: "loop", Detail: "a connection to the proxy's own port", Source: src, Destination: dst})
 		return
 	}
-	want, meshed := p.cfg.Destinations.Lookup(dst)
+	dctx, cancel := context.WithTimeout(ctx, p.cfg.ConnectTimeout)
+	defer cancel()
+	// Until the destinations are known this waits (bounded by the connect
+	// timeout); no answer refuses the connection rather than guess that
+	// the destination is outside the mesh.
+	d, err := p.cfg.Destinations.Lookup(dctx, dst)
+	if err != nil {
+		p.refuse(dir, "destination_unknown", "destination", addr, "err", err)
+		p.audit(Refusal{Direction: dir, Reason: "destination_unknown", Detail: err.Error(), Source: src, Destination: dst})
+		return
+	}
+	if d.Service {
+		// The proxy picks the endpoint itself, so the identity checked
+		// is the pod's that the connection lands on.
+		if len(d.Endpoints) == 0 {
+			p.refuse(dir, "no_endpoints", "destination", addr)
+			return
+		}
+		ep := d.Endpoints[rand.IntN(len(d.Endpoints))]
+		dst, addr = ep.Addr, ep.Addr.String()
+		d = Destination{Meshed: ep.Meshed, Identity: ep.Identity}
+	}
+	want, meshed := d.Identity, d.Meshed
+	if meshed && want.IsZero() {
+		p.refuse(dir, "no_identity", "destination", addr)
+		return
+	}
 	if !meshed && p.cfg.OutboundMode == Strict {
 		p.refuse(dir, "not_meshed", "destination", addr)
 		return
 	}
-	dctx, cancel := context.WithTimeout(ctx, p.cfg.ConnectTimeout)
-	defer cancel()
 	up, err := p.cfg.Dial(dctx, "tcp", addr)
 	if err != nil {
 		p.refuse(dir, "connect_failed", "destination", addr, "err", err)
@@ -65,6 +90,7 @@ func (p *Proxy) outbound(ctx context.Context, app net.Conn) {
 	}
 	cs := conn.ConnectionState()
 	p.m.handshakes.WithLabelValues(dir, tlsVersion(cs.Version), strconv.FormatBool(cs.DidResume)).Inc()
+	p.trackPeer(app, false, dst, want)
 	peer := want.String()
 	p.m.opened.WithLabelValues(dir, peer, "mtls").Inc()
 	p.m.open.WithLabelValues(dir).Inc()

@@ -33,7 +33,10 @@ type Proxy struct {
 	conns map[net.Conn]struct{}
 	// tcp are the open opaque inbound connections and what was decided
 	// for them, re-decided when the policy changes.
-	tcp     map[net.Conn]*Request
+	tcp map[net.Conn]*Request
+	// peers are the open mTLS connections and whom they are with,
+	// re-checked when the destinations change (revoke.go).
+	peers   map[net.Conn]*peerConn
 	wg      sync.WaitGroup
 	stopped bool
 
@@ -65,6 +68,7 @@ func New(cfg Config) (*Proxy, error) {
 		audited:  ration.NewKeyed(200*time.Millisecond, 10),
 		conns:    map[net.Conn]struct{}{},
 		tcp:      map[net.Conn]*Request{},
+		peers:    map[net.Conn]*peerConn{},
 		shutdown: make(chan struct{}),
 		slots:    make(chan struct{}, cfg.MaxConnections),
 	}
@@ -123,6 +127,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 	g.Go(func() error { return p.watchSVID(gctx) })
 	if n, ok := p.cfg.Authorizer.(Notifier); ok {
 		g.Go(func() error { return p.watchPolicy(gctx, n) })
+	}
+	if n, ok := p.cfg.Destinations.(Notifier); ok {
+		g.Go(func() error { return p.watchDestinations(gctx, n) })
 	}
 	g.Go(func() error {
 		select {
@@ -219,6 +226,7 @@ func (p *Proxy) untrack(c net.Conn) {
 	c.Close()
 	p.mu.Lock()
 	delete(p.conns, c)
+	delete(p.peers, c)
 	p.mu.Unlock()
 	p.wg.Done()
 }
@@ -377,6 +385,9 @@ func (p *Proxy) watchSVID(ctx context.Context) error {
 		svid, err := p.cfg.Identity.GetX509SVID()
 		ok := err == nil && time.Now().Before(svid.Certificates[0].NotAfter)
 		if r, isReadier := p.cfg.Authorizer.(Readier); isReadier && !r.Ready() {
+			ok = false
+		}
+		if p.cfg.Readiness != nil && !p.cfg.Readiness.Ready() {
 			ok = false
 		}
 		p.ready.Store(ok)
