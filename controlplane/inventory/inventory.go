@@ -82,7 +82,7 @@ func New(cfg Config) (*Inventory, error) {
 		cfg: cfg, pods: podInf.Lister(), podIndex: podInf.Informer().GetIndexer(),
 		services: svcInf.Lister(), slices: sliceInf.Lister(), nss: nsInf.Lister(),
 		policies: cfg.Policies.GetIndexer(),
-		dests: map[string]*controlplanev1.Destination{}, subs: map[*Subscription]struct{}{},
+		dests:    map[string]*controlplanev1.Destination{}, subs: map[*Subscription]struct{}{},
 	}
 	handlers := []struct {
 		inf cache.SharedIndexInformer
