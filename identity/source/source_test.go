@@ -273,3 +273,44 @@ func TestTLSConfigFromSource(t *testing.T) {
 		t.Fatal("server presented something other than its source's SVID")
 	}
 }
+
+// TestSetBundle: the controller's pushed bundle replaces the one that came
+// with the SVID at once; a bundle that would trust nothing, or holds a
+// certificate that is not a CA, changes nothing.
+func TestSetBundle(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := newCertifier(t, webID)
+		s := newSource(t, c)
+		if err := c.ca.PrepareRoot(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		roots := c.ca.Bundle()
+		svid, err := s.GetX509SVID()
+		if err != nil {
+			t.Fatal(err)
+		}
+		before, _ := s.GetX509BundleForTrustDomain(td)
+		for name, bad := range map[string][]*x509.Certificate{
+			"empty":     nil,
+			"leaf":      {svid.Certificates[0]},
+			"leaf too":  {roots[0], svid.Certificates[0]},
+			"nil entry": {roots[0], nil},
+		} {
+			if err := s.SetBundle(bad); err == nil {
+				t.Errorf("%s: SetBundle accepted it", name)
+			}
+			if b, _ := s.GetX509BundleForTrustDomain(td); !b.Equal(before) {
+				t.Fatalf("%s: a refused bundle changed the source's", name)
+			}
+		}
+		updated := s.Updated()
+		if err := s.SetBundle(roots); err != nil {
+			t.Fatal(err)
+		}
+		<-updated
+		b, _ := s.GetX509BundleForTrustDomain(td)
+		if len(b.X509Authorities()) != 2 || !b.X509Authorities()[1].Equal(roots[1]) {
+			t.Fatalf("bundle after SetBundle has %d roots, want the CA's 2", len(b.X509Authorities()))
+		}
+	})
+}
