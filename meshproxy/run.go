@@ -11,17 +11,23 @@ import (
 	"strings"
 	"time"
 
+	"sync/atomic"
+
+	"github.com/mesh-dev/mesh/controlplane/client"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 
 	"github.com/mesh-dev/mesh/authz"
-	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
 	"github.com/mesh-dev/mesh/authz/audit"
 	identityv1 "github.com/mesh-dev/mesh/identity/api/v1"
 	"github.com/mesh-dev/mesh/identity/source"
@@ -42,12 +48,12 @@ type runOptions struct {
 	underscores                                                    normalize.UnderscoreAction
 	logAllows                                                      bool
 	sampleAllows                                                   uint64
-	idleTimeout, checkpointInterval                                time.Duration
+	idleTimeout, checkpointInterval, pendingWait                   time.Duration
 }
 
 func (o *runOptions) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.trustDomain, "trust-domain", "cluster.local", "the mesh's trust domain")
-	f.StringVar(&o.identityAddr, "identity-addr", "", "host:port of the identity service")
+	f.StringVar(&o.identityAddr, "identity-addr", "", "host:port of the controller (identity service and control-plane streams); a comma-separated list names several replicas, and the proxy moves to another when its own goes")
 	f.StringVar(&o.controllerID, "controller-id", "spiffe://cluster.local/ns/mesh-system/sa/mesh-controller", "SPIFFE ID the identity service must present")
 	f.StringVar(&o.bundleFile, "bundle", "", "PEM trust bundle to verify the identity service with at start")
 	f.StringVar(&o.tokenFile, "token-file", "/var/run/secrets/mesh/tokens/identity-token", "projected ServiceAccount token")
@@ -62,9 +68,10 @@ func (o *runOptions) addFlags(f *pflag.FlagSet) {
 	f.TextVar(&o.underscores, "headers-with-underscores", normalize.DefaultUnderscoreAction, "request headers with '_' in their names: reject (400), drop, or allow")
 	f.IntVar(&o.maxConns, "max-connections", 10000, "connections served at once, inbound and outbound; more are closed and counted")
 	f.DurationVar(&o.idleTimeout, "idle-timeout", time.Hour, "close opaque TCP connections and upgraded streams idle this long")
-	f.StringVar(&o.destinations, "destinations", "", "static destinations until the controller's watch lands: ip:port=spiffe-id,...")
-	f.StringVar(&o.policyFile, "policies", "", "AuthorizationPolicy YAML to enforce, until the controller streams them; empty: the default only")
-	f.StringVar(&o.defaultPolicy, "default-policy", string(authz.DefaultAllowMesh), "deny, allow-mesh, allow-same-namespace or allow-all")
+	f.StringVar(&o.destinations, "destinations", "", "static destinations instead of the controller's stream (standalone use and tests): ip:port=spiffe-id,...; every other address is not meshed")
+	f.StringVar(&o.policyFile, "policies", "", "AuthorizationPolicy YAML to enforce instead of the controller's stream (standalone use and tests)")
+	f.StringVar(&o.defaultPolicy, "default-policy", string(authz.DefaultAllowMesh), "with --policies: deny, allow-mesh, allow-same-namespace or allow-all (the controller decides it otherwise)")
+	f.DurationVar(&o.pendingWait, "destination-wait", 5*time.Second, "how long a new outbound connection waits for the controller's first destinations before it is refused")
 	f.StringVar(&o.podNS, "pod-namespace", os.Getenv("POD_NAMESPACE"), "this pod's namespace")
 	f.StringVar(&o.podName, "pod-name", os.Getenv("POD_NAME"), "this pod's name")
 	f.StringVar(&o.podLabels, "pod-labels", "", "this pod's labels, k=v,...")
@@ -133,11 +140,20 @@ func (o *runOptions) parse() (*settings, error) {
 			return nil, err
 		}
 	}
-	if s.table, err = o.compile(s.td); err != nil {
-		return nil, err
+	if o.podNS == "" || o.podName == "" {
+		return nil, fmt.Errorf("--pod-namespace and --pod-name (or POD_NAMESPACE and POD_NAME) are required")
+	}
+	if o.policyFile != "" {
+		if s.table, err = o.compile(s.td); err != nil {
+			return nil, err
+		}
+	}
+	var d proxy.Destinations
+	if o.destinations != "" {
+		d = dests
 	}
 	s.proxy = proxy.Config{
-		TrustDomain: s.td, Destinations: dests,
+		TrustDomain: s.td, Destinations: d,
 		InboundMode: proxy.Mode(o.inMode), OutboundMode: proxy.Mode(o.outMode),
 		AdminAddr: fmt.Sprintf(":%d", o.adminPort), AppHealth: s.health,
 		PortProtocols: protocols, PathNormalization: o.pathNorm, HeadersWithUnderscores: o.underscores,
@@ -153,18 +169,13 @@ func (o *runOptions) compile(td spiffeid.TrustDomain) (*authz.Table, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--default-policy: %w", err)
 	}
-	if o.podNS == "" || o.podName == "" {
-		return nil, fmt.Errorf("--pod-namespace and --pod-name (or POD_NAMESPACE and POD_NAME) are required")
+	b, err := os.ReadFile(o.policyFile)
+	if err != nil {
+		return nil, fmt.Errorf("--policies: %w", err)
 	}
-	var policies []v1alpha1.AuthorizationPolicy
-	if o.policyFile != "" {
-		b, err := os.ReadFile(o.policyFile)
-		if err != nil {
-			return nil, fmt.Errorf("--policies: %w", err)
-		}
-		if policies, err = authz.ParsePolicies(b); err != nil {
-			return nil, fmt.Errorf("--policies %s: %w", o.policyFile, err)
-		}
+	policies, err := authz.ParsePolicies(b)
+	if err != nil {
+		return nil, fmt.Errorf("--policies %s: %w", o.policyFile, err)
 	}
 	lbls, err := parsePairs(o.podLabels, "--pod-labels")
 	if err != nil {
@@ -195,11 +206,16 @@ func run(ctx context.Context, o *runOptions) error {
 		return err
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
-	bundle, err := x509bundle.Load(s.td, o.bundleFile)
+	fileBundle, err := x509bundle.Load(s.td, o.bundleFile)
 	if err != nil {
 		return fmt.Errorf("--bundle: %w", err)
 	}
-	conn, err := grpc.NewClient(o.identityAddr, grpc.WithTransportCredentials(credentials.NewTLS(tlsconfig.TLSClientConfig(bundle, tlsconfig.AuthorizeID(s.ctlID)))))
+	// The controller is verified with the file's bundle only until the
+	// SVID source has one of its own: after a root rotation the file's may
+	// no longer verify the controller.
+	bundles := &liveBundle{file: fileBundle}
+	target, resolverOpt := controllers(o.identityAddr)
+	conn, err := grpc.NewClient(target, resolverOpt, grpc.WithTransportCredentials(credentials.NewTLS(tlsconfig.TLSClientConfig(bundles, tlsconfig.AuthorizeID(s.ctlID)))))
 	if err != nil {
 		return err
 	}
@@ -212,6 +228,7 @@ func run(ctx context.Context, o *runOptions) error {
 		return err
 	}
 	defer src.Close()
+	bundles.src.Store(src)
 
 	out := os.Stdout
 	if o.auditLog != "-" {
@@ -233,8 +250,10 @@ func run(ctx context.Context, o *runOptions) error {
 	}
 	enf := authz.NewEnforcer(s.table, auditW)
 	enf.LogAllows, enf.SampleAllows = o.logAllows, o.sampleAllows
-	for _, w := range s.table.Warnings() {
-		log.Warn("policy", "warning", w)
+	if s.table != nil {
+		for _, w := range s.table.Warnings() {
+			log.Warn("policy", "warning", w)
+		}
 	}
 	if err := prometheus.DefaultRegisterer.Register(enf.WarningsMetric()); err != nil {
 		return err
@@ -251,9 +270,72 @@ func run(ctx context.Context, o *runOptions) error {
 
 	cfg := s.proxy
 	cfg.Identity, cfg.Authorizer, cfg.Logger = src, enf, log
+
+	// The control plane: the policy and destinations not given as flags,
+	// and the trust bundle, over mTLS with the proxy's own SVID.
+	ctlConn, err := grpc.NewClient(target, resolverOpt,
+		grpc.WithTransportCredentials(credentials.NewTLS(tlsconfig.MTLSClientConfig(src, src, tlsconfig.AuthorizeID(s.ctlID)))),
+		// The server permits a ping a minute while streams are open: a
+		// controller that vanished without closing is noticed in about
+		// a minute and a half, and the streams move to another replica.
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: time.Minute, Timeout: 20 * time.Second}))
+	if err != nil {
+		return err
+	}
+	defer ctlConn.Close()
+	ccfg := client.Config{
+		Conn: ctlConn, Namespace: o.podNS, Pod: o.podName, TrustDomain: s.td,
+		Bundle: src.SetBundle, Destinations: cfg.Destinations == nil, PendingWait: o.pendingWait,
+		Logger: log, Registerer: prometheus.DefaultRegisterer,
+	}
+	if s.table == nil {
+		ccfg.Policy = enforcePolicy(s.td, o.podNS, o.podName, enf, log)
+	}
+	ctl, err := client.New(ccfg)
+	if err != nil {
+		return err
+	}
+	if cfg.Destinations == nil {
+		cfg.Destinations = ctl
+	}
+	cfg.Readiness = ctl
 	p, err := proxy.New(cfg)
 	if err != nil {
 		return err
 	}
-	return p.Run(ctx)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return ctl.Run(gctx) })
+	g.Go(func() error { return p.Run(gctx) })
+	return g.Wait()
+}
+
+// controllers is the gRPC target for addrs: one host:port is resolved as
+// usual (DNS); several, comma-separated, are the replicas' addresses,
+// tried in order, the next when one fails.
+func controllers(addrs string) (string, grpc.DialOption) {
+	list := strings.Split(addrs, ",")
+	if len(list) == 1 {
+		return addrs, grpc.EmptyDialOption{}
+	}
+	r := manual.NewBuilderWithScheme("mesh-controllers")
+	var state resolver.State
+	for _, a := range list {
+		state.Endpoints = append(state.Endpoints, resolver.Endpoint{Addresses: []resolver.Address{{Addr: strings.TrimSpace(a)}}})
+	}
+	r.InitialState(state)
+	return r.Scheme() + ":///controllers", grpc.WithResolvers(r)
+}
+
+// liveBundle is the SVID source's bundle once there is a source, and the
+// --bundle file's before.
+type liveBundle struct {
+	file *x509bundle.Bundle
+	src  atomic.Pointer[source.Source]
+}
+
+func (b *liveBundle) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
+	if s := b.src.Load(); s != nil {
+		return s.GetX509BundleForTrustDomain(td)
+	}
+	return b.file.GetX509BundleForTrustDomain(td)
 }

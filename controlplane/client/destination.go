@@ -1,29 +1,11 @@
 package client
 
-import (
-	"net/netip"
+import "github.com/mesh-dev/mesh/proxy"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-)
-
-// Destination is what the proxy knows of an address. It mirrors
-// proxy.Destination field for field, so the integration can switch to that
-// type without changing what Lookup answers.
-type Destination struct {
-	// Meshed: the destination is a pod that runs a proxy; it is dialled
-	// over mTLS and must present Identity.
-	Meshed   bool
-	Identity spiffeid.ID
-	// Service: the address is a Service port; the proxy dials one of its
-	// ready Endpoints itself. Endpoints is shared with the client's table:
-	// callers must not modify it.
-	Service   bool
-	Endpoints []Endpoint
-}
+// Destination is what the proxy knows of an address: Lookup answers with
+// the proxy's own type, so the Client is the proxy's Destinations.
+// Endpoints is shared with the client's table: callers must not modify it.
+type Destination = proxy.Destination
 
 // Endpoint is one ready backend of a Service.
-type Endpoint struct {
-	Addr     netip.AddrPort
-	Meshed   bool
-	Identity spiffeid.ID
-}
+type Endpoint = proxy.Endpoint

@@ -13,6 +13,10 @@
 //	mesh-e2e-echo get URL          GET and print the body; exit 1 unless 200
 //	mesh-e2e-echo tcp ADDR MSG     send MSG, half-close, print the echo
 //	mesh-e2e-echo grpc ADDR MSG    one FullDuplexCall round trip, print the echo
+//	mesh-e2e-echo hold ADDR        one TCP connection kept open: a line echoed
+//	                               every 200ms, "echo N" printed for each; when
+//	                               the connection ends, "closed: <why>" and exit
+//	                               0; after 2 minutes, exit 1
 package main
 
 import (
@@ -41,6 +45,8 @@ func main() {
 		err = get(os.Args[2])
 	case len(os.Args) == 4 && os.Args[1] == "tcp":
 		err = tcp(os.Args[2], os.Args[3])
+	case len(os.Args) == 3 && os.Args[1] == "hold":
+		err = hold(os.Args[2])
 	case len(os.Args) == 4 && os.Args[1] == "grpc":
 		err = grpcCall(os.Args[2], os.Args[3])
 	default:
@@ -188,6 +194,35 @@ func tcp(addr, msg string) error {
 	b, err := io.ReadAll(c)
 	fmt.Print(string(b))
 	return err
+}
+
+// hold keeps one connection open and proves it carries bytes, until it is
+// closed: tests revoke connections under it. The line sent starts with a
+// byte no HTTP method starts with, so that a port not declared opaque
+// still reads it as opaque TCP.
+func hold(addr string) error {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	deadline := time.Now().Add(2 * time.Minute)
+	buf := make([]byte, 64)
+	for i := 1; time.Now().Before(deadline); i++ {
+		line := fmt.Sprintf("\x00hold %d\n", i)
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.WriteString(c, line); err != nil {
+			fmt.Printf("closed: %v\n", err)
+			return nil
+		}
+		if _, err := io.ReadFull(c, buf[:len(line)]); err != nil {
+			fmt.Printf("closed: %v\n", err)
+			return nil
+		}
+		fmt.Printf("echo %d\n", i)
+		time.Sleep(200 * time.Millisecond)
+	}
+	return errors.New("hold: still open after 2 minutes")
 }
 
 func grpcCall(addr, msg string) error {
