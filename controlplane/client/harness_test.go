@@ -13,9 +13,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
+	"google.golang.org/grpc/status"
 
 	controlplanev1 "github.com/mesh-dev/mesh/controlplane/api/v1"
 	"github.com/mesh-dev/mesh/controlplane/client"
@@ -72,6 +74,9 @@ type fakeCP struct {
 	attempts atomic.Int64 // watch calls, refused or not
 	// onAck, when set, runs in AckPolicy before it answers.
 	onAck func(*controlplanev1.PolicyAck)
+	// failAcks: so many AckPolicy calls fail (Unavailable) before they
+	// succeed again.
+	failAcks atomic.Int64
 }
 
 func newFakeCP() *fakeCP {
@@ -96,6 +101,9 @@ func (s *fakeCP) WatchTrustBundle(req *controlplanev1.WatchRequest, ss grpc.Serv
 }
 
 func (s *fakeCP) AckPolicy(_ context.Context, ack *controlplanev1.PolicyAck) (*controlplanev1.PolicyAckResponse, error) {
+	if s.failAcks.Add(-1) >= 0 {
+		return nil, status.Error(codes.Unavailable, "ack lost")
+	}
 	if s.onAck != nil {
 		s.onAck(ack)
 	}
