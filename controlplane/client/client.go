@@ -139,7 +139,8 @@ func New(cfg Config) (*Client, error) {
 
 // Run runs the enabled watches, each in its own goroutine, reconnecting
 // after any error with jittered back-off, until ctx ends; then it waits for
-// them and returns nil. Run may be called once.
+// them (and for a Policy or Bundle callback in progress to return) and
+// returns nil. Run may be called once.
 func (c *Client) Run(ctx context.Context) error {
 	if !c.running.CompareAndSwap(false, true) {
 		return errors.New("client: Run called twice")

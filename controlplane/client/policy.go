@@ -39,20 +39,22 @@ func (c *Client) watchPolicy(ctx context.Context) (delivered bool, err error) {
 			c.m.connected.WithLabelValues(kindPolicy).Set(1)
 		}
 		delivered = true
-		ack := &controlplanev1.PolicyAck{Namespace: c.cfg.Namespace, Pod: c.cfg.Pod, Version: p.GetVersion()}
+		// Read before the callback, which owns p from then on.
+		version := p.GetVersion()
+		ack := &controlplanev1.PolicyAck{Namespace: c.cfg.Namespace, Pod: c.cfg.Pod, Version: version}
 		if err := c.enforce(p); err != nil {
 			ack.Error = ackError(err)
 			c.m.nacks.Inc()
-			c.log.Warn("policy refused; the previous one stays in force", "kind", kindPolicy, "version", clip(p.GetVersion()), "err", err)
+			c.log.Warn("policy refused; the previous one stays in force", "kind", kindPolicy, "version", clip(version), "err", err)
 		} else {
 			c.policyReady.Store(true)
-			c.log.Info("policy enforced", "kind", kindPolicy, "version", clip(p.GetVersion()))
+			c.log.Info("policy enforced", "kind", kindPolicy, "version", clip(version))
 		}
 		actx, cancel := context.WithTimeout(ctx, ackTimeout)
 		_, err = c.api.AckPolicy(actx, ack)
 		cancel()
 		if err != nil {
-			return delivered, fmt.Errorf("client: acknowledge policy %q: %w", clip(p.GetVersion()), err)
+			return delivered, fmt.Errorf("client: acknowledge policy %q: %w", clip(version), err)
 		}
 	}
 }
