@@ -278,7 +278,10 @@ func run(ctx context.Context, o *runOptions) error {
 		// The server permits a ping a minute while streams are open: a
 		// controller that vanished without closing is noticed in about
 		// a minute and a half, and the streams move to another replica.
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: time.Minute, Timeout: 20 * time.Second}))
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: time.Minute, Timeout: 20 * time.Second}),
+		// A destinations snapshot of a large cluster exceeds gRPC's 4 MiB
+		// default (about 100 bytes a pod).
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20)))
 	if err != nil {
 		return err
 	}

@@ -262,10 +262,12 @@ func Echo(ctx context.Context, ns, name string, args ...string) (string, error) 
 	return strings.TrimSpace(string(out)), err
 }
 
-// EnsureNamespace creates namespace ns and the ServiceAccounts, waiting
-// for the namespace to be usable.
+// EnsureNamespace creates namespace ns, labelled for injection (so the
+// controller publishes the trust bundle there before the first pod), and
+// the ServiceAccounts, waiting for the namespace to be usable.
 func EnsureNamespace(ctx context.Context, cs kubernetes.Interface, ns string, sas ...string) error {
-	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil && !strings.Contains(err.Error(), "already exists") {
+	labels := map[string]string{trustbundle.InjectLabel: trustbundle.InjectEnabled}
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: labels}}, metav1.CreateOptions{}); err != nil && !strings.Contains(err.Error(), "already exists") {
 		return err
 	}
 	for _, sa := range sas {
