@@ -449,7 +449,13 @@ func scaleGoroutinesBySide() map[string]int {
 	// "#<tab>pc<tab>function+offset<tab>file:line" per frame.
 	for _, group := range strings.Split(buf.String(), "\n\n") {
 		lines := strings.Split(group, "\n")
+		if strings.HasPrefix(lines[0], "goroutine profile:") {
+			lines = lines[1:] // the header, before the first group
+		}
 		var n int
+		if len(lines) == 0 {
+			continue
+		}
 		if _, err := fmt.Sscanf(lines[0], "%d @", &n); err != nil {
 			continue
 		}
