@@ -22,6 +22,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/resolver"
@@ -143,10 +144,8 @@ func (o *runOptions) parse() (*settings, error) {
 	if o.podNS == "" || o.podName == "" {
 		return nil, fmt.Errorf("--pod-namespace and --pod-name (or POD_NAMESPACE and POD_NAME) are required")
 	}
-	if o.policyFile != "" {
-		if s.table, err = o.compile(s.td); err != nil {
-			return nil, err
-		}
+	if s.table, err = o.compile(s.td); err != nil {
+		return nil, err
 	}
 	var d proxy.Destinations
 	if o.destinations != "" {
@@ -165,17 +164,11 @@ func (o *runOptions) parse() (*settings, error) {
 
 // compile compiles this pod's table from the static policies.
 func (o *runOptions) compile(td spiffeid.TrustDomain) (*authz.Table, error) {
+	// The workload flags are checked whether or not --policies is given:
+	// a typo must fail at start, not when a policy file is added.
 	mode, err := authz.ParseDefaultMode(o.defaultPolicy)
 	if err != nil {
 		return nil, fmt.Errorf("--default-policy: %w", err)
-	}
-	b, err := os.ReadFile(o.policyFile)
-	if err != nil {
-		return nil, fmt.Errorf("--policies: %w", err)
-	}
-	policies, err := authz.ParsePolicies(b)
-	if err != nil {
-		return nil, fmt.Errorf("--policies %s: %w", o.policyFile, err)
 	}
 	lbls, err := parsePairs(o.podLabels, "--pod-labels")
 	if err != nil {
@@ -192,6 +185,17 @@ func (o *runOptions) compile(td spiffeid.TrustDomain) (*authz.Table, error) {
 			return nil, fmt.Errorf("--container-ports: %s=%s is not a port", name, v)
 		}
 		portMap[name] = uint16(n)
+	}
+	if o.policyFile == "" {
+		return nil, nil // the controller streams the policy
+	}
+	b, err := os.ReadFile(o.policyFile)
+	if err != nil {
+		return nil, fmt.Errorf("--policies: %w", err)
+	}
+	policies, err := authz.ParsePolicies(b)
+	if err != nil {
+		return nil, fmt.Errorf("--policies %s: %w", o.policyFile, err)
 	}
 	return authz.Compile(authz.Input{TrustDomain: td, MeshDefault: mode, Policies: policies,
 		Workload: authz.Workload{Namespace: o.podNS, Pod: o.podName, Labels: lbls, Ports: portMap}})
@@ -215,7 +219,7 @@ func run(ctx context.Context, o *runOptions) error {
 	// no longer verify the controller.
 	bundles := &liveBundle{file: fileBundle}
 	target, resolverOpt := controllers(o.identityAddr)
-	conn, err := grpc.NewClient(target, resolverOpt, grpc.WithTransportCredentials(credentials.NewTLS(tlsconfig.TLSClientConfig(bundles, tlsconfig.AuthorizeID(s.ctlID)))))
+	conn, err := grpc.NewClient(target, resolverOpt, reconnect, grpc.WithTransportCredentials(credentials.NewTLS(tlsconfig.TLSClientConfig(bundles, tlsconfig.AuthorizeID(s.ctlID)))))
 	if err != nil {
 		return err
 	}
@@ -273,7 +277,7 @@ func run(ctx context.Context, o *runOptions) error {
 
 	// The control plane: the policy and destinations not given as flags,
 	// and the trust bundle, over mTLS with the proxy's own SVID.
-	ctlConn, err := grpc.NewClient(target, resolverOpt,
+	ctlConn, err := grpc.NewClient(target, resolverOpt, reconnect,
 		grpc.WithTransportCredentials(credentials.NewTLS(tlsconfig.MTLSClientConfig(src, src, tlsconfig.AuthorizeID(s.ctlID)))),
 		// The server permits a ping a minute while streams are open: a
 		// controller that vanished without closing is noticed in about
@@ -311,6 +315,14 @@ func run(ctx context.Context, o *runOptions) error {
 	g.Go(func() error { return p.Run(gctx) })
 	return g.Wait()
 }
+
+// reconnect bounds gRPC's own reconnect back-off (2 minutes by default):
+// after an outage of all replicas, a returning one is found within
+// seconds.
+var reconnect = grpc.WithConnectParams(grpc.ConnectParams{
+	Backoff:           backoff.Config{BaseDelay: 200 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second},
+	MinConnectTimeout: 5 * time.Second,
+})
 
 // controllers is the gRPC target for addrs: one host:port is resolved as
 // usual (DNS); several, comma-separated, are the replicas' addresses,

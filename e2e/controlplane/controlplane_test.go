@@ -437,7 +437,24 @@ spec:
 type ghost struct {
 	netns string
 	cmd   *exec.Cmd
-	log   bytes.Buffer
+	log   lockedBuffer
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 const ghostIP = "198.18.100.200"
@@ -459,7 +476,10 @@ func (e *env) startGhost(t *testing.T) *ghost {
 	_ = exec.Command("ip", "netns", "del", g.netns).Run()
 	_ = exec.Command("ip", "link", "del", "ghost0").Run()
 	run("ip", "netns", "add", g.netns)
-	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", g.netns).Run(); _ = exec.Command("ip", "link", "del", "ghost0").Run() })
+	t.Cleanup(func() {
+		_ = exec.Command("ip", "netns", "del", g.netns).Run()
+		_ = exec.Command("ip", "link", "del", "ghost0").Run()
+	})
 	run("ip", "link", "add", "ghost0", "type", "veth", "peer", "name", "ghost1")
 	run("ip", "link", "set", "ghost1", "netns", g.netns)
 	run("ip", "link", "set", "ghost0", "master", node.Bridge, "up")
@@ -485,8 +505,14 @@ func (e *env) startGhost(t *testing.T) *ghost {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := filepath.Join(e.dir, "ghost")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	// The proxy runs as its own user: its files live in a folder of its
+	// own (the test's temporary folders are root's alone).
+	dir, err := os.MkdirTemp("", "mesh-ghost-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chown(dir, 1337, 1337); err != nil {
 		t.Fatal(err)
 	}
 	cm, err := e.cs.CoreV1().ConfigMaps(ns).Get(ctx, trustbundle.ConfigMapName, metav1.GetOptions{})
@@ -512,7 +538,7 @@ func (e *env) startGhost(t *testing.T) *ghost {
 	until(t, 30*time.Second, "the ghost's proxy is ready", func() error {
 		out, err := exec.Command("ip", "netns", "exec", g.netns, "curl", "-sf", "http://127.0.0.1:15020/ready").CombinedOutput()
 		if err != nil {
-			return fmt.Errorf("%v: %s", err, out)
+			return fmt.Errorf("%v: %s\nthe ghost's proxy:\n%s", err, out, g.log.String())
 		}
 		return nil
 	})
@@ -525,7 +551,7 @@ func (e *env) startGhost(t *testing.T) *ghost {
 func (e *env) testRootRotation(t *testing.T) {
 	ctx := t.Context()
 	td := spiffeid.RequireTrustDomainFromString("cluster.local")
-	authority, err := ca.New(ctx, ca.Config{TrustDomain: td, MaxSVIDTTL: 40 * time.Second,
+	authority, err := ca.New(ctx, ca.Config{TrustDomain: td, SVIDTTL: 30 * time.Second, MaxSVIDTTL: 40 * time.Second,
 		Store: &ca.SecretStore{Client: e.cs, Namespace: "mesh-system", Name: "mesh-ca"}})
 	if err != nil {
 		t.Fatal(err)
@@ -581,6 +607,7 @@ func (e *env) testRootRotation(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	if failed.Load() > 0 || ok.Load() < 10 {
+		e.proxyLogs(t, "frontend", "backend")
 		t.Fatalf("during the rotation %d requests failed and %d succeeded; last failure: %v", failed.Load(), ok.Load(), lastErr.Load())
 	}
 	t.Logf("%d requests during the rotation, none failed", ok.Load())
@@ -589,9 +616,24 @@ func (e *env) testRootRotation(t *testing.T) {
 	}
 }
 
+// proxyLogs logs the warnings and errors of the pods' proxies.
+func (e *env) proxyLogs(t *testing.T, pods ...string) {
+	for _, p := range pods {
+		b, _ := os.ReadFile(filepath.Join(e.dir, "node", "logs", fmt.Sprintf("%s_%s_mesh-proxy.log", ns, p)))
+		var lines []string
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.Contains(l, `"level":"WARN"`) || strings.Contains(l, `"level":"ERROR"`) {
+				lines = append(lines, l)
+			}
+		}
+		t.Logf("%s's proxy, warnings and errors:\n%s", p, strings.Join(lines, "\n"))
+	}
+}
+
 type identityInfo struct {
-	SPIFFEID    string   `json:"spiffeID"`
-	BundleRoots []string `json:"bundleRootFingerprints"`
+	SPIFFEID    string    `json:"spiffeID"`
+	NotAfter    time.Time `json:"notAfter"`
+	BundleRoots []string  `json:"bundleRootFingerprints"`
 }
 
 func adminIdentity(ip string) (*identityInfo, error) {
@@ -622,12 +664,35 @@ func (e *env) testReplicas(t *testing.T) {
 		}
 		return *l.Spec.HolderIdentity
 	}
-	if lease() != "ctl-a" {
-		t.Fatalf("leader is %q, want ctl-a", lease())
+	// SVIDs that outlive a minute with no controller: restart ctl-a with
+	// a longer lifetime (the rotation needed short ones) and wait until
+	// every proxy renewed.
+	e.ctl.Kill()
+	var err error
+	if e.ctl, err = meshtest.StartController(e.c, "ctl-a", identityAddr, "--svid-ttl", "10m"); err != nil {
+		t.Fatal(err)
 	}
+	until(t, time.Minute, "every proxy holds an SVID valid for 5 more minutes", func() error {
+		for _, app := range []string{"frontend", "backend"} {
+			info, err := adminIdentity(e.ips[app])
+			if err != nil {
+				return err
+			}
+			if time.Until(info.NotAfter) < 5*time.Minute {
+				return fmt.Errorf("%s's SVID expires at %s", app, info.NotAfter)
+			}
+		}
+		return nil
+	})
+	until(t, 10*time.Second, "ctl-a leads", func() error {
+		if h := lease(); h != "ctl-a" {
+			return fmt.Errorf("holder %q", h)
+		}
+		return nil
+	})
 	// A second replica, on the second address: not the leader, but it
 	// serves Certify and the streams.
-	b, err := meshtest.StartController(e.c, "ctl-b", identityAddr2, "--svid-ttl", "30s", "--max-svid-ttl", "40s")
+	b, err := meshtest.StartController(e.c, "ctl-b", identityAddr2, "--svid-ttl", "10m")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -694,7 +759,7 @@ spec:
 	}
 	// A replica returns on the proxies' address: they reconnect and
 	// resync, and the change made meanwhile applies.
-	e.ctl, err = meshtest.StartController(e.c, "ctl-c", identityAddr, "--svid-ttl", "30s", "--max-svid-ttl", "40s")
+	e.ctl, err = meshtest.StartController(e.c, "ctl-c", identityAddr, "--svid-ttl", "10m")
 	if err != nil {
 		t.Fatal(err)
 	}
