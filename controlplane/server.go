@@ -6,8 +6,9 @@
 // Every replica serves it. A caller is the SVID it presents over mutual
 // TLS; each request names the pod the proxy runs in, which must be a live
 // pod of that SVID's ServiceAccount at the caller's address, so a proxy
-// can learn nothing about, and acknowledge nothing for, a pod that is not
-// its own.
+// can read no other pod's policy and acknowledge nothing for a pod that is
+// not its own. (Destinations are the same for every proxy: every meshed
+// pod's address and identity.)
 //
 // Nothing here sends from an informer callback: the inventory marks each
 // stream's subscription, and the stream's own goroutine takes what
