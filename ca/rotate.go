@@ -113,8 +113,9 @@ func (c *CA) RootStatus(ctx context.Context) (RootStatus, error) {
 
 // PrepareRoot is step 1 of a root rotation: it makes a new root and adds it
 // to the trust bundle. Nothing is signed by it yet. Before ActivateRoot,
-// wait until every proxy has the new bundle (proxies fetch it with every
-// SVID renewal: wait at least half the SVID TTL, plus margin).
+// wait until every proxy has the new bundle: mesh-controller pushes it on
+// the trust-bundle stream within a second (check each proxy's /identity);
+// a proxy cut off from the controller gets it with its next SVID renewal.
 func (c *CA) PrepareRoot(ctx context.Context) error {
 	return c.step(ctx, func(st *state) error {
 		switch {
