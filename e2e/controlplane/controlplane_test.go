@@ -280,7 +280,7 @@ func (e *env) testDestinations(t *testing.T) {
 	ctx := t.Context()
 	pcap := filepath.Join(e.dir, "mesh0.pcap")
 	dump := exec.CommandContext(ctx, "tcpdump", "--immediate-mode", "-i", node.Bridge, "-U", "-s", "0", "-w", pcap, "tcp and not port 15012")
-	var dumpErr bytes.Buffer
+	var dumpErr lockedBuffer
 	dump.Stderr = &dumpErr
 	if err := dump.Start(); err != nil {
 		t.Fatal(err)
