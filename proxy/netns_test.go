@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -60,7 +61,8 @@ type dests struct {
 	// destinations name them; services are Service addresses.
 	pods     map[netip.Addr]spiffeid.ID
 	services map[netip.AddrPort][]proxy.Endpoint
-	// unknown: no answer yet; Lookup waits for ctx, then fails.
+	// unknown: no answer yet; Lookup waits a little (the client's
+	// bounded wait), then fails.
 	unknown bool
 	updated chan struct{}
 }
@@ -70,9 +72,12 @@ func (d *dests) Lookup(ctx context.Context, a netip.AddrPort) (proxy.Destination
 	defer d.mu.Unlock()
 	if d.unknown {
 		d.mu.Unlock()
-		<-ctx.Done()
+		select {
+		case <-ctx.Done():
+		case <-time.After(300 * time.Millisecond):
+		}
 		d.mu.Lock()
-		return proxy.Destination{}, fmt.Errorf("destinations not known yet: %w", ctx.Err())
+		return proxy.Destination{}, errors.New("destinations not known yet")
 	}
 	if eps, ok := d.services[a]; ok {
 		return proxy.Destination{Service: true, Endpoints: eps}, nil
@@ -704,6 +709,28 @@ func TestOutboundWrongIdentity(t *testing.T) {
 	}
 	if n := metric(t, m.a.reg, "mesh_proxy_tls_handshake_errors_total", map[string]string{"direction": "outbound", "reason": "wrong_identity"}); n != 1 {
 		t.Fatalf("wrong_identity handshake errors = %v, want 1; logs:\n%s", n, m.a.logs.String())
+	}
+}
+
+// TestUnknownDestinationRefused: while the destinations are not known
+// (no snapshot from the controller yet), the outbound side refuses the
+// connection instead of dialling it in plaintext, even in permissive
+// outbound mode: nothing reaches B's app, not even as unauthenticated.
+func TestUnknownDestinationRefused(t *testing.T) {
+	m := newMesh(t, proxy.Permissive)
+	m.dests.change(func(d *dests) { d.unknown = true })
+	if out, err := m.app(t, "http", fmt.Sprintf("TARGET=http://%s:%d/unknown", ipB, httpPort)); err == nil {
+		t.Fatalf("reached B with no answer about it: %q", out)
+	}
+	if got := m.received(t); len(got) != 0 {
+		t.Fatalf("B's app received %+v", got)
+	}
+	if n := metric(t, m.a.reg, "mesh_proxy_connections_refused_total", map[string]string{"direction": "outbound", "reason": "destination_unknown"}); n != 1 {
+		t.Fatalf("destination_unknown refusals = %v, want 1", n)
+	}
+	m.dests.change(func(d *dests) { d.unknown = false })
+	if out, err := m.app(t, "http", fmt.Sprintf("TARGET=http://%s:%d/known", ipB, httpPort)); err != nil || !strings.Contains(out, "peer=spiffe://") {
+		t.Fatalf("once known, over mTLS: %q, %v", out, err)
 	}
 }
 

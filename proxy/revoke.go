@@ -24,24 +24,28 @@ type peerConn struct {
 }
 
 // peek looks addr up without waiting: before the destinations are known
-// it gives an error, and nothing is decided from it.
+// it gives an error, and nothing is decided from it. One context, already
+// done, serves every peek: none is made per connection.
 func (p *Proxy) peek(addr netip.AddrPort) (Destination, error) {
+	return p.cfg.Destinations.Lookup(done, addr)
+}
+
+var done = func() context.Context {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	return p.cfg.Destinations.Lookup(ctx, addr)
-}
+	return ctx
+}()
 
 // trackPeer records an open mTLS connection (keyed by the accepted
 // connection, which untrack removes) for revocation.
 func (p *Proxy) trackPeer(c net.Conn, inbound bool, addr netip.AddrPort, id spiffeid.ID) {
-	pc := &peerConn{inbound: inbound, addr: addr, id: id}
-	if d, err := p.peek(addr); err == nil {
-		pc.known = isPod(d, id)
-	}
-	if !inbound {
-		// The proxy dialled addr because the destinations said id runs
-		// there.
-		pc.known = true
+	// Outbound, the proxy dialled addr because the destinations said id
+	// runs there; inbound, the caller is known if they say so now.
+	pc := &peerConn{inbound: inbound, addr: addr, id: id, known: !inbound}
+	if inbound {
+		if d, err := p.peek(addr); err == nil {
+			pc.known = isPod(d, id)
+		}
 	}
 	p.mu.Lock()
 	if _, open := p.conns[c]; open {

@@ -32,7 +32,9 @@ func newInventory(t *testing.T, policies []v1alpha1.AuthorizationPolicy, objs ..
 	t.Helper()
 	factory := informers.NewSharedInformerFactory(fake.NewClientset(objs...), 0)
 	pinf := cache.NewSharedIndexInformer(listWatch{&cache.ListWatch{
-		ListFunc:  func(metav1.ListOptions) (runtime.Object, error) { return &v1alpha1.AuthorizationPolicyList{Items: policies}, nil },
+		ListFunc: func(metav1.ListOptions) (runtime.Object, error) {
+			return &v1alpha1.AuthorizationPolicyList{Items: policies}, nil
+		},
 		WatchFunc: func(metav1.ListOptions) (watch.Interface, error) { return watch.NewFake(), nil },
 	}}, &v1alpha1.AuthorizationPolicy{}, 0, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
 	inv, err := inventory.New(inventory.Config{TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"), Informers: factory, Policies: pinf})

@@ -25,6 +25,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
+	"github.com/mesh-dev/mesh/authz/api/v1alpha1/crdtest"
 	"github.com/mesh-dev/mesh/ca"
 	"github.com/mesh-dev/mesh/controlplane/trustbundle"
 	"github.com/mesh-dev/mesh/e2e/cluster"
@@ -62,13 +63,11 @@ type env struct {
 
 func kubectl(t *testing.T, c *cluster.Cluster, stdin string, args ...string) string {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(prereq.ToolsDir(), "kubectl"), append([]string{"--kubeconfig", c.KubeconfigPath()}, args...)...)
-	cmd.Stdin = strings.NewReader(stdin)
-	out, err := cmd.CombinedOutput()
+	out, err := crdtest.Kubectl(t, c, stdin, args...)
 	if err != nil {
 		t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
-	return string(out)
+	return out
 }
 
 // TestControlPlane: proxies with no policy or destination flags take
@@ -82,7 +81,7 @@ func TestControlPlane(t *testing.T) {
 	if e.policies, err = v1alpha1.NewClient(c.RESTConfig()); err != nil {
 		t.Fatal(err)
 	}
-	kubectl(t, c, "", "apply", "-f", filepath.Join(prereq.RepoRoot(), "charts", "mesh", "crds"))
+	crdtest.Install(t, c)
 	stopNode, err := meshtest.StartNode(c, filepath.Join(e.dir, "node"), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)

@@ -90,7 +90,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer ctl.Kill()
-	if err := waitFor(ctx, time.Minute, func() error {
+	if err := meshtest.WaitFor(ctx, time.Minute, func() error {
 		_, err := cs.CoreV1().ConfigMaps("shop").Get(ctx, trustbundle.ConfigMapName, metav1.GetOptions{})
 		return err
 	}); err != nil {
@@ -117,7 +117,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	if err := waitFor(ctx, 30*time.Second, func() error {
+	if err := meshtest.WaitFor(ctx, 30*time.Second, func() error {
 		p, err := policies.Get(ctx, "shop", "backend")
 		if err != nil {
 			return err
@@ -136,7 +136,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	say("the frontend app calls http://%s:8080/api/orders in plain HTTP; iptables sends it through both proxies", backendIP)
 	var out string
-	if err := waitFor(ctx, time.Minute, func() error {
+	if err := meshtest.WaitFor(ctx, time.Minute, func() error {
 		var err error
 		out, err = get("/api/orders")
 		if err != nil || !strings.Contains(out, "peer=spiffe://cluster.local/ns/shop/sa/frontend") {
@@ -179,7 +179,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	var res audit.Result
-	if err := waitFor(ctx, 30*time.Second, func() error {
+	if err := meshtest.WaitFor(ctx, 30*time.Second, func() error {
 		f, err := os.Open(logPath)
 		if err != nil {
 			return err
@@ -198,24 +198,6 @@ func Run(ctx context.Context, cfg Config) error {
 	say("audit log OK: %d record(s); the denial:\n%s", res.Records, indent(string(rec)))
 	say("done: the cluster, node and controller are stopped, nothing is left running")
 	return nil
-}
-
-func waitFor(ctx context.Context, bound time.Duration, f func() error) error {
-	deadline := time.Now().Add(bound)
-	for {
-		err := f()
-		if err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(250 * time.Millisecond):
-		}
-	}
 }
 
 func indent(s string) string {
