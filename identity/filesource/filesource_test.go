@@ -163,14 +163,23 @@ func TestBadWriteKeepsCurrent(t *testing.T) {
 		{"empty cert", func() set { s := good(); s.cert = nil; return s }, "svid.pem: no PEM certificate"},
 		{"truncated key", func() set { s := good(); s.key = s.key[:len(s.key)-30]; return s }, "svid-key.pem: no PEM block"},
 		{"key of another SVID", func() set { s := good(); s.key = good().key; return s }, "svid.pem: "},
-		{"cert from another CA", func() set { s := good(); o := pemSet(t, otherCA.SVID(t, id), pki.Bundle()); s.cert, s.key = o.cert, o.key; return s }, "does not verify with the bundle"},
+		{"cert from another CA", func() set {
+			s := good()
+			o := pemSet(t, otherCA.SVID(t, id), pki.Bundle())
+			s.cert, s.key = o.cert, o.key
+			return s
+		}, "does not verify with the bundle"},
 		{"bundle of another CA", func() set { s := good(); s.bundle = pemSet(t, pki.SVID(t, id), otherCA.Bundle()).bundle; return s }, "does not verify with the bundle"},
 		{"SVID of another trust domain", func() set {
 			return pemSet(t, otherTD.SVID(t, "spiffe://other.org/ns/shop/sa/web"), x509bundle.FromX509Authorities(td, otherTD.CA.Bundle()))
 		}, `is not in trust domain`},
 		{"leaf in the bundle", func() set { s := good(); s.bundle = s.cert; return s }, "bundle.pem: certificate 1"},
 		{"key in the cert file", func() set { s := good(); s.cert = append(s.cert, s.key...); return s }, `want CERTIFICATE`},
-		{"RSA PUBLIC KEY as key", func() set { s := good(); s.key = []byte("-----BEGIN RSA PUBLIC KEY-----\nAAAA\n-----END RSA PUBLIC KEY-----\n"); return s }, `want PRIVATE KEY or EC PRIVATE KEY`},
+		{"RSA PUBLIC KEY as key", func() set {
+			s := good()
+			s.key = []byte("-----BEGIN RSA PUBLIC KEY-----\nAAAA\n-----END RSA PUBLIC KEY-----\n")
+			return s
+		}, `want PRIVATE KEY or EC PRIVATE KEY`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
