@@ -1,103 +1,110 @@
 package charts
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
 	"sigs.k8s.io/yaml"
 
 	"github.com/mesh-dev/mesh/authz"
 	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
+	"github.com/mesh-dev/mesh/inject"
 	"github.com/mesh-dev/mesh/meshcontroller"
-	"github.com/mesh-dev/mesh/proxy/normalize"
 )
 
-// injectorConfig is the injector configuration file's shape as agreed with
-// the controller's webhook (issue 12): decoding strictly into it catches a
-// key the controller would refuse. Replace it with the controller's own
-// type once that exists.
-type injectorConfig struct {
-	ProxyImage           string                      `json:"proxyImage"`
-	ProxyImagePullPolicy corev1.PullPolicy           `json:"proxyImagePullPolicy"`
-	ProxyUID             int64                       `json:"proxyUID"`
-	IdentityAddr         string                      `json:"identityAddr"`
-	TokenAudience        string                      `json:"tokenAudience"`
-	InboundMode          string                      `json:"inboundMode"`
-	OutboundMode         string                      `json:"outboundMode"`
-	AdminPort            int32                       `json:"adminPort"`
-	InboundPort          int32                       `json:"inboundPort"`
-	OutboundPort         int32                       `json:"outboundPort"`
-	LogLevel             string                      `json:"logLevel"`
-	LogFormat            string                      `json:"logFormat"`
-	PathNormalization    string                      `json:"pathNormalization"`
-	Resources            corev1.ResourceRequirements `json:"resources"`
-	Audit                struct {
-		Enabled            bool   `json:"enabled"`
-		CheckpointInterval string `json:"checkpointInterval"`
-	} `json:"audit"`
-	ExcludeInboundPorts  []string `json:"excludeInboundPorts"`
-	ExcludeOutboundPorts []string `json:"excludeOutboundPorts"`
-}
-
-// TestInjectorConfig: the ConfigMap the controller reads carries every
-// proxy value, in the agreed shape.
+// TestInjectorConfig: the ConfigMap the controller reads is accepted by
+// the injector's own parser and checks (inject.ParseConfig, inject.New),
+// carries every proxy value, and sets every field itself, so values.yaml,
+// not the injector's defaults, is the whole truth.
 func TestInjectorConfig(t *testing.T) {
-	full := injectorConfig{
-		ProxyImage: "registry.example.com/mesh/mesh-proxy:v0.1.0-rc.2", ProxyImagePullPolicy: corev1.PullAlways, ProxyUID: 2102,
-		IdentityAddr: "mesh-controller.mesh-system.svc:15012", TokenAudience: "identity.mesh.dev",
-		InboundMode: "permissive", OutboundMode: "strict", AdminPort: 15120, InboundPort: 15106, OutboundPort: 15101,
-		LogLevel: "debug", LogFormat: "text", PathNormalization: "DECODE_AND_MERGE_SLASHES",
-		Resources: corev1.ResourceRequirements{
-			Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("20m"), corev1.ResourceMemory: resource.MustParse("32Mi")},
-			Limits:   corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("500m"), corev1.ResourceMemory: resource.MustParse("128Mi")},
-		},
-		ExcludeInboundPorts: []string{"3306", "5432"}, ExcludeOutboundPorts: []string{"6379"},
-	}
-	full.Audit.Enabled, full.Audit.CheckpointInterval = false, "1m30s"
-	def := injectorConfig{
-		ProxyImage: "ghcr.io/mesh-dev/mesh-proxy:0.1.0", ProxyImagePullPolicy: corev1.PullIfNotPresent, ProxyUID: 1337,
-		IdentityAddr: "mesh-controller.mesh-system.svc:15012", TokenAudience: "identity.mesh.dev",
-		InboundMode: "strict", OutboundMode: "permissive", AdminPort: 15020, InboundPort: 15006, OutboundPort: 15001,
-		LogLevel: "info", LogFormat: "json", PathNormalization: "MERGE_SLASHES",
-		Resources: corev1.ResourceRequirements{
-			Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("50m"), corev1.ResourceMemory: resource.MustParse("64Mi")},
-			Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("256Mi")},
-		},
-		ExcludeInboundPorts: []string{}, ExcludeOutboundPorts: []string{},
-	}
-	def.Audit.Enabled, def.Audit.CheckpointInterval = true, "10s"
 	for _, c := range []struct {
 		name, file string
-		want       injectorConfig
-	}{{"default", "", def}, {"full", fullValues, full}} {
+		td, image  string
+		want       func(inject.Config) []string // what is wrong with the config
+	}{
+		{"default", "", "cluster.local", "ghcr.io/mesh-dev/mesh-proxy:0.1.0", func(g inject.Config) []string {
+			return compare(
+				check{"proxyUID", g.ProxyUID, int64(1337)},
+				check{"identityAddr", g.IdentityAddr, "mesh-controller.mesh-system.svc:15012"},
+				check{"tokenAudience", g.TokenAudience, "identity.mesh.dev"},
+				check{"inboundMode", string(g.InboundMode), "strict"},
+				check{"outboundMode", string(g.OutboundMode), "permissive"},
+				check{"adminPort", g.AdminPort, int32(15020)},
+				check{"pathNormalization", g.PathNormalization, "MERGE_SLASHES"},
+				check{"audit.enabled", *g.Audit.Enabled, true},
+				check{"audit.checkpointInterval", g.Audit.CheckpointInterval.Duration, 10 * time.Second},
+				check{"excludeInboundPorts", len(g.ExcludeInboundPorts), 0},
+				check{"resources.limits.memory", g.Resources.Limits.Memory().String(), "256Mi"},
+			)
+		}},
+		{"full", fullValues, "prod.example.com", "registry.example.com/mesh/mesh-proxy:v0.1.0-rc.2", func(g inject.Config) []string {
+			return compare(
+				check{"proxyImagePullPolicy", g.ProxyImagePullPolicy, corev1.PullAlways},
+				check{"proxyUID", g.ProxyUID, int64(2102)},
+				check{"inboundMode", string(g.InboundMode), "permissive"},
+				check{"outboundMode", string(g.OutboundMode), "strict"},
+				check{"adminPort", g.AdminPort, int32(15120)},
+				check{"logLevel", g.LogLevel, "debug"},
+				check{"logFormat", g.LogFormat, "text"},
+				check{"pathNormalization", g.PathNormalization, "DECODE_AND_MERGE_SLASHES"},
+				check{"audit.enabled", *g.Audit.Enabled, false},
+				check{"audit.checkpointInterval", g.Audit.CheckpointInterval.Duration, 90 * time.Second},
+				check{"excludeInboundPorts", fmt.Sprint(g.ExcludeInboundPorts), "[3306 5432]"},
+				check{"excludeOutboundPorts", fmt.Sprint(g.ExcludeOutboundPorts), "[6379]"},
+				check{"resources.requests.cpu", g.Resources.Requests.Cpu().String(), "20m"},
+				check{"resources.limits.cpu", g.Resources.Limits.Cpu().String(), "500m"},
+			)
+		}},
+	} {
 		t.Run(c.name, func(t *testing.T) {
 			o := decode(t, mustRender(t, c.file))
 			cm := o.configMaps[0]
 			if cm.Name != "mesh-injector" || len(cm.Data) != 1 {
 				t.Fatalf("ConfigMap %s with keys %d; want mesh-injector with config.yaml only", cm.Name, len(cm.Data))
 			}
-			var got injectorConfig
-			if err := yaml.UnmarshalStrict([]byte(cm.Data["config.yaml"]), &got); err != nil {
-				t.Fatalf("config.yaml: %v\n%s", err, cm.Data["config.yaml"])
+			parsed, err := inject.ParseConfig([]byte(cm.Data["config.yaml"]))
+			if err != nil {
+				t.Fatalf("the injector refuses config.yaml: %v\n%s", err, cm.Data["config.yaml"])
 			}
-			gb, _ := yaml.Marshal(got)
-			wb, _ := yaml.Marshal(c.want)
-			if string(gb) != string(wb) {
-				t.Errorf("config.yaml:\n%s\nwant:\n%s", gb, wb)
+			td := spiffeid.RequireTrustDomainFromString(c.td)
+			in, err := inject.New(parsed, inject.Mesh{
+				TrustDomain: td, ControllerID: spiffeid.RequireFromPath(td, "/ns/mesh-system/sa/mesh-controller"),
+				Namespace: releaseNS, Version: "0.1.0",
+			})
+			if err != nil {
+				t.Fatalf("the injector refuses config.yaml: %v\n%s", err, cm.Data["config.yaml"])
 			}
-			// The values mean what the proxy's own parsers accept.
-			if _, err := normalize.ParseMode(got.PathNormalization); err != nil {
-				t.Error(err)
+			final := in.Config()
+			pb, _ := yaml.Marshal(parsed)
+			fb, _ := yaml.Marshal(final)
+			if string(pb) != string(fb) {
+				t.Errorf("the injector filled in defaults the chart left out:\nchart:\n%s\nin force:\n%s", pb, fb)
 			}
-			if _, err := time.ParseDuration(got.Audit.CheckpointInterval); err != nil {
-				t.Error(err)
+			problems := append(c.want(final), compare(check{"proxyImage", final.ProxyImage, c.image})...)
+			for _, p := range problems {
+				t.Error(p)
 			}
 		})
 	}
+}
+
+type check struct {
+	name      string
+	got, want any
+}
+
+func compare(checks ...check) []string {
+	var out []string
+	for _, c := range checks {
+		if c.got != c.want {
+			out = append(out, fmt.Sprintf("%s = %v; want %v", c.name, c.got, c.want))
+		}
+	}
+	return out
 }
 
 // webhookFlags are the controller flags the injection webhook work adds

@@ -222,6 +222,7 @@ func TestSchemaRefuses(t *testing.T) {
 		{[]string{"proxy.inboundMode=lax"}, `at '/proxy/inboundMode': value must be one of 'strict', 'permissive'`},
 		{[]string{"proxy.outboundMode=STRICT"}, `at '/proxy/outboundMode': value must be one of 'strict', 'permissive'`},
 		{[]string{"proxy.ports.admin=70000"}, `at '/proxy/ports/admin': maximum: got 70,000, want 65,535`},
+		{[]string{"proxy.ports.inbound=15106"}, `at '/proxy/ports/inbound': value must be 15006`},
 		{[]string{"proxy.excludeInboundPorts={0}"}, `at '/proxy/excludeInboundPorts/0'`},
 		{[]string{"proxy.excludeOutboundPorts={http}"}, `at '/proxy/excludeOutboundPorts/0'`},
 		{[]string{"proxy.pathNormalization=merge_slashes"}, `at '/proxy/pathNormalization': value must be one of 'NONE', 'BASE', 'MERGE_SLASHES', 'DECODE_AND_MERGE_SLASHES'`},
