@@ -1,8 +1,9 @@
 // Package meshcontroller is the mesh-controller command: mesh's control
 // plane, the CA (kept in a Secret, its issuer rotated as it falls due) and
-// the identity service proxies get their SVIDs from. It turns flags into
-// the configurations of packages ca and identity and runs them under one
-// errgroup; cmd/mesh-controller only calls New.
+// the identity service proxies get their SVIDs from, and the admission
+// webhooks (sidecar injection, policy validation; package webhook). It
+// turns flags into the configurations of those packages and runs them
+// under one errgroup; cmd/mesh-controller only calls New.
 package meshcontroller
 
 import (
@@ -37,14 +38,23 @@ import (
 	"github.com/mesh-dev/mesh/controlplane/policystatus"
 	"github.com/mesh-dev/mesh/controlplane/trustbundle"
 	"github.com/mesh-dev/mesh/identity"
+	"github.com/mesh-dev/mesh/webhook"
 )
 
 type options struct {
-	kubeconfig, trustDomain, namespace, serviceAccount, caSecret   string
-	existingSecret, allowAnyAddress                                bool
-	identityAddr, metricsAddr, bundleOut, replica, defaultPolicy   string
-	svidTTL, maxSVIDTTL, leaseDuration, renewDeadline, retryPeriod time.Duration
+	kubeconfig, trustDomain, namespace, serviceAccount, caSecret    string
+	existingSecret, allowAnyAddress                                 bool
+	identityAddr, metricsAddr, bundleOut, replica, defaultPolicy    string
+	svidTTL, maxSVIDTTL, leaseDuration, renewDeadline, retryPeriod  time.Duration
+	webhookAddr, webhookService, mutatingWebhook, validatingWebhook string
+	injectorConfig                                                  string
+	webhookExtraSANs                                                []string
 }
+
+// Version is mesh's release: the proxy image's default tag and the value
+// of mesh.dev/injected. Release builds set it with
+// -ldflags "-X github.com/mesh-dev/mesh/meshcontroller.Version=...".
+var Version = "0.1.0"
 
 // New returns the mesh-controller command.
 func New() *cobra.Command {
@@ -77,6 +87,13 @@ func New() *cobra.Command {
 	f.DurationVar(&o.retryPeriod, "leader-retry-period", 2*time.Second, "how often replicas try to acquire or renew the Lease")
 	f.BoolVar(&o.allowAnyAddress, "allow-any-address", false, "do not check that a proxy connects from its own pod's address (tests running proxies outside pod networks)")
 	_ = f.MarkHidden("allow-any-address")
+	f.StringVar(&o.webhookAddr, "webhook-addr", ":9443", `admission webhooks (HTTPS: /inject, /validate-policy); "-" disables them`)
+	f.StringVar(&o.webhookService, "webhook-service", "mesh-webhook", "the webhook Service in --namespace: names the serving certificate (<svc>.<ns>.svc and <svc>.<ns>.svc.cluster.local)")
+	f.StringVar(&o.mutatingWebhook, "mutating-webhook", "mesh-injector", "the MutatingWebhookConfiguration whose caBundle is kept equal to the trust bundle (empty: none)")
+	f.StringVar(&o.validatingWebhook, "validating-webhook", "mesh-policy-validator", "the ValidatingWebhookConfiguration whose caBundle is kept equal to the trust bundle (empty: none)")
+	f.StringVar(&o.injectorConfig, "injector-config", "/etc/mesh/injector/config.yaml", "the sidecar injector's YAML config; a missing file means its defaults")
+	f.StringSliceVar(&o.webhookExtraSANs, "webhook-extra-sans", nil, "more DNS names or IPs for the webhook serving certificate (tests calling the webhooks by URL)")
+	_ = f.MarkHidden("webhook-extra-sans")
 	return cmd
 }
 
@@ -99,6 +116,10 @@ func run(ctx context.Context, o options) error {
 	}
 	if o.replica == "" {
 		return errors.New("--replica (or POD_NAME) is required")
+	}
+	hooks, err := o.webhookSettings(td)
+	if err != nil {
+		return err
 	}
 	var restCfg = clientcmd.NewNonInteractiveDeferredLoadingClientConfig(
 		&clientcmd.ClientConfigLoadingRules{ExplicitPath: o.kubeconfig}, &clientcmd.ConfigOverrides{})
@@ -182,6 +203,12 @@ func run(ctx context.Context, o options) error {
 	}); err != nil {
 		return err
 	}
+	var hookServer *webhook.Server
+	if hooks != nil {
+		if hookServer, err = newWebhookServer(hooks, authority, kube, factory, log, reg); err != nil {
+			return err
+		}
+	}
 	leader := prometheus.NewGauge(prometheus.GaugeOpts{Name: "mesh_controller_leader", Help: "1 while this replica holds the leader Lease (issuer rotation, policy status, trust-bundle ConfigMaps), else 0."})
 	if err := reg.Register(leader); err != nil {
 		return err
@@ -214,6 +241,15 @@ func run(ctx context.Context, o options) error {
 		return gs.Serve(lis)
 	})
 	g.Go(func() error { return reporter.Run(gctx) })
+	if hookServer != nil {
+		hookLis, err := net.Listen("tcp", o.webhookAddr)
+		if err != nil {
+			return fmt.Errorf("webhook listener: %w", err)
+		}
+		// Every replica serves the webhooks and keeps their caBundle
+		// (package webhook says why not the leader only).
+		g.Go(func() error { return hookServer.Run(gctx, hookLis) })
+	}
 	g.Go(func() error {
 		// What must happen once: issuer rotation, policy status and the
 		// trust-bundle ConfigMaps. Losing the Lease ends the process (as

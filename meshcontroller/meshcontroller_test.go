@@ -1,6 +1,7 @@
 package meshcontroller_test
 
 import (
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,6 +14,10 @@ import (
 // running for real is covered by e2e/demo, which starts it as a process.)
 func TestRefusesBadFlags(t *testing.T) {
 	missing := filepath.Join(t.TempDir(), "missing-kubeconfig")
+	badInjector := filepath.Join(t.TempDir(), "injector.yaml")
+	if err := os.WriteFile(badInjector, []byte("proxyUID: 0\ninboundMode: STRICT\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		args []string
 		want string
@@ -20,6 +25,13 @@ func TestRefusesBadFlags(t *testing.T) {
 		{[]string{"--trust-domain", "Not A Domain", "--kubeconfig", missing}, "--trust-domain:"},
 		{[]string{"--kubeconfig", missing}, "kubernetes client:"},
 		{[]string{"stray"}, `unknown command "stray"`},
+		{[]string{"--injector-config", badInjector, "--kubeconfig", missing}, `--injector-config ` + badInjector + `: inject: config: inboundMode: "STRICT" is not strict or permissive`},
+		{[]string{"--injector-config", t.TempDir(), "--kubeconfig", missing}, "--injector-config: inject: config:"},
+		{[]string{"--webhook-service", "", "--kubeconfig", missing}, "--webhook-service is required"},
+		// "-" turns the webhooks off: the bad config is not read.
+		{[]string{"--webhook-addr", "-", "--injector-config", badInjector, "--kubeconfig", missing}, "kubernetes client:"},
+		// A missing config means the injector's defaults.
+		{[]string{"--injector-config", missing, "--kubeconfig", missing}, "kubernetes client:"},
 	}
 	for _, tc := range tests {
 		cmd := meshcontroller.New()

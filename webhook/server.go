@@ -33,8 +33,8 @@ import (
 	"golang.org/x/sync/errgroup"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/mesh-dev/mesh/ca"
 	authzwebhook "github.com/mesh-dev/mesh/authz/webhook"
+	"github.com/mesh-dev/mesh/ca"
 	"github.com/mesh-dev/mesh/inject"
 )
 
