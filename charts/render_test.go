@@ -339,3 +339,48 @@ func TestValuesDocumented(t *testing.T) {
 		}
 	}
 }
+
+// TestInstallDocCoversValues: docs/install.md's values table names every
+// value in values.yaml, and no value that is not there.
+func TestInstallDocCoversValues(t *testing.T) {
+	vals, err := chartutil.ReadValuesFile(filepath.Join(chartDir, "values.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{}
+	var walk func(prefix string, m map[string]any)
+	walk = func(prefix string, m map[string]any) {
+		for k, v := range m {
+			path := prefix + k
+			// Kubernetes objects and global are documented as one value.
+			if sub, ok := v.(map[string]any); ok && len(sub) > 0 && k != "resources" && k != "nodeSelector" {
+				walk(path+".", sub)
+				continue
+			}
+			want[path] = true
+		}
+	}
+	walk("", vals.AsMap())
+	doc, err := os.ReadFile("../docs/install.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	row := regexp.MustCompile("(?m)^\\| `([A-Za-z0-9.]+)` \\|")
+	got := map[string]bool{}
+	for _, m := range row.FindAllStringSubmatch(string(doc), -1) {
+		got[m[1]] = true
+	}
+	for k := range want {
+		if !got[k] {
+			t.Errorf("docs/install.md has no row for %s", k)
+		}
+	}
+	for k := range got {
+		if !want[k] {
+			t.Errorf("docs/install.md has a row for %s, which values.yaml does not have", k)
+		}
+	}
+	if len(want) < 30 {
+		t.Errorf("only %d values found; the walk is broken", len(want))
+	}
+}
