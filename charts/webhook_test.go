@@ -1,12 +1,15 @@
 package charts
 
 import (
+	"bytes"
+	"encoding/json"
 	"slices"
 	"testing"
 
 	admissionv1 "k8s.io/api/admissionregistration/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/strategicpatch"
 )
 
 // TestInjectionWebhook: the contract with the controller's webhook server
@@ -151,4 +154,54 @@ func nsLabels(name string, l map[string]string) labels.Set {
 		set[k] = v
 	}
 	return set
+}
+
+// TestUpgradeKeepsCABundle: helm upgrade patches a webhook configuration
+// with a three-way strategic merge of the old manifest, the new one and the
+// live object (helm's pkg/kube createPatch, reproduced here with the same
+// call). The controller's caBundle is in neither manifest, so the patch
+// keeps it while the upgrade's own change goes through.
+func TestUpgradeKeepsCABundle(t *testing.T) {
+	caBundle := []byte("-----BEGIN CERTIFICATE-----\nset by the controller\n-----END CERTIFICATE-----\n")
+	manifest := func(sets ...string) []byte {
+		o := decode(t, mustRender(t, "", sets...))
+		b, err := json.Marshal(o.mutating[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	oldData, newData := manifest(), manifest("injector.failurePolicy=Fail")
+	var live admissionv1.MutatingWebhookConfiguration
+	if err := json.Unmarshal(oldData, &live); err != nil {
+		t.Fatal(err)
+	}
+	live.Webhooks[0].ClientConfig.CABundle = caBundle
+	live.ResourceVersion = "42"
+	liveData, err := json.Marshal(&live)
+	if err != nil {
+		t.Fatal(err)
+	}
+	meta, err := strategicpatch.NewPatchMetaFromStruct(&admissionv1.MutatingWebhookConfiguration{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	patch, err := strategicpatch.CreateThreeWayMergePatch(oldData, newData, liveData, meta, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	patched, err := strategicpatch.StrategicMergePatch(liveData, patch, &admissionv1.MutatingWebhookConfiguration{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got admissionv1.MutatingWebhookConfiguration
+	if err := json.Unmarshal(patched, &got); err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Webhooks) != 1 || !bytes.Equal(got.Webhooks[0].ClientConfig.CABundle, caBundle) {
+		t.Errorf("helm upgrade's patch %s loses the controller's caBundle", patch)
+	}
+	if len(got.Webhooks) == 1 && (got.Webhooks[0].FailurePolicy == nil || *got.Webhooks[0].FailurePolicy != admissionv1.Fail) {
+		t.Errorf("helm upgrade's patch %s does not apply the new failurePolicy", patch)
+	}
 }
