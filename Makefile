@@ -56,8 +56,14 @@ cluster-down:
 demo: tools build
 	@bin/mesh-demo --dir $(CURDIR)/.cache/demo
 
+# bench measures the data plane side by side with HAProxy and NGINX, on
+# loopback, in under 20 minutes, and rewrites docs/benchmarks.md's
+# generated section and bench/results.json (go run ./bench -help). It
+# installs fortio, haproxy and nginx when missing (as root). Not part of
+# test. BENCH_FLAGS=-quick is a smoke run that writes to .cache/bench only.
+BENCH_FLAGS ?=
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+	$(GO) run ./bench $(BENCH_FLAGS)
 
 FUZZTIME ?= 30s
 fuzz:
