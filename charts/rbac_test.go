@@ -88,6 +88,8 @@ func needs(selfSigned bool) []request {
 		// identity/server.go.
 		{"create", "authentication.k8s.io", "tokenreviews", "", ""},
 		{"get", "", "pods", shop, "web-1"},
+		// meshcontroller/webhook.go: a namespace the informer has not seen.
+		{"get", "", "namespaces", "", shop},
 		// Shared informers: inventory, trust bundle, policy status.
 		{"list", "", "pods", "", ""}, {"watch", "", "pods", "", ""},
 		{"list", "", "services", "", ""}, {"watch", "", "services", "", ""},
