@@ -60,9 +60,16 @@ func main() {
 	log.SetFlags(log.Ltime)
 	log.SetPrefix("bench: ")
 	if o.quick {
+		// Quick figures never land in the repository unless asked for.
+		set := map[string]bool{}
+		flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
 		o.rounds, o.duration = 1, 2*time.Second
-		o.results = filepath.Join(o.work, "results-quick.json")
-		o.doc = filepath.Join(o.work, "benchmarks-quick.md")
+		if !set["results"] {
+			o.results = filepath.Join(o.work, "results-quick.json")
+		}
+		if !set["doc"] {
+			o.doc = filepath.Join(o.work, "benchmarks-quick.md")
+		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -52,7 +52,13 @@ func setup(ctx context.Context, work string, install bool) (*env, error) {
 
 	tools := os.Getenv("MESH_TOOLS_DIR")
 	if tools == "" {
-		tools = filepath.Join(filepath.Dir(filepath.Dir(work)), ".cache", "bin")
+		// As the Makefile sets it: the repository's .cache/bin (go run
+		// ./bench runs at the repository's root).
+		wd, err := os.Getwd()
+		if err != nil {
+			return nil, err
+		}
+		tools = filepath.Join(wd, ".cache", "bin")
 	}
 	e.fortio = filepath.Join(tools, "fortio")
 	if _, err := os.Stat(e.fortio); err != nil {
