@@ -36,7 +36,7 @@ var allScenarios = []scenario{
 	{"newconn", "maximum req/s with a new client connection per request, 8 at a time (the mTLS hop may reuse connections)", pathHTTP, (*runner).newConn},
 	{"handshake", "a full mTLS handshake per request to the server side (no resumption), 8 at a time; direct: a new plaintext connection per request", pathHTTP, (*runner).handshake},
 	{"bulk", "one connection, sequential 1 MiB responses: throughput", pathHTTP, (*runner).bulk},
-	{"grpc", "gRPC: 16 concurrent streams on one long-lived HTTP/2 connection, unary pings as fast as they go", pathGRPC, (*runner).grpc},
+	{"grpc", "gRPC: 16 long-lived bidirectional streams on one HTTP/2 connection (grpc-go's benchmark service), each sending a 64-byte message and waiting for the 64-byte answer, as fast as they go: messages per second and round-trip percentiles", pathGRPC, (*runner).grpc},
 }
 
 func pickScenarios(list string) ([]scenario, error) {
@@ -191,16 +191,6 @@ func (r *runner) newConn(ctx context.Context) error {
 		return err
 	}
 	r.set("newconn_rps", res.ActualQPS)
-	return nil
-}
-
-func (r *runner) grpc(ctx context.Context) error {
-	res, err := r.fortio(ctx, "grpc", "-grpc", "-ping", "-s", "16", "-c", "1", "-qps", "0", "-t", r.duration.String(), r.entry(pathGRPC))
-	if err != nil {
-		return err
-	}
-	r.set("grpc_rps", res.ActualQPS)
-	r.set("grpc_p99_ms", res.percentile(99))
 	return nil
 }
 
@@ -362,6 +352,11 @@ func measure(ctx context.Context, e *env, targets []target, scenarios []scenario
 		return nil, err
 	}
 	defer backend.stop()
+	stopGRPC, err := startGRPCBackend()
+	if err != nil {
+		return nil, err
+	}
+	defer stopGRPC()
 	res := &Results{Meta: e.meta}
 	res.Meta.Rounds, res.Meta.Duration = rounds, duration.String()
 	for _, s := range scenarios {

@@ -421,16 +421,16 @@ const nginxServer = `  upstream app { server {{.Backend}}; keepalive 64; keepali
   }
 `
 
-// startBackend runs fortio's server: HTTP/1.1 echo and gRPC ping, on the
-// load generator's core.
+// startBackend runs fortio's server, the HTTP/1.1 echo, on the load
+// generator's core.
 func startBackend(ctx context.Context, e *env) (*proc, error) {
 	p, err := startProc(ctx, e, "backend", e.loadCore, nil, e.fortio, "server",
-		"-http-port", backendHTTP, "-grpc-port", backendGRPC, "-redirect-port", "disabled",
+		"-http-port", backendHTTP, "-grpc-port", "disabled", "-redirect-port", "disabled",
 		"-maxpayloadsizekb", "1024", "-loglevel", "error")
 	if err != nil {
 		return nil, err
 	}
-	if err := waitListening(ctx, p, backendHTTP, backendGRPC); err != nil {
+	if err := waitListening(ctx, p, backendHTTP); err != nil {
 		p.stop()
 		return nil, err
 	}
