@@ -19,8 +19,15 @@ import (
 	"github.com/mesh-dev/mesh/proxy/origdst"
 )
 
-// ALPN marks a TLS connection between mesh proxies.
+// ALPN marks a TLS connection between mesh proxies that carries one
+// application connection's bytes (opaque TCP, or HTTP the server side
+// detects).
 const ALPN = "mesh/1"
+
+// ALPNH2 marks a pooled TLS connection between mesh proxies that carries
+// HTTP/2: requests from any number of application connections, HTTP/1.1
+// ones upgraded (OrigProtoHeader says so) and HTTP/2 ones as they are.
+const ALPNH2 = "mesh/h2"
 
 // Default ports.
 const (
@@ -72,6 +79,17 @@ type Destination struct {
 	// endpoint's identity. A Service with no ready endpoint is refused.
 	Service   bool
 	Endpoints []Endpoint
+	// Name is the Service's "namespace/name", for metrics and logs.
+	Name string
+	// Protocol is what the Service port declares it speaks (zero: not
+	// declared, detected from the client's first bytes).
+	Protocol AppProtocol
+	// OpaquePorts are a pod's ports never inspected for HTTP.
+	OpaquePorts []uint16
+	// RequestTimeout bounds a request to the Service, from its headers to
+	// the end of its response; zero means none. ConnectTimeout bounds
+	// connecting to one of its endpoints; zero means Config.ConnectTimeout.
+	RequestTimeout, ConnectTimeout time.Duration
 }
 
 // Endpoint is one ready backend of a Service.
@@ -182,6 +200,10 @@ type Config struct {
 	// DrainTimeout bounds how long Run lets open connections finish after
 	// its context ends. Zero means 20 seconds.
 	DrainTimeout time.Duration
+	// MaxRoutes bounds the route templates that label the HTTP metrics,
+	// per direction; requests past it are labelled "other". Zero means
+	// DefaultMaxRoutes.
+	MaxRoutes int
 	// Readiness, when set, must also be ready for the proxy to be: the
 	// control-plane client is, once it has its first policy, destinations
 	// and trust bundle. Zero means the SVID and the policy only.
@@ -240,6 +262,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.MaxConnections == 0 {
 		c.MaxConnections = 10000
+	}
+	if c.MaxRoutes == 0 {
+		c.MaxRoutes = DefaultMaxRoutes
 	}
 	if c.MaxConnections < 0 {
 		errs = append(errs, fmt.Errorf("proxy: MaxConnections %d is negative", c.MaxConnections))

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log"
 	"net"
@@ -15,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/net/http/httpguts"
 
 	"github.com/mesh-dev/mesh/proxy/h1"
@@ -59,6 +61,17 @@ type closeNotifier struct {
 	once   sync.Once
 	closed chan struct{}
 	idle   atomic.Pointer[idleWatch]
+	// reading is held (shared) by every Read: quiesce waits for reads in
+	// progress, after which none touches the connection, whose buffers
+	// can then be reused.
+	reading sync.RWMutex
+}
+
+// quiesce waits until no Read is in progress; once closed, no later Read
+// reaches the connection.
+func (c *closeNotifier) quiesce() {
+	c.reading.Lock()
+	c.reading.Unlock() //nolint:staticcheck // a barrier, not a critical section
 }
 
 func (c *closeNotifier) Close() error {
@@ -81,6 +94,13 @@ func (c *closeNotifier) CloseWrite() error {
 }
 
 func (c *closeNotifier) Read(b []byte) (int, error) {
+	c.reading.RLock()
+	defer c.reading.RUnlock()
+	select {
+	case <-c.closed:
+		return 0, net.ErrClosed
+	default:
+	}
 	n, err := c.Conn.Read(b)
 	if w := c.idle.Load(); w != nil && n > 0 {
 		w.touch()
@@ -125,7 +145,11 @@ func (l *oneConn) Addr() net.Addr { return l.c.LocalAddr() }
 // and its headers cleaned before it is authorized; the request forwarded
 // is the one authorized, re-framed by the proxy, so the application never
 // sees bytes the proxy did not decide on.
-func (p *Proxy) serveHTTP(ctx context.Context, conn net.Conn, base *Request, tlsState string, proto sniff.Protocol, appAddr string) {
+//
+// pooled is a connection from another proxy's pool (ALPNH2): HTTP/2 only,
+// its requests from any of that proxy's application connections, each
+// with OrigProtoHeader when its application spoke HTTP/1.1.
+func (p *Proxy) serveHTTP(ctx context.Context, conn net.Conn, base *Request, tlsState string, proto sniff.Protocol, appAddr string, pooled bool) {
 	var gate *h1.Gate
 	if proto == sniff.HTTP1 {
 		gate = h1.NewGate(conn, h1.Config{MaxHeadBytes: MaxHeaderBytes})
@@ -142,6 +166,10 @@ func (p *Proxy) serveHTTP(ctx context.Context, conn net.Conn, base *Request, tls
 			}
 		},
 		ModifyResponse: func(resp *http.Response) error {
+			// Only proxies say what a proxy did.
+			for _, h := range meshHeaders {
+				resp.Header.Del(h)
+			}
 			if resp.StatusCode == http.StatusSwitchingProtocols {
 				// From here on the bytes are not HTTP: one decision (the
 				// upgrade request's), and the idle timeout.
@@ -155,7 +183,22 @@ func (p *Proxy) serveHTTP(ctx context.Context, conn net.Conn, base *Request, tls
 		ErrorLog:      log.New(slogWriter{p}, "", 0),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			p.cfg.Logger.Warn("app unreachable", "direction", "inbound", "port", base.DestinationPort, "err", err)
-			w.WriteHeader(http.StatusBadGateway)
+			sw, _ := w.(*statusWriter)
+			if sw == nil {
+				w.WriteHeader(http.StatusBadGateway)
+				return
+			}
+			var op *net.OpError
+			if errors.As(err, &op) && op.Op == "dial" {
+				// Nothing reached the application: the caller's proxy
+				// may send the request to another endpoint.
+				if pooled {
+					sw.Header().Set(notDeliveredHeader, "1")
+				}
+				proxyError(sw, r, http.StatusServiceUnavailable, grpcUnavailable, "app_unreachable", "")
+				return
+			}
+			proxyError(sw, r, http.StatusBadGateway, grpcUnavailable, "app_failed", "")
 		},
 	}
 	peer := "unauthenticated"
@@ -176,15 +219,18 @@ func (p *Proxy) serveHTTP(ctx context.Context, conn net.Conn, base *Request, tls
 		var d Decision
 		decided := false
 		req := *base
+		labels := httpLabels{direction: "inbound", peer: peer, method: methodLabel(r.Method), route: routeInvalid}
 		defer func() {
-			p.m.httpRequests.WithLabelValues("inbound", methodLabel(r.Method), statusClass(sw.status)).Inc()
-			p.m.httpLatency.WithLabelValues("inbound").Observe(time.Since(start).Seconds())
+			p.observeHTTP(&labels, sw, r, start)
 			if decided {
 				p.observe(&req, d, sw.status)
 			}
 		}()
+		// The caller's proxy says what its application spoke; from
+		// anyone else the header means nothing.
+		origH1 := pooled && r.Header.Get(OrigProtoHeader) == "HTTP/1.1"
 		req.Protocol = "http1"
-		if r.ProtoMajor == 2 {
+		if r.ProtoMajor == 2 && !origH1 {
 			req.Protocol = "http2"
 			if isGRPC(r) {
 				req.Protocol = "grpc"
@@ -193,6 +239,11 @@ func (p *Proxy) serveHTTP(ctx context.Context, conn net.Conn, base *Request, tls
 		if bad := p.checkRequest(r, gate); bad != nil {
 			p.refuseRequest(sw, &req, bad)
 			return
+		}
+		labels.route = p.routesIn.label(r.URL.RawPath)
+		if origH1 {
+			// Sent on to the application as the HTTP/1.1 request it was.
+			r.Proto, r.ProtoMajor, r.ProtoMinor = "HTTP/1.1", 1, 1
 		}
 		req.HTTP = &HTTPRequest{Method: r.Method, Path: r.URL.RawPath, Host: r.Host}
 		d = p.cfg.Authorizer.Authorize(&req)
@@ -206,24 +257,58 @@ func (p *Proxy) serveHTTP(ctx context.Context, conn net.Conn, base *Request, tls
 		rp.ServeHTTP(sw, r)
 	})
 	var protos http.Protocols
-	protos.SetHTTP1(true)
+	protos.SetHTTP1(!pooled)
 	protos.SetUnencryptedHTTP2(true)
+	p.m.opened.WithLabelValues("inbound", peer, tlsState).Inc()
+	p.m.open.WithLabelValues("inbound").Inc()
+	p.serveConn(ctx, cn, handler, &protos, true)
+	p.m.open.WithLabelValues("inbound").Dec()
+	p.m.closed.WithLabelValues("inbound", peer, tlsState).Inc()
+}
+
+// serveConn serves HTTP on one connection until it is done. When the
+// proxy starts draining, the server stops gracefully: HTTP/2 sends
+// GOAWAY, so a peer's pool stops sending new requests here, and requests
+// in progress finish (until the drain timeout closes what is left).
+// Requests are not cancelled by the proxy's shutdown.
+//
+// graceful false keeps serving until the drain timeout instead: the
+// outbound side, whose application may still be finishing its own work
+// (and calling others) while its pod shuts down.
+func (p *Proxy) serveConn(ctx context.Context, cn *closeNotifier, handler http.Handler, protos *http.Protocols, graceful bool) {
 	srv := &http.Server{
 		Handler:           handler,
-		Protocols:         &protos,
+		Protocols:         protos,
 		ReadHeaderTimeout: p.cfg.DetectTimeout,
 		MaxHeaderBytes:    MaxHeaderBytes,
 		IdleTimeout:       5 * time.Minute,
 		ErrorLog:          log.New(slogWriter{p}, "", 0),
-		BaseContext:       func(net.Listener) context.Context { return ctx },
+		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
 	l := &oneConn{c: cn, done: cn.closed}
-	p.m.opened.WithLabelValues("inbound", peer, tlsState).Inc()
-	p.m.open.WithLabelValues("inbound").Inc()
+	stop := make(chan struct{})
+	stopped := make(chan struct{})
+	draining := p.draining
+	if !graceful {
+		draining = nil
+	}
+	go func() {
+		defer close(stopped)
+		select {
+		case <-draining:
+			sctx, cancel := context.WithTimeout(context.Background(), p.cfg.DrainTimeout)
+			defer cancel()
+			_ = srv.Shutdown(sctx)
+			_ = cn.Close()
+		case <-stop:
+		}
+	}()
 	_ = srv.Serve(l)
 	<-cn.closed
-	p.m.open.WithLabelValues("inbound").Dec()
-	p.m.closed.WithLabelValues("inbound", peer, tlsState).Inc()
+	close(stop)
+	<-stopped
+	// HTTP/2's frame reader may still be returning from its last read.
+	cn.quiesce()
 }
 
 // badRequest is why a request is refused with 400: a bounded label for the
@@ -254,6 +339,9 @@ func (p *Proxy) checkRequest(r *http.Request, gate *h1.Gate) *badRequest {
 		return &badRequest{"path", fmt.Sprintf("path %q: %v", path, err)}
 	}
 	r.URL.Path, r.URL.RawPath, r.URL.RawQuery = raw, path, query
+	for _, h := range meshHeaders {
+		r.Header.Del(h)
+	}
 	removed, err := normalize.Headers(r.Header, p.cfg.HeadersWithUnderscores)
 	if err != nil {
 		return &badRequest{"header", err.Error()}
@@ -278,10 +366,14 @@ func (p *Proxy) checkRequest(r *http.Request, gate *h1.Gate) *badRequest {
 // follows a malformed request cannot be trusted to be framed as the client
 // meant), counts and audits it.
 func (p *Proxy) refuseRequest(w http.ResponseWriter, req *Request, bad *badRequest) {
-	p.m.badRequests.WithLabelValues(bad.label).Inc()
-	p.refuse("inbound", "bad_request", "source", req.Source.String(), "peer", req.Peer.String(), "why", bad.reason)
-	p.audit(Refusal{Direction: "inbound", Reason: "bad_request", Detail: bad.reason, Source: req.Source,
-		Destination: netip.AddrPortFrom(netip.Addr{}, req.DestinationPort), Peer: req.Peer})
+	p.refuseRequestFrom(w, "inbound", req.Source, netip.AddrPortFrom(netip.Addr{}, req.DestinationPort), req.Peer, bad)
+}
+
+// refuseRequestFrom is refuseRequest for either direction.
+func (p *Proxy) refuseRequestFrom(w http.ResponseWriter, dir string, src, dst netip.AddrPort, peer spiffeid.ID, bad *badRequest) {
+	p.m.badRequests.WithLabelValues(dir, bad.label).Inc()
+	p.refuse(dir, "bad_request", "source", src.String(), "peer", peer.String(), "why", bad.reason)
+	p.audit(Refusal{Direction: dir, Reason: "bad_request", Detail: bad.reason, Source: src, Destination: dst, Peer: peer})
 	w.Header().Set("Connection", "close")
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
@@ -329,6 +421,8 @@ func (bufferPool) Put(b []byte) { copyBufs.Put(&b) }
 type statusWriter struct {
 	http.ResponseWriter
 	status int
+	// proxyErr is the proxy's own error reason when it answered itself.
+	proxyErr string
 }
 
 func (s *statusWriter) WriteHeader(code int) {

@@ -105,6 +105,12 @@ func (p *Proxy) inbound(ctx context.Context, c net.Conn) {
 		req.Peer, req.Authenticated = id, true
 		client, tlsState = conn, "mtls"
 		p.trackPeer(c, true, src, id)
+		if cs.NegotiatedProtocol == ALPNH2 {
+			// Another proxy's pool: HTTP/2, no detection needed.
+			ac := &appConn{Conn: conn, r: bufio.NewReaderSize(conn, 4096)}
+			p.serveHTTP(ctx, ac, req, tlsState, sniff.HTTP2, appAddr, true)
+			return
+		}
 	case p.cfg.InboundMode == Strict:
 		// No plaintext exception, not even for kubelet probes: they are
 		// rewritten to the admin port's /app-health/ (package probe).
@@ -121,7 +127,7 @@ func (p *Proxy) inbound(ctx context.Context, c net.Conn) {
 	}
 	if app == sniff.HTTP1 || app == sniff.HTTP2 {
 		// HTTP is decided request by request.
-		p.serveHTTP(ctx, ac, req, tlsState, app, appAddr)
+		p.serveHTTP(ctx, ac, req, tlsState, app, appAddr, false)
 		return
 	}
 
@@ -151,7 +157,7 @@ func (p *Proxy) inbound(ctx context.Context, c net.Conn) {
 	p.mu.Lock()
 	p.tcp[c] = req
 	p.mu.Unlock()
-	p.splice(dir, up, ac)
+	p.splice(dir, peer, up, ac)
 	p.mu.Lock()
 	delete(p.tcp, c)
 	p.mu.Unlock()
@@ -448,7 +454,7 @@ func peekHello(br *bufio.Reader) ([]byte, error) {
 
 func offersMesh(hello []byte) bool {
 	protos, err := sniff.ClientHelloALPN(hello)
-	return err == nil && slices.Contains(protos, ALPN)
+	return err == nil && (slices.Contains(protos, ALPN) || slices.Contains(protos, ALPNH2))
 }
 
 // errAppConnect marks a failure to reach the application.

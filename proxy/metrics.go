@@ -22,6 +22,7 @@ type metrics struct {
 
 	httpRequests *prometheus.CounterVec
 	httpLatency  *prometheus.HistogramVec
+	retries      *prometheus.CounterVec
 
 	acceptErrors *prometheus.CounterVec
 	limitReached *prometheus.CounterVec
@@ -43,8 +44,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "mesh_proxy_connections_open", Help: "Connections open now, by direction.",
 		}, []string{"direction"}),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "mesh_proxy_bytes_total", Help: "Bytes proxied, by direction and flow (to_app: towards the local application; from_app: from it).",
-		}, []string{"direction", "flow"}),
+			Name: "mesh_proxy_bytes_total", Help: "Bytes proxied on opaque TCP connections, by direction, peer identity and flow (to_app: towards the local application; from_app: from it).",
+		}, []string{"direction", "peer", "flow"}),
 		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mesh_proxy_tls_handshakes_total", Help: "Completed mTLS handshakes, by direction, TLS version and whether the session was resumed.",
 		}, []string{"direction", "version", "resumed"}),
@@ -64,12 +65,17 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "mesh_proxy_svid_renewals_total", Help: "Times the proxy's SVID changed (renewal or rotation).",
 		}),
 		httpRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "mesh_proxy_http_requests_total", Help: "HTTP requests, by direction, method and response status class.",
-		}, []string{"direction", "method", "status_class"}),
+			Name: "mesh_proxy_http_requests_total",
+			Help: "HTTP requests, counted when their response ends, by direction, destination Service (outbound), peer identity (outbound: the endpoint's; inbound: the caller's), method, route template, response status class, gRPC status, and the proxy's own error (empty when the response came from the application).",
+		}, []string{"direction", "service", "peer", "method", "route", "status_class", "grpc_status", "error"}),
 		httpLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "mesh_proxy_http_request_duration_seconds", Help: "Time from an HTTP request's headers to the end of its response.",
+			Name: "mesh_proxy_http_request_duration_seconds", Help: "Time from an HTTP request's headers to the end of its response, by direction, destination Service, peer identity and route template.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
-		}, []string{"direction"}),
+		}, []string{"direction", "service", "peer", "route"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mesh_proxy_http_retries_total",
+			Help: "Outbound requests sent again to another endpoint because the first never reached an application, by destination Service and reason (connect_failed, not_delivered).",
+		}, []string{"service", "reason"}),
 		acceptErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mesh_proxy_accept_errors_total", Help: "Errors accepting connections (such as running out of file descriptors), by listener; the proxy backs off and keeps serving.",
 		}, []string{"listener"}),
@@ -84,14 +90,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "mesh_proxy_idle_timeouts_total", Help: "Opaque TCP connections and upgraded HTTP streams closed after the idle timeout.",
 		}),
 		badRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "mesh_proxy_http_bad_requests_total", Help: "Inbound HTTP requests refused before authorization because they were malformed or ambiguous, by reason.",
-		}, []string{"reason"}),
+			Name: "mesh_proxy_http_bad_requests_total", Help: "HTTP requests refused because they were malformed or ambiguous (outbound: framing only; inbound: before authorization), by direction and reason.",
+		}, []string{"direction", "reason"}),
 		headersDrop: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "mesh_proxy_http_headers_removed_total", Help: "Request headers the proxy removed: variants of its own identity header, and, with headers-with-underscores=drop, names with underscores.",
 		}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.opened, m.closed, m.open, m.bytes, m.handshakes, m.hsErrors, m.refused, m.decisions, m.svidExpiry, m.renewals, m.httpRequests, m.httpLatency, m.acceptErrors, m.limitReached, m.idleClosed, m.revoked, m.badRequests, m.headersDrop} {
+		for _, c := range []prometheus.Collector{m.opened, m.closed, m.open, m.bytes, m.handshakes, m.hsErrors, m.refused, m.decisions, m.svidExpiry, m.renewals, m.httpRequests, m.httpLatency, m.retries, m.acceptErrors, m.limitReached, m.idleClosed, m.revoked, m.badRequests, m.headersDrop} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("proxy: register metrics: %w", err)
 			}

@@ -700,15 +700,23 @@ func TestPermissiveAcceptsPlaintext(t *testing.T) {
 
 // TestOutboundWrongIdentity: when the peer at the destination presents a
 // valid SVID of our trust domain but not the identity expected there, A's
-// proxy refuses the connection.
+// proxy refuses it: an opaque connection is closed, and an HTTP request
+// is answered 503 by A's proxy itself, naming why. B's app gets nothing.
 func TestOutboundWrongIdentity(t *testing.T) {
 	m := newMesh(t, proxy.Strict)
 	m.dests.expect(otherID)
-	if out, err := m.app(t, "http", fmt.Sprintf("TARGET=http://%s:%d/", ipB, httpPort)); err == nil {
-		t.Fatalf("reached a peer with the wrong identity: %q", out)
+	out, err := m.app(t, "http", fmt.Sprintf("TARGET=http://%s:%d/", ipB, httpPort))
+	if err != nil || !strings.HasPrefix(out, "mesh: wrong_identity: ") || strings.Contains(out, "hello from") {
+		t.Fatalf("HTTP to a peer with the wrong identity: %q, %v; want the proxy's wrong_identity answer", out, err)
 	}
-	if n := metric(t, m.a.reg, "mesh_proxy_tls_handshake_errors_total", map[string]string{"direction": "outbound", "reason": "wrong_identity"}); n != 1 {
-		t.Fatalf("wrong_identity handshake errors = %v, want 1; logs:\n%s", n, m.a.logs.String())
+	if out, err := m.app(t, "tcp", fmt.Sprintf("TARGET=%s:%d", ipB, tcpPort), "MESSAGE=hi"); err == nil && out != "" {
+		t.Fatalf("TCP reached a peer with the wrong identity: %q", out)
+	}
+	if got := m.received(t); len(got) != 0 {
+		t.Fatalf("B's app received %+v", got)
+	}
+	if n := metric(t, m.a.reg, "mesh_proxy_tls_handshake_errors_total", map[string]string{"direction": "outbound", "reason": "wrong_identity"}); n != 2 {
+		t.Fatalf("wrong_identity handshake errors = %v, want 2 (one HTTP, one TCP); logs:\n%s", n, m.a.logs.String())
 	}
 }
 
@@ -740,10 +748,12 @@ func TestUnknownDestinationRefused(t *testing.T) {
 // is refused by the server.
 func TestResumedSessionRechecked(t *testing.T) {
 	m := newMesh(t, proxy.Strict)
-	target := fmt.Sprintf("TARGET=http://%s:%d/", ipB, httpPort)
+	// Opaque TCP: a handshake per application connection (HTTP requests
+	// would share one pooled connection instead).
+	target := fmt.Sprintf("TARGET=%s:%d", ipB, tcpPort)
 	for i := range 2 {
-		if _, err := m.app(t, "http", target); err != nil {
-			t.Fatalf("request %d: %v", i, err)
+		if out, err := m.app(t, "tcp", target, "MESSAGE=hi"); err != nil || out != "hi" {
+			t.Fatalf("connection %d: %q, %v", i, out, err)
 		}
 	}
 	resumed := map[string]string{"direction": "outbound", "resumed": "true"}
@@ -754,8 +764,8 @@ func TestResumedSessionRechecked(t *testing.T) {
 	// The client is no longer authorized: refused after a resumed handshake.
 	m.authzB.denyPeer(clientID)
 	before := metric(t, m.b.reg, "mesh_proxy_tls_handshakes_total", map[string]string{"direction": "inbound", "resumed": "true"})
-	if out, err := m.app(t, "http", target); err != nil || out != "mesh: denied by policy test/deny\n" {
-		t.Fatalf("a resumed session of a denied client: %q, %v; want the 403 body", out, err)
+	if out, _ := m.app(t, "tcp", target, "MESSAGE=hi"); out != "" {
+		t.Fatalf("a resumed session of a denied client got %q", out)
 	}
 	if after := metric(t, m.b.reg, "mesh_proxy_tls_handshakes_total", map[string]string{"direction": "inbound", "resumed": "true"}); after <= before {
 		t.Fatal("the denied connection did not resume, so it proves nothing about resumption")
@@ -767,8 +777,8 @@ func TestResumedSessionRechecked(t *testing.T) {
 	// The server's identity is no longer the one expected at its address:
 	// the client refuses the resumed session.
 	m.dests.expect(otherID)
-	if _, err := m.app(t, "http", target); err == nil {
-		t.Fatal("a resumed session to the wrong identity was accepted")
+	if out, _ := m.app(t, "tcp", target, "MESSAGE=hi"); out != "" {
+		t.Fatalf("a resumed session to the wrong identity was accepted: %q", out)
 	}
 	if !strings.Contains(m.a.logs.String(), "(resumed session)") {
 		t.Fatalf("the refused connection was not a resumed session; logs:\n%s", m.a.logs.String())

@@ -1,15 +1,24 @@
 package proxy
 
 import (
+	"bufio"
+	"bytes"
 	"context"
-	"crypto/tls"
-	"math/rand/v2"
 	"net"
+	"net/netip"
 	"slices"
-	"strconv"
+	"time"
+
+	"github.com/mesh-dev/mesh/proxy/sniff"
 )
 
 // outbound handles one connection from the local application.
+//
+// To a meshed pod or a Service, the proxy reads the application's first
+// bytes (unless the port is declared opaque): HTTP/1.1 and HTTP/2 are
+// served request by request (outhttp.go), each request balanced over the
+// Service's endpoints and sent over pooled mTLS connections; anything else
+// is one opaque mTLS stream to one endpoint, picked per connection.
 func (p *Proxy) outbound(ctx context.Context, app net.Conn) {
 	const dir = "outbound"
 	tc, ok := app.(*net.TCPConn)
@@ -42,59 +51,142 @@ func (p *Proxy) outbound(ctx context.Context, app net.Conn) {
 		p.audit(Refusal{Direction: dir, Reason: "destination_unknown", Detail: err.Error(), Source: src, Destination: dst})
 		return
 	}
-	if d.Service {
-		// The proxy picks the endpoint itself, so the identity checked
-		// is the pod's that the connection lands on.
-		if len(d.Endpoints) == 0 {
-			p.refuse(dir, "no_endpoints", "destination", addr)
+	if !d.Service && !d.Meshed {
+		// Outside the mesh: passed as it is, in permissive mode only.
+		if p.cfg.OutboundMode == Strict {
+			p.refuse(dir, "not_meshed", "destination", addr)
 			return
 		}
-		ep := d.Endpoints[rand.IntN(len(d.Endpoints))]
-		dst, addr = ep.Addr, ep.Addr.String()
-		d = Destination{Meshed: ep.Meshed, Identity: ep.Identity}
-	}
-	want, meshed := d.Identity, d.Meshed
-	if meshed && want.IsZero() {
-		p.refuse(dir, "no_identity", "destination", addr)
-		return
-	}
-	if !meshed && p.cfg.OutboundMode == Strict {
-		p.refuse(dir, "not_meshed", "destination", addr)
-		return
-	}
-	up, err := p.cfg.Dial(dctx, "tcp", addr)
-	if err != nil {
-		p.refuse(dir, "connect_failed", "destination", addr, "err", err)
-		return
-	}
-	defer up.Close()
-	if !meshed {
+		up, err := p.cfg.Dial(dctx, "tcp", addr)
+		if err != nil {
+			p.refuse(dir, "connect_failed", "destination", addr, "err", err)
+			return
+		}
+		defer up.Close()
 		p.m.opened.WithLabelValues(dir, "-", "plaintext").Inc()
 		p.m.open.WithLabelValues(dir).Inc()
-		p.splice(dir, app, up)
+		p.splice(dir, "-", app, up)
 		p.m.open.WithLabelValues(dir).Dec()
 		p.m.closed.WithLabelValues(dir, "-", "plaintext").Inc()
 		return
 	}
-	conn := tls.Client(up, p.clientTLS(want, addr))
-	if err := conn.HandshakeContext(dctx); err != nil {
-		reason := handshakeReason(err)
-		p.m.hsErrors.WithLabelValues(dir, reason).Inc()
-		p.refuse(dir, "handshake_failed", "destination", addr, "want", want.String(), "err", err)
-		ev := "handshake_failed"
-		if reason == "wrong_identity" {
-			ev = "wrong_identity"
-		}
-		p.audit(Refusal{Direction: dir, Reason: ev, Detail: reason + ": " + err.Error(), Source: src, Destination: dst, Peer: want})
+	if !d.Service && d.Identity.IsZero() {
+		p.refuse(dir, "no_identity", "destination", addr)
 		return
 	}
-	cs := conn.ConnectionState()
-	p.m.handshakes.WithLabelValues(dir, tlsVersion(cs.Version), strconv.FormatBool(cs.DidResume)).Inc()
-	p.trackPeer(app, false, dst, want)
-	peer := want.String()
-	p.m.opened.WithLabelValues(dir, peer, "mtls").Inc()
-	p.m.open.WithLabelValues(dir).Inc()
-	p.splice(dir, app, conn)
-	p.m.open.WithLabelValues(dir).Dec()
-	p.m.closed.WithLabelValues(dir, peer, "mtls").Inc()
+
+	ac := &appConn{Conn: tc, r: bufio.NewReaderSize(tc, 4096)}
+	proto, reason := p.outboundProtocol(ac, d, dst)
+	if reason != "" {
+		p.refuse(dir, reason, "destination", addr)
+		return
+	}
+	if isSniffHTTP(proto) {
+		cancel()
+		p.serveOutboundHTTP(ctx, ac, src, dst, proto)
+		return
+	}
+	p.outboundOpaque(dctx, ac, src, dst, d)
+}
+
+// outboundProtocol decides whether the application speaks HTTP on a
+// connection to d: never for a port declared opaque; must for one declared
+// HTTP or gRPC (anything else is refused, with reason); otherwise as its
+// first bytes say. An application that sends nothing for ServerFirstWait
+// is taken to wait for its server (MySQL, SMTP): opaque. The server side
+// decides again from what it receives, so this choice never weakens what
+// its policy enforces; it only decides whether requests are balanced one
+// by one.
+func (p *Proxy) outboundProtocol(ac *appConn, d Destination, dst netip.AddrPort) (proto sniff.Protocol, reason string) {
+	declared := d.Protocol
+	if !d.Service && slices.Contains(d.OpaquePorts, dst.Port()) {
+		declared = ProtocolOpaque
+	}
+	if declared == ProtocolOpaque {
+		return sniff.Unknown, ""
+	}
+	mustHTTP := declared == ProtocolHTTP || declared == ProtocolGRPC
+	wait := p.cfg.ServerFirstWait
+	if mustHTTP {
+		wait = p.cfg.DetectTimeout
+	}
+	proto, n, err := classify(ac, time.Now().Add(wait))
+	if err != nil && n > 0 && isTimeout(err) {
+		// Part of what may be a request line: give it the full time.
+		proto, n, err = classify(ac, time.Now().Add(p.cfg.DetectTimeout))
+	}
+	switch {
+	case err != nil && mustHTTP:
+		if n == 0 {
+			return sniff.Unknown, "no_request"
+		}
+		return sniff.Unknown, "incomplete_request"
+	case err != nil:
+		// Silent (server first) or cut short: the bytes go on as they
+		// are, and the server side decides.
+		return sniff.Unknown, ""
+	case proto == sniff.Unknown && mustHTTP:
+		return sniff.Unknown, "not_http"
+	case proto == sniff.HTTP1:
+		b, _ := ac.r.Peek(ac.r.Buffered())
+		if bytes.HasPrefix(b, []byte("CONNECT ")) {
+			// A tunnel to an HTTP proxy: its bytes after the request are
+			// not HTTP. The server side refuses it where HTTP is required.
+			return sniff.Unknown, ""
+		}
+	}
+	return proto, ""
+}
+
+// outboundOpaque carries one application connection as one mTLS (or, to
+// an endpoint outside the mesh in permissive mode, plaintext) stream to
+// one endpoint, picked per connection; an endpoint that cannot be reached
+// is skipped for the next.
+func (p *Proxy) outboundOpaque(ctx context.Context, ac *appConn, src, dst netip.AddrPort, d Destination) {
+	const dir = "outbound"
+	eps := endpointsOf(d, dst)
+	if p.cfg.OutboundMode == Strict {
+		eps = slices.DeleteFunc(slices.Clone(eps), func(ep Endpoint) bool { return !ep.Meshed })
+	}
+	if len(eps) == 0 {
+		p.refuse(dir, "no_endpoints", "destination", dst.String())
+		return
+	}
+	var tried []endpointKey
+	for range maxAttempts {
+		ep, st, ok := p.bal.pick(eps, func(ep Endpoint) bool { return slices.Contains(tried, keyOf(ep)) })
+		if !ok {
+			break
+		}
+		t := &target{key: keyOf(ep), connectTimeout: d.ConnectTimeout, src: src}
+		var up net.Conn
+		var err error
+		t0 := time.Now()
+		if ep.Meshed {
+			up, err = p.dialMesh(ctx, t, ALPN)
+		} else {
+			up, err = p.cfg.Dial(ctx, "tcp", ep.Addr.String())
+		}
+		if err != nil {
+			st.failed(time.Now())
+			tried = append(tried, keyOf(ep))
+			p.refuse(dir, "connect_failed", "destination", ep.Addr.String(), "err", err)
+			continue
+		}
+		st.observe(time.Now(), time.Since(t0))
+		st.pending.Add(1)
+		peer, tlsState := "-", "plaintext"
+		if ep.Meshed {
+			peer, tlsState = ep.Identity.String(), "mtls"
+			p.trackPeer(ac.Conn, false, ep.Addr, ep.Identity)
+		}
+		p.m.opened.WithLabelValues(dir, peer, tlsState).Inc()
+		p.m.open.WithLabelValues(dir).Inc()
+		p.splice(dir, peer, ac, up)
+		up.Close()
+		p.m.open.WithLabelValues(dir).Dec()
+		p.m.closed.WithLabelValues(dir, peer, tlsState).Inc()
+		st.pending.Add(-1)
+		return
+	}
 }

@@ -23,8 +23,10 @@ type Proxy struct {
 	m        *metrics
 	sessions tls.ClientSessionCache
 	srvTLS   *tls.Config
-	// transports reach the local app for terminated HTTP.
-	transports *httpTransports
+	// transports reach the local app for terminated HTTP; plain reaches
+	// endpoints outside the mesh, in permissive outbound mode.
+	transports, plain *httpTransports
+	outHTTP           *outboundHTTP
 	// logged rations "connection refused" log lines, which an attacker
 	// could otherwise use to flood the log.
 	logged *ration.Ration
@@ -41,7 +43,16 @@ type Proxy struct {
 	stopped bool
 
 	shutdown chan struct{}
+	// draining is closed when Run stops accepting: HTTP servers then
+	// stop gracefully.
+	draining chan struct{}
 	ready    atomic.Bool
+
+	// Outbound HTTP: the endpoints' statistics, the pooled connections
+	// to other proxies, and the route labels of each direction.
+	bal                 *balancer
+	pool                *pool
+	routesIn, routesOut *routes
 
 	// slots bounds the connections served at once (MaxConnections).
 	slots chan struct{}
@@ -70,7 +81,10 @@ func New(cfg Config) (*Proxy, error) {
 		tcp:      map[net.Conn]*Request{},
 		peers:    map[net.Conn]*peerConn{},
 		shutdown: make(chan struct{}),
-		slots:    make(chan struct{}, cfg.MaxConnections),
+		draining: make(chan struct{}),
+		bal:      newBalancer(),
+		routesIn: newRoutes(cfg.MaxRoutes), routesOut: newRoutes(cfg.MaxRoutes),
+		slots: make(chan struct{}, cfg.MaxConnections),
 	}
 	for _, a := range []string{cfg.InboundAddr, cfg.OutboundAddr, cfg.AdminAddr} {
 		if _, port, err := net.SplitHostPort(a); err == nil {
@@ -81,6 +95,9 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	p.srvTLS = p.serverTLS()
 	p.transports = newHTTPTransports(cfg.Dial)
+	p.plain = newHTTPTransports(cfg.Dial)
+	p.pool = newPool(p)
+	p.outHTTP = p.newOutboundHTTP()
 	return p, nil
 }
 
@@ -132,10 +149,23 @@ func (p *Proxy) Run(ctx context.Context) error {
 		g.Go(func() error { return p.watchDestinations(gctx, n) })
 	}
 	g.Go(func() error {
+		t := time.NewTicker(time.Minute)
+		defer t.Stop()
+		for {
+			select {
+			case <-gctx.Done():
+				return nil
+			case <-t.C:
+				p.bal.forget()
+			}
+		}
+	})
+	g.Go(func() error {
 		select {
 		case <-gctx.Done():
 		case <-p.shutdown:
 		}
+		close(p.draining)
 		cancel()
 		in.Close()
 		out.Close()
@@ -146,6 +176,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	})
 	err = g.Wait()
 	p.drain()
+	p.pool.shutdown(p.cfg.DrainTimeout)
 	if errors.Is(err, context.Canceled) {
 		err = nil
 	}
@@ -271,7 +302,7 @@ type halfCloser interface {
 // splice copies both ways until both sides are done, passing half-closes
 // through, and counts bytes. A connection on which no byte moves for
 // IdleTimeout is closed.
-func (p *Proxy) splice(direction string, app, peer net.Conn) {
+func (p *Proxy) splice(direction, peerID string, app, peer net.Conn) {
 	idle := p.watchIdle(app, peer)
 	defer idle.stop()
 	var wg sync.WaitGroup
@@ -280,7 +311,7 @@ func (p *Proxy) splice(direction string, app, peer net.Conn) {
 		buf := copyBufs.Get().(*[]byte)
 		n, _ := io.CopyBuffer(activityWriter{dst, idle}, src, *buf)
 		copyBufs.Put(buf)
-		p.m.bytes.WithLabelValues(direction, flow).Add(float64(n))
+		p.m.bytes.WithLabelValues(direction, peerID, flow).Add(float64(n))
 		if hc, ok := dst.(halfCloser); ok {
 			_ = hc.CloseWrite()
 		} else {

@@ -106,3 +106,22 @@ func (p *Proxy) watchDestinations(ctx context.Context, n Notifier) error {
 		}
 	}
 }
+
+// trackPooled records a pooled connection for revocation, like an
+// outbound one. It reports false once the proxy has closed its
+// connections for good.
+func (p *Proxy) trackPooled(c net.Conn, addr netip.AddrPort, id spiffeid.ID) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.conns == nil {
+		return false
+	}
+	p.peers[c] = &peerConn{addr: addr, id: id, known: true}
+	return true
+}
+
+func (p *Proxy) untrackPooled(c net.Conn) {
+	p.mu.Lock()
+	delete(p.peers, c)
+	p.mu.Unlock()
+}

@@ -30,8 +30,8 @@ func (p *Proxy) certificate() (*tls.Certificate, error) {
 // returns its SPIFFE ID. It runs in VerifyConnection, so resumed sessions
 // are checked against the bundle of now, not of the first handshake.
 func (p *Proxy) verifyPeer(cs tls.ConnectionState) (spiffeid.ID, error) {
-	if cs.NegotiatedProtocol != ALPN {
-		return spiffeid.ID{}, fmt.Errorf("peer did not negotiate %q", ALPN)
+	if cs.NegotiatedProtocol != ALPN && cs.NegotiatedProtocol != ALPNH2 {
+		return spiffeid.ID{}, fmt.Errorf("peer did not negotiate %q or %q", ALPN, ALPNH2)
 	}
 	if len(cs.PeerCertificates) == 0 {
 		return spiffeid.ID{}, errors.New("peer presented no certificate")
@@ -49,7 +49,7 @@ func (p *Proxy) verifyPeer(cs tls.ConnectionState) (spiffeid.ID, error) {
 func (p *Proxy) serverTLS() *tls.Config {
 	return &tls.Config{
 		MinVersion:       tls.VersionTLS13,
-		NextProtos:       []string{ALPN},
+		NextProtos:       []string{ALPNH2, ALPN},
 		CurvePreferences: curves,
 		// The chain is verified against the SPIFFE bundle in
 		// VerifyConnection, not against a Web PKI pool.
@@ -63,13 +63,14 @@ func (p *Proxy) serverTLS() *tls.Config {
 }
 
 // clientTLS is the configuration for one outbound connection, which must
-// reach exactly want. Configurations share one session cache, keyed by the
-// peer's address, so reconnects resume; VerifyConnection still checks the
-// resumed peer against the identity expected now.
-func (p *Proxy) clientTLS(want spiffeid.ID, addr string) *tls.Config {
+// reach exactly want and speak alpn (ALPN or ALPNH2). Configurations share
+// one session cache, keyed by the peer's address, so reconnects resume;
+// VerifyConnection still checks the resumed peer against the identity
+// expected now.
+func (p *Proxy) clientTLS(want spiffeid.ID, addr, alpn string) *tls.Config {
 	return &tls.Config{
 		MinVersion:         tls.VersionTLS13,
-		NextProtos:         []string{ALPN},
+		NextProtos:         []string{alpn},
 		CurvePreferences:   curves,
 		ClientSessionCache: p.sessions,
 		// Verified in VerifyConnection against the SPIFFE bundle and the
@@ -80,6 +81,9 @@ func (p *Proxy) clientTLS(want spiffeid.ID, addr string) *tls.Config {
 			got, err := p.verifyPeer(cs)
 			if err != nil {
 				return err
+			}
+			if cs.NegotiatedProtocol != alpn {
+				return fmt.Errorf("peer at %s negotiated %q, not %q", addr, cs.NegotiatedProtocol, alpn)
 			}
 			if got != want {
 				how := "new session"

@@ -120,6 +120,10 @@ func TestLookup(t *testing.T) {
 		pod("nonsense", true, webID.String()),
 		pod("198.18.3.9", false, "garbage, but the pod is not meshed"),
 		pod("198.18.3.10", true, webID.String()+"/../../ns/kube-system/sa/admin"),
+		&controlplanev1.Destination{Address: "198.18.1.4:80", Kind: controlplanev1.Destination_SERVICE, Namespace: "shop", Name: "web",
+			Protocol: "grpc", RequestTimeoutMs: 2500, ConnectTimeoutMs: 300, Endpoints: []*controlplanev1.Endpoint{ep("198.18.2.1:8080", true, webID.String())}},
+		&controlplanev1.Destination{Address: "198.18.1.5:80", Kind: controlplanev1.Destination_SERVICE, Namespace: "shop", Name: "odd", Protocol: "sctp-ish"},
+		&controlplanev1.Destination{Address: "198.18.3.11", Kind: controlplanev1.Destination_POD, Meshed: true, Identity: webID.String(), OpaquePorts: []uint32{3306, 0, 70000, 25}},
 	))
 
 	svc1 := client.Destination{Service: true, Endpoints: []client.Endpoint{
@@ -151,6 +155,11 @@ func TestLookup(t *testing.T) {
 		{"unknown kind", "198.18.3.7:1", client.Destination{}, true},
 		{"unknown address", "198.18.9.9:80", client.Destination{}, false},
 		{"address sent with port 0", "198.18.3.8:80", client.Destination{}, false},
+		{"service with name, protocol and timeouts", "198.18.1.4:80", client.Destination{Service: true, Name: "shop/web", Protocol: "grpc",
+			RequestTimeout: 2500 * time.Millisecond, ConnectTimeout: 300 * time.Millisecond, Endpoints: []client.Endpoint{endpoint("198.18.2.1:8080", webID)}}, false},
+		// An unknown declaration is not trusted: detected instead.
+		{"service with an unknown protocol", "198.18.1.5:80", client.Destination{Service: true, Name: "shop/odd"}, false},
+		{"pod with opaque ports, out-of-range ones dropped", "198.18.3.11:1", client.Destination{Meshed: true, Identity: webID, OpaquePorts: []uint16{3306, 25}}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := lookup(t, c, tc.addr)
@@ -174,6 +183,8 @@ func TestLookup(t *testing.T) {
 		"bad_identity": 7,
 		// 3.5, 3.6, 3.7.
 		"bad_kind": 3,
+		// 1.5.
+		"bad_protocol": 1,
 	} {
 		if got := metric(t, reg, "mesh_proxy_control_rejected_total", "kind", "destinations", "reason", reason); got != want {
 			t.Errorf("rejected{reason=%q} = %v, want %v", reason, got, want)
@@ -300,9 +311,10 @@ func TestLookupPending(t *testing.T) {
 			cfg.Destinations = true
 			cfg.PendingWait = tc.pendingWait
 			c := start(t, cfg)
+			// began before the context: its deadline counts from its making.
+			began := time.Now()
 			ctx, cancel := context.WithTimeout(context.Background(), tc.ctxTimeout)
 			defer cancel()
-			began := time.Now()
 			d, err := c.Lookup(ctx, netip.MustParseAddrPort("198.18.0.1:80"))
 			took := time.Since(began)
 			if !errors.Is(err, client.ErrPending) {

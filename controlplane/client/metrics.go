@@ -19,6 +19,7 @@ const (
 	reasonBadAddress   = "bad_address"    // a destination or endpoint address that does not parse
 	reasonBadIdentity  = "bad_identity"   // a meshed pod or endpoint without an acceptable identity
 	reasonBadKind      = "bad_kind"       // a destination whose kind and address disagree
+	reasonBadProtocol  = "bad_protocol"   // a Service port protocol the proxy does not know
 	reasonEmptyBundle  = "empty_bundle"   // a trust bundle with no root
 	reasonBadRoot      = "bad_root"       // a root that does not parse or is not a CA
 	reasonTooManyRoots = "too_many_roots" // a trust bundle beyond maxRoots

@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	controlplanev1 "github.com/mesh-dev/mesh/controlplane/api/v1"
+	"github.com/mesh-dev/mesh/proxy"
 )
 
 // table is one immutable view of the mesh's destinations. Once published
@@ -109,7 +111,22 @@ func (t *table) upsert(d *controlplanev1.Destination, td spiffeid.TrustDomain, r
 		for _, ep := range d.GetEndpoints() {
 			eps, rej = appendEndpoint(eps, rej, ep, td)
 		}
-		t.services[svc] = entry{dest: Destination{Service: true, Endpoints: eps}}
+		dest := Destination{
+			Service: true, Endpoints: eps,
+			RequestTimeout: time.Duration(d.GetRequestTimeoutMs()) * time.Millisecond,
+			ConnectTimeout: time.Duration(d.GetConnectTimeoutMs()) * time.Millisecond,
+		}
+		if d.GetName() != "" {
+			dest.Name = d.GetNamespace() + "/" + d.GetName()
+		}
+		if p, err := proxy.ParseAppProtocol(d.GetProtocol()); err == nil {
+			dest.Protocol = p
+		} else if d.GetProtocol() != "" {
+			// An unknown declaration is detected instead, never trusted:
+			// detection still refuses nothing HTTP policies need.
+			rej = append(rej, rejection{reasonBadProtocol, a, err.Error()})
+		}
+		t.services[svc] = entry{dest: dest}
 		return rej
 	case !isService && kind == controlplanev1.Destination_POD:
 		e, ok := podEntry(a, d, td)
@@ -143,7 +160,13 @@ func podEntry(addr string, d *controlplanev1.Destination, td spiffeid.TrustDomai
 	if err != nil {
 		return entry{err: fmt.Errorf("client: %s is a meshed pod without an acceptable identity: %w (%w)", addr, err, ErrBadDestination)}, false
 	}
-	return entry{dest: Destination{Meshed: true, Identity: id}}, true
+	dest := Destination{Meshed: true, Identity: id}
+	for _, p := range d.GetOpaquePorts() {
+		if p > 0 && p <= 65535 {
+			dest.OpaquePorts = append(dest.OpaquePorts, uint16(p))
+		}
+	}
+	return entry{dest: dest}, true
 }
 
 // appendEndpoint appends ep to eps when it can be dialled safely: an

@@ -357,6 +357,15 @@ func (inv *Inventory) computeService(ap netip.AddrPort) *controlplanev1.Destinat
 		Address: ap.String(), Kind: controlplanev1.Destination_SERVICE,
 		Namespace: svc.Namespace, Name: svc.Name, Protocol: protocolOf(port),
 	}
+	// A bad annotation is logged and ignored: the Service stays reachable
+	// with the proxies' defaults.
+	var err error
+	if d.RequestTimeoutMs, err = Timeout(svc.Annotations, RequestTimeoutAnnotation); err != nil {
+		inv.cfg.Logger.Warn("ignoring Service annotation", "service", svc.Namespace+"/"+svc.Name, "err", err)
+	}
+	if d.ConnectTimeoutMs, err = Timeout(svc.Annotations, ConnectTimeoutAnnotation); err != nil {
+		inv.cfg.Logger.Warn("ignoring Service annotation", "service", svc.Namespace+"/"+svc.Name, "err", err)
+	}
 	slices, _ := inv.slices.EndpointSlices(svc.Namespace).List(everything)
 	seen := map[string]bool{}
 	for _, s := range slices {

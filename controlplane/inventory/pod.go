@@ -1,8 +1,10 @@
 package inventory
 
 import (
+	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	corev1 "k8s.io/api/core/v1"
@@ -81,4 +83,34 @@ func OpaquePorts(pod *corev1.Pod) []uint32 {
 		}
 	}
 	return ports
+}
+
+// Service annotations for the callers' proxies: how long a request to the
+// Service may take, and how long connecting to one of its endpoints, as Go
+// durations ("2s", "1500ms").
+const (
+	RequestTimeoutAnnotation = "mesh.dev/request-timeout"
+	ConnectTimeoutAnnotation = "mesh.dev/connect-timeout"
+)
+
+// maxTimeout bounds the annotations: a larger value is almost certainly a
+// unit mistake, and it must fit the message's milliseconds.
+const maxTimeout = 24 * time.Hour
+
+// Timeout reads a timeout annotation in milliseconds: zero when absent; an
+// error naming the annotation when it is not a positive duration of at
+// most a day.
+func Timeout(annotations map[string]string, name string) (uint32, error) {
+	v, ok := annotations[name]
+	if !ok {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(strings.TrimSpace(v))
+	if err != nil {
+		return 0, fmt.Errorf("inventory: annotation %s: %q is not a duration such as 2s or 500ms", name, v)
+	}
+	if d < time.Millisecond || d > maxTimeout {
+		return 0, fmt.Errorf("inventory: annotation %s: %s is outside 1ms..24h", name, d)
+	}
+	return uint32(d.Milliseconds()), nil
 }

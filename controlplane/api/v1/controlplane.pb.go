@@ -479,9 +479,14 @@ type Destination struct {
 	OpaquePorts []uint32 `protobuf:"varint,7,rep,packed,name=opaque_ports,json=opaquePorts,proto3" json:"opaque_ports,omitempty"`
 	Protocol    string   `protobuf:"bytes,8,opt,name=protocol,proto3" json:"protocol,omitempty"`
 	// For a Service: its ready endpoints.
-	Endpoints     []*Endpoint `protobuf:"bytes,9,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Endpoints []*Endpoint `protobuf:"bytes,9,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
+	// For a Service: its mesh.dev/request-timeout and mesh.dev/connect-timeout
+	// annotations, in milliseconds; zero means the proxy's default (no
+	// request timeout; its connect timeout).
+	RequestTimeoutMs uint32 `protobuf:"varint,10,opt,name=request_timeout_ms,json=requestTimeoutMs,proto3" json:"request_timeout_ms,omitempty"`
+	ConnectTimeoutMs uint32 `protobuf:"varint,11,opt,name=connect_timeout_ms,json=connectTimeoutMs,proto3" json:"connect_timeout_ms,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Destination) Reset() {
@@ -575,6 +580,20 @@ func (x *Destination) GetEndpoints() []*Endpoint {
 		return x.Endpoints
 	}
 	return nil
+}
+
+func (x *Destination) GetRequestTimeoutMs() uint32 {
+	if x != nil {
+		return x.RequestTimeoutMs
+	}
+	return 0
+}
+
+func (x *Destination) GetConnectTimeoutMs() uint32 {
+	if x != nil {
+		return x.ConnectTimeoutMs
+	}
+	return 0
 }
 
 type Endpoint struct {
@@ -725,7 +744,7 @@ const file_controlplane_proto_rawDesc = "" +
 	"\fDestinations\x12\x1a\n" +
 	"\bsnapshot\x18\x01 \x01(\bR\bsnapshot\x12;\n" +
 	"\aupserts\x18\x02 \x03(\v2!.mesh.controlplane.v1.DestinationR\aupserts\x12\x18\n" +
-	"\aremoves\x18\x03 \x03(\tR\aremoves\"\xfa\x02\n" +
+	"\aremoves\x18\x03 \x03(\tR\aremoves\"\xd6\x03\n" +
 	"\vDestination\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12:\n" +
 	"\x04kind\x18\x02 \x01(\x0e2&.mesh.controlplane.v1.Destination.KindR\x04kind\x12\x1c\n" +
@@ -735,7 +754,10 @@ const file_controlplane_proto_rawDesc = "" +
 	"\bidentity\x18\x06 \x01(\tR\bidentity\x12!\n" +
 	"\fopaque_ports\x18\a \x03(\rR\vopaquePorts\x12\x1a\n" +
 	"\bprotocol\x18\b \x01(\tR\bprotocol\x12<\n" +
-	"\tendpoints\x18\t \x03(\v2\x1e.mesh.controlplane.v1.EndpointR\tendpoints\"2\n" +
+	"\tendpoints\x18\t \x03(\v2\x1e.mesh.controlplane.v1.EndpointR\tendpoints\x12,\n" +
+	"\x12request_timeout_ms\x18\n" +
+	" \x01(\rR\x10requestTimeoutMs\x12,\n" +
+	"\x12connect_timeout_ms\x18\v \x01(\rR\x10connectTimeoutMs\"2\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\a\n" +
 	"\x03POD\x10\x01\x12\v\n" +
