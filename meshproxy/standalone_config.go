@@ -95,24 +95,30 @@ func loadStandalone(path string) (*standalone, error) {
 	if err != nil {
 		return nil, fmt.Errorf("standalone: %w", err)
 	}
+	s, err := parseStandalone(b, filepath.Dir(path))
+	if err != nil {
+		return nil, fmt.Errorf("standalone: %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// parseStandalone checks a configuration whose relative paths are
+// relative to dir.
+func parseStandalone(b []byte, dir string) (*standalone, error) {
 	var f standaloneFile
 	if err := yaml.Unmarshal(b, &f); err != nil {
-		return nil, fmt.Errorf("standalone: %s: %w", path, err)
+		return nil, err
 	}
 	// Unknown keys are errors, named by their path (yaml's strict mode
 	// names only the last key).
 	var tree any
 	if err := yaml.Unmarshal(b, &tree); err != nil {
-		return nil, fmt.Errorf("standalone: %s: %w", path, err)
+		return nil, err
 	}
 	if err := unknownKeys(tree, reflect.TypeOf(f), ""); err != nil {
-		return nil, fmt.Errorf("standalone: %s: %w", path, err)
+		return nil, err
 	}
-	s, err := f.check(filepath.Dir(path))
-	if err != nil {
-		return nil, fmt.Errorf("standalone: %s: %w", path, err)
-	}
-	return s, nil
+	return f.check(dir)
 }
 
 // check validates every field and the invariants between them.
