@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -65,7 +66,17 @@ func (p *Proxy) AdminHandler() http.Handler {
 		_ = json.NewEncoder(w).Encode(info)
 	})
 	if p.cfg.AppHealth != nil {
-		mux.Handle("/app-health/", p.cfg.AppHealth)
+		// A pod is ready only when its proxy is: until the proxy has its
+		// SVID, policy and destinations, requests sent to the pod would
+		// be refused, so its readiness probes fail and it is no
+		// Service's endpoint yet. Liveness is the application's alone.
+		mux.Handle("/app-health/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strings.HasSuffix(r.URL.Path, "/readyz") && !p.ready.Load() {
+				http.Error(w, "not ready: the mesh proxy is not ready yet", http.StatusServiceUnavailable)
+				return
+			}
+			p.cfg.AppHealth.ServeHTTP(w, r)
+		}))
 	}
 	// Jobs call it when their main container is done, so the pod can
 	// finish: from inside the pod only.

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"math"
 	"math/rand/v2"
 	"net/netip"
 	"sync"
@@ -11,24 +10,23 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
-// Load balancing: power of two choices over a peak-EWMA latency estimate
-// (tower's PeakEwma, which Linkerd's proxy uses; DESIGN-NOTES §9). Each
-// choice costs the endpoint's estimated latency times its outstanding
-// requests plus one, so a slow endpoint and a busy one both lose, and one
-// that has failed to connect is left out for a while.
+// Load balancing: power of two choices on outstanding requests (Envoy's
+// and grpc-go's least_request): of two endpoints picked at random, the one
+// with fewer requests in progress gets the request, and an endpoint that
+// failed to connect is left out for a while (DESIGN-NOTES §9).
 //
-// The statistics live per endpoint address and identity, not per
-// Destination, so they survive every destinations update: an endpoint
-// that stays ready keeps its estimate, and one that becomes ready starts
-// from defaultRTT, which decays towards what is measured.
+// A latency estimate (tower's peak EWMA, which Linkerd uses) was tried
+// first and measured here: a new pod's first requests are tens of times
+// slower than its peers' (its proxy's first connection to the app, cold
+// caches on a loaded node), and the estimate then kept that pod out of the
+// rotation for tens of seconds; a gentler average converged too slowly to
+// tell endpoints apart. Outstanding requests need no estimate: a slow
+// endpoint keeps more requests in progress and so gets fewer new ones, and
+// a new endpoint competes from its first request.
+//
+// The counts live per endpoint address and identity, not per Destination,
+// so they survive every destinations update.
 const (
-	// defaultRTT is a new endpoint's estimate. Low enough that a new pod
-	// is tried soon (a high default starved new endpoints in tower, PR
-	// #134), high enough that it does not take all the traffic at once.
-	defaultRTT = 30 * time.Millisecond
-	// decay is how fast a faster measurement pulls the estimate down; a
-	// slower one replaces it at once (the "peak").
-	decay = 10 * time.Second
 	// ejectMin and ejectMax bound how long an endpoint that failed to
 	// connect is skipped: doubled on each consecutive failure.
 	ejectMin = time.Second
@@ -53,11 +51,8 @@ type endpointStats struct {
 	// ejectedUntil is unix nanoseconds until which the endpoint is
 	// skipped after a connect failure.
 	ejectedUntil atomic.Int64
-
-	mu       sync.Mutex
-	rtt      float64 // nanoseconds
-	stamp    time.Time
-	failures int
+	// failures in a row, which lengthen the ejection.
+	failures atomic.Int32
 }
 
 // balancer holds every endpoint's statistics.
@@ -81,55 +76,25 @@ func (b *balancer) get(k endpointKey) *endpointStats {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if s, ok = b.stats[k]; !ok {
-		s = &endpointStats{rtt: float64(defaultRTT), stamp: b.now()}
+		s = &endpointStats{}
 		b.stats[k] = s
 	}
 	return s
 }
 
-// cost is the estimated latency times the outstanding requests plus one,
-// with the estimate decayed to now.
-func (s *endpointStats) cost(now time.Time) float64 {
-	s.mu.Lock()
-	rtt := s.decayed(now)
-	s.mu.Unlock()
-	return rtt * float64(s.pending.Load()+1)
-}
-
-// decayed moves the estimate towards zero for the time since the last
-// measurement, so an endpoint that was slow once is tried again. Called
-// with mu held.
-func (s *endpointStats) decayed(now time.Time) float64 {
-	elapsed := now.Sub(s.stamp)
-	if elapsed <= 0 {
-		return s.rtt
+// succeeded records an answer: the endpoint is no longer failing.
+func (s *endpointStats) succeeded() {
+	if s.failures.Load() != 0 {
+		s.failures.Store(0)
+		s.ejectedUntil.Store(0)
 	}
-	return s.rtt * math.Exp(-float64(elapsed)/float64(decay))
-}
-
-// observe records a measured latency (to the response's headers).
-func (s *endpointStats) observe(now time.Time, rtt time.Duration) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	prev := s.decayed(now)
-	if r := float64(rtt); r > prev {
-		s.rtt = r
-	} else {
-		w := math.Exp(-float64(now.Sub(s.stamp)) / float64(decay))
-		s.rtt = prev*w + r*(1-w)
-	}
-	s.stamp = now
-	s.failures = 0
-	s.ejectedUntil.Store(0)
 }
 
 // failed records a failure to connect: the endpoint is skipped for a
 // while, longer each time in a row.
 func (s *endpointStats) failed(now time.Time) {
-	s.mu.Lock()
-	d := ejectMin << min(s.failures, 5)
-	s.failures++
-	s.mu.Unlock()
+	n := s.failures.Add(1)
+	d := ejectMin << min(n-1, 5)
 	s.ejectedUntil.Store(now.Add(min(d, ejectMax)).UnixNano())
 }
 
@@ -167,7 +132,7 @@ func (b *balancer) pick(eps []Endpoint, skip func(Endpoint) bool) (Endpoint, *en
 			y++
 		}
 		a, c := cand[x], cand[y]
-		if b.get(keyOf(eps[c])).cost(now) < b.get(keyOf(eps[a])).cost(now) {
+		if b.get(keyOf(eps[c])).pending.Load() < b.get(keyOf(eps[a])).pending.Load() {
 			a = c
 		}
 		i = a

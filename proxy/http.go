@@ -170,6 +170,7 @@ func (p *Proxy) serveHTTP(ctx context.Context, conn net.Conn, base *Request, tls
 			for _, h := range meshHeaders {
 				resp.Header.Del(h)
 			}
+			keepTrailersOnly(resp)
 			if resp.StatusCode == http.StatusSwitchingProtocols {
 				// From here on the bytes are not HTTP: one decision (the
 				// upgrade request's), and the idle timeout.
@@ -177,8 +178,11 @@ func (p *Proxy) serveHTTP(ctx context.Context, conn net.Conn, base *Request, tls
 			}
 			return nil
 		},
-		Transport:     p.transports,
-		FlushInterval: -1,
+		Transport: p.transports,
+		// Responses of unknown length (gRPC, streams, chunked) are still
+		// flushed at once by ReverseProxy; one of known length goes out
+		// in as few writes as it fills (PERF-NOTES: about 19% less CPU).
+		FlushInterval: 0,
 		BufferPool:    bufferPool{},
 		ErrorLog:      log.New(slogWriter{p}, "", 0),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
@@ -408,6 +412,19 @@ func deny(w http.ResponseWriter, r *http.Request, d Decision) {
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(http.StatusForbidden)
 	fmt.Fprintln(w, msg)
+}
+
+// keepTrailersOnly marks a gRPC trailers-only response (its status in the
+// headers, no body) as empty, so ReverseProxy does not flush its headers
+// apart: HTTP/2 must send them as one HEADERS frame ending the stream, or
+// the client reads them as headers, finds no trailers, and fails the call
+// ("server closed the stream without sending trailers"). ReverseProxy
+// flushes responses of unknown length at once, from a timer that races
+// with the end of the handler.
+func keepTrailersOnly(resp *http.Response) {
+	if resp.Header.Get("Grpc-Status") != "" && strings.HasPrefix(resp.Header.Get("Content-Type"), "application/grpc") && resp.ContentLength < 0 {
+		resp.ContentLength = 0
+	}
 }
 
 // bufferPool lends ReverseProxy the splice buffers, so a request does not

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -32,7 +33,12 @@ type loopback struct {
 	stopB     func()
 	regA      *prometheus.Registry
 	appServer *http.Server
+	// handler is the app's (HTTP/1.1 and h2c): "ok" unless a test sets
+	// another.
+	handler atomic.Pointer[handlerBox]
 }
+
+type handlerBox struct{ h http.Handler }
 
 func freeAddr(tb testing.TB) string {
 	tb.Helper()
@@ -55,7 +61,13 @@ func newLoopback(tb testing.TB, drain time.Duration) *loopback {
 	lb := &loopback{appAddr: appLn.Addr().String()}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok")) })
-	lb.appServer = &http.Server{Handler: mux}
+	lb.handler.Store(&handlerBox{mux})
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	protos.SetUnencryptedHTTP2(true)
+	lb.appServer = &http.Server{Protocols: &protos, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		lb.handler.Load().h.ServeHTTP(w, r)
+	})}
 	go lb.appServer.Serve(appLn)
 	tb.Cleanup(func() { lb.appServer.Close() })
 

@@ -161,7 +161,6 @@ func (p *Proxy) outboundOpaque(ctx context.Context, ac *appConn, src, dst netip.
 		t := &target{key: keyOf(ep), connectTimeout: d.ConnectTimeout, src: src}
 		var up net.Conn
 		var err error
-		t0 := time.Now()
 		if ep.Meshed {
 			up, err = p.dialMesh(ctx, t, ALPN)
 		} else {
@@ -173,7 +172,7 @@ func (p *Proxy) outboundOpaque(ctx context.Context, ac *appConn, src, dst netip.
 			p.refuse(dir, "connect_failed", "destination", ep.Addr.String(), "err", err)
 			continue
 		}
-		st.observe(time.Now(), time.Since(t0))
+		st.succeeded()
 		st.pending.Add(1)
 		peer, tlsState := "-", "plaintext"
 		if ep.Meshed {

@@ -82,6 +82,7 @@ func (p *Proxy) newOutboundHTTP() *outboundHTTP {
 		ErrorHandler:  o.fail,
 		ModifyResponse: func(resp *http.Response) error {
 			resp.Header.Del(notDeliveredHeader)
+			keepTrailersOnly(resp)
 			return nil
 		},
 	}
@@ -239,7 +240,6 @@ func (o *outboundHTTP) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		out2 := out.WithContext(context.WithValue(out.Context(), targetKey{}, t))
 		st.pending.Add(1)
-		t0 := time.Now()
 		resp, err := rt.RoundTrip(out2)
 		if err != nil {
 			st.pending.Add(-1)
@@ -265,7 +265,7 @@ func (o *outboundHTTP) RoundTrip(req *http.Request) (*http.Response, error) {
 			lastErr = errNotDelivered
 			continue
 		}
-		st.observe(time.Now(), time.Since(t0))
+		st.succeeded()
 		if resp.StatusCode == http.StatusSwitchingProtocols {
 			// The body is the switched connection, which ReverseProxy
 			// writes to: kept as it is, and no longer a request.

@@ -17,6 +17,12 @@
 //	                               every 200ms, "echo N" printed for each; when
 //	                               the connection ends, "closed: <why>" and exit
 //	                               0; after 2 minutes, exit 1
+//	mesh-e2e-echo grpc-load ADDR CALLS CONCURRENCY RATE
+//	                               CALLS UnaryCalls on one connection, at most
+//	                               CONCURRENCY at once and RATE per second; every
+//	                               10th asks for NOT_FOUND; prints a JSON summary
+//	mesh-e2e-echo http-load URL CALLS CONCURRENCY RATE keepalive|close
+//	                               the same with GETs; every 10th is URL/status/503
 package main
 
 import (
@@ -28,12 +34,15 @@ import (
 	"net/http"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/status"
 )
 
 func main() {
@@ -49,6 +58,10 @@ func main() {
 		err = hold(os.Args[2])
 	case len(os.Args) == 4 && os.Args[1] == "grpc":
 		err = grpcCall(os.Args[2], os.Args[3])
+	case len(os.Args) == 6 && os.Args[1] == "grpc-load":
+		err = grpcLoad(os.Args[2:])
+	case len(os.Args) == 7 && os.Args[1] == "http-load":
+		err = httpLoad(os.Args[2:])
 	default:
 		err = errors.New("usage: mesh-e2e-echo [get URL | tcp ADDR MSG | grpc ADDR MSG]")
 	}
@@ -83,6 +96,15 @@ func serve() error {
 			return
 		}
 		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("/status/{code}", func(w http.ResponseWriter, r *http.Request) {
+		code, err := strconv.Atoi(r.PathValue("code"))
+		if err != nil || code < 200 || code > 599 {
+			http.Error(w, "bad status code", http.StatusBadRequest)
+			return
+		}
+		w.WriteHeader(code)
+		fmt.Fprintf(w, "hello from %s status=%d\n", name, code)
 	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		names := make([]string, 0, len(r.Header))
@@ -130,7 +152,7 @@ func serve() error {
 			return
 		}
 		gs := grpc.NewServer()
-		testgrpc.RegisterTestServiceServer(gs, echoService{})
+		testgrpc.RegisterTestServiceServer(gs, echoService{name: name})
 		errc <- gs.Serve(ln)
 	}()
 	fmt.Printf("mesh-e2e-echo %s serving HTTP on %s, TCP on %s, gRPC on %s\n", name, httpAddr, tcpAddr, grpcAddr)
@@ -139,10 +161,17 @@ func serve() error {
 
 type echoService struct {
 	testgrpc.UnimplementedTestServiceServer
+	name string
 }
 
-func (echoService) UnaryCall(_ context.Context, req *testgrpc.SimpleRequest) (*testgrpc.SimpleResponse, error) {
-	return &testgrpc.SimpleResponse{Payload: req.GetPayload()}, nil
+// UnaryCall echoes the payload, names the pod in Hostname, and answers
+// with the status the request asks for (ResponseStatus), as the gRPC
+// interop server does.
+func (e echoService) UnaryCall(_ context.Context, req *testgrpc.SimpleRequest) (*testgrpc.SimpleResponse, error) {
+	if st := req.GetResponseStatus(); st.GetCode() != 0 {
+		return nil, status.Error(codes.Code(st.GetCode()), st.GetMessage())
+	}
+	return &testgrpc.SimpleResponse{Payload: req.GetPayload(), Hostname: e.name}, nil
 }
 
 func (echoService) FullDuplexCall(stream testgrpc.TestService_FullDuplexCallServer) error {
