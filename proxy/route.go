@@ -57,9 +57,9 @@ func routeTemplate(path string) string {
 }
 
 // looksLikeID reports whether a path segment is most likely a value
-// rather than part of the route: all digits, a UUID, a long hexadecimal
-// string, anything long with a digit in it, or anything longer than 40
-// bytes.
+// rather than part of the route: all digits, a UUID, a hexadecimal string
+// of 8 or more with a digit, a token of 16 or more a quarter of which is
+// digits, or anything longer than 40 bytes.
 func looksLikeID(s string) bool {
 	if s == "" {
 		return false
@@ -85,7 +85,9 @@ func looksLikeID(s string) bool {
 		return true
 	case hex == len(s) && digits > 0 && len(s) >= 8:
 		return true
-	case digits > 0 && len(s) >= 16:
+	case len(s) >= 16 && 4*digits >= len(s):
+		// A long token, a quarter of it digits (gRPC's
+		// "grpc.health.v1.Health" is a name).
 		return true
 	}
 	return false
