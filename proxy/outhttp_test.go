@@ -418,3 +418,37 @@ func TestOutboundMeshHeadersNotForwarded(t *testing.T) {
 		t.Fatalf("status %d", resp.StatusCode)
 	}
 }
+
+// BenchmarkOutbound: one request through both proxies to a Service, on the
+// pooled HTTP path and on the opaque path (the port declared opaque: an
+// mTLS connection per application connection), with the application's
+// connection kept alive or new for every request.
+func BenchmarkOutbound(b *testing.B) {
+	for _, path := range []string{"pooled", "opaque"} {
+		for _, conn := range []string{"keepalive", "new-connection"} {
+			b.Run(path+"/"+conn, func(b *testing.B) {
+				r := newServiceRig(b)
+				d := proxy.Destination{Service: true, Name: "shop/web", Endpoints: []proxy.Endpoint{{Addr: r.good, Meshed: true, Identity: serverID}}}
+				if path == "opaque" {
+					d.Protocol = proxy.ProtocolOpaque
+				}
+				r.dests.Store(&d)
+				c := r.client(conn == "keepalive")
+				do := func() {
+					resp, err := c.Get("http://web/")
+					if err != nil {
+						b.Fatal(err)
+					}
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+				do()
+				b.ReportAllocs()
+				b.ResetTimer()
+				for b.Loop() {
+					do()
+				}
+			})
+		}
+	}
+}
