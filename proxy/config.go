@@ -75,8 +75,9 @@ type Destination struct {
 	Meshed   bool
 	Identity spiffeid.ID
 	// Service: the address is a Service's; the proxy dials one of its
-	// ready Endpoints itself, picked per connection, requiring that
-	// endpoint's identity. A Service with no ready endpoint is refused.
+	// ready Endpoints itself, picked per request on the HTTP path and per
+	// connection for opaque TCP, requiring that endpoint's identity. A
+	// Service with no ready endpoint is refused (503 for HTTP).
 	Service   bool
 	Endpoints []Endpoint
 	// Name is the Service's "namespace/name", for metrics and logs.
@@ -181,9 +182,12 @@ type Config struct {
 	// ServerFirstWait is how long the inbound side waits for a client's
 	// first bytes, on a port whose protocol is neither declared nor
 	// required to be HTTP, before it connects to the application to see
-	// whether the application speaks first (SMTP, MySQL, ...). It never
-	// decides the protocol by itself: a client that is silent for longer
-	// still gets its request read as HTTP, whatever its timing. Zero means
+	// whether the application speaks first (SMTP, MySQL, ...). There it
+	// never decides the protocol by itself: a client that is silent for
+	// longer still gets its request read as HTTP, whatever its timing.
+	// The outbound side waits as long for its application's first bytes
+	// before it carries a silent connection opaque: that only forgoes
+	// per-request balancing, since the server side decides again. Zero means
 	// 500 milliseconds.
 	ServerFirstWait time.Duration
 	// ConnectTimeout bounds upstream connects and TLS handshakes. Zero

@@ -244,7 +244,8 @@ func (p *Proxy) serveHTTP(ctx context.Context, conn net.Conn, base *Request, tls
 			p.refuseRequest(sw, &req, bad)
 			return
 		}
-		labels.route = p.routesIn.label(r.URL.RawPath)
+		// A route gets a label of its own once a request to it is allowed.
+		labels.route = p.routesIn.known(r.URL.RawPath)
 		if origH1 {
 			// Sent on to the application as the HTTP/1.1 request it was.
 			r.Proto, r.ProtoMajor, r.ProtoMinor = "HTTP/1.1", 1, 1
@@ -255,9 +256,11 @@ func (p *Proxy) serveHTTP(ctx context.Context, conn net.Conn, base *Request, tls
 		p.countDecision(d, "inbound")
 		if !d.Allow {
 			p.refuse("inbound", "denied_by_policy", "source", base.Source.String(), "peer", peer, "method", r.Method, "path", req.HTTP.Path, "policy", d.Policy, "rule", d.Rule, "why", d.Reason)
+			sw.proxyErr = "denied"
 			deny(sw, r, d)
 			return
 		}
+		labels.route = p.routesIn.label(r.URL.RawPath)
 		rp.ServeHTTP(sw, r)
 	})
 	var protos http.Protocols
@@ -375,6 +378,9 @@ func (p *Proxy) refuseRequest(w http.ResponseWriter, req *Request, bad *badReque
 
 // refuseRequestFrom is refuseRequest for either direction.
 func (p *Proxy) refuseRequestFrom(w http.ResponseWriter, dir string, src, dst netip.AddrPort, peer spiffeid.ID, bad *badRequest) {
+	if sw, ok := w.(*statusWriter); ok {
+		sw.proxyErr = "bad_request"
+	}
 	p.m.badRequests.WithLabelValues(dir, bad.label).Inc()
 	p.refuse(dir, "bad_request", "source", src.String(), "peer", peer.String(), "why", bad.reason)
 	p.audit(Refusal{Direction: dir, Reason: "bad_request", Detail: bad.reason, Source: src, Destination: dst, Peer: peer})

@@ -76,21 +76,7 @@ func newLoopback(tb testing.TB, drain time.Duration) *loopback {
 	inBAddr := netip.MustParseAddrPort(inB)
 	quiet := slog.New(slog.DiscardHandler)
 
-	start := func(cfg proxy.Config) func() {
-		p, err := proxy.New(cfg)
-		if err != nil {
-			tb.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- p.Run(ctx) }()
-		return func() {
-			cancel()
-			if err := <-done; err != nil {
-				tb.Errorf("proxy: %v", err)
-			}
-		}
-	}
+	start := func(cfg proxy.Config) func() { return startProxy(tb, cfg) }
 	lb.stopB = start(proxy.Config{
 		Identity: pki.Source(tb, serverID.String()), TrustDomain: pki.TD, Destinations: proxy.StaticDestinations{},
 		InboundAddr: inB, OutboundAddr: "127.0.0.1:0", AdminAddr: "-", Logger: quiet, DrainTimeout: drain,

@@ -127,7 +127,6 @@ func (o *outboundHTTP) serve(w http.ResponseWriter, r *http.Request, src, dst ne
 	defer func() { p.observeHTTP(&labels, sw, r, start) }()
 	if gate != nil {
 		if reason, bad := gate.Rejected(r); bad {
-			sw.proxyErr = "bad_request"
 			p.refuseRequestFrom(sw, "outbound", src, dst, spiffeid.ID{}, &badRequest{"malformed", "malformed request: " + reason})
 			return
 		}
@@ -136,14 +135,13 @@ func (o *outboundHTTP) serve(w http.ResponseWriter, r *http.Request, src, dst ne
 	if r.Method == http.MethodConnect {
 		// A CONNECT tunnel inside HTTP/2 (RFC 8441 WebSockets) is not
 		// carried between proxies.
-		proxyError(sw, r, http.StatusNotImplemented, grpcUnavailable, "unsupported", "CONNECT over HTTP/2 is not carried by the mesh")
+		proxyError(sw, r, http.StatusNotImplemented, grpcUnavailable, "unsupported", "a CONNECT after other requests on one connection, or over HTTP/2, is not carried by the mesh (a connection that starts with CONNECT is carried opaque)")
 		return
 	}
 	// The destinations are looked up per request, so a long-lived
-	// connection sees endpoints come and go.
-	lctx, cancel := context.WithTimeout(r.Context(), p.cfg.ConnectTimeout)
-	d, err := p.cfg.Destinations.Lookup(lctx, dst)
-	cancel()
+	// connection sees endpoints come and go. They were known when the
+	// connection came (outbound waited for them): a peek, no waiting.
+	d, err := p.peek(dst)
 	if err != nil {
 		proxyError(sw, r, http.StatusServiceUnavailable, grpcUnavailable, "destination_unknown", err.Error())
 		return
@@ -253,6 +251,12 @@ func (o *outboundHTTP) RoundTrip(req *http.Request) (*http.Response, error) {
 			return nil, err
 		}
 		or.labels.peer = peerLabel(ep)
+		if !ep.Meshed {
+			// Only proxies say what a proxy did.
+			for _, h := range meshHeaders {
+				resp.Header.Del(h)
+			}
+		}
 		if ep.Meshed && resp.Header.Get(notDeliveredHeader) != "" && attempt+1 < maxAttempts &&
 			(body == nil || body.replayable()) && hasOther(or.eps, append(tried, keyOf(ep))) {
 			// Its proxy could not reach the application (a pod shutting

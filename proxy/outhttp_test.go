@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"strings"
 	"sync"
@@ -108,7 +109,9 @@ type serviceRig struct {
 	received atomic.Int64
 }
 
-func startProxy(tb testing.TB, cfg proxy.Config) {
+// startProxy runs a proxy until the returned stop is called, or the test
+// ends.
+func startProxy(tb testing.TB, cfg proxy.Config) (stop func()) {
 	tb.Helper()
 	p, err := proxy.New(cfg)
 	if err != nil {
@@ -117,12 +120,17 @@ func startProxy(tb testing.TB, cfg proxy.Config) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- p.Run(ctx) }()
-	tb.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			tb.Errorf("proxy: %v", err)
-		}
-	})
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				tb.Errorf("proxy: %v", err)
+			}
+		})
+	}
+	tb.Cleanup(stop)
+	return stop
 }
 
 func newServiceRig(tb testing.TB) *serviceRig {
@@ -449,6 +457,34 @@ func BenchmarkOutbound(b *testing.B) {
 					do()
 				}
 			})
+		}
+	}
+}
+
+// TestAppReadinessWaitsForProxy: the kubelet's rewritten readiness probes
+// fail while the proxy is not ready (no policy, destinations or SVID yet),
+// so the pod is nobody's endpoint before its proxy can serve; liveness is
+// the app's alone.
+func TestAppReadinessWaitsForProxy(t *testing.T) {
+	pki := testpki.New(t, "cluster.local")
+	app := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("app ok")) })
+	p, err := proxy.New(proxy.Config{
+		Identity: pki.Source(t, serverID.String()), TrustDomain: pki.TD, Destinations: proxy.StaticDestinations{},
+		AppHealth: app, Logger: slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := p.AdminHandler() // not running: not ready
+	for path, want := range map[string]int{
+		"/app-health/web/readyz":   http.StatusServiceUnavailable,
+		"/app-health/web/livez":    http.StatusOK,
+		"/app-health/web/startupz": http.StatusOK,
+	} {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+		if rec.Code != want {
+			t.Errorf("%s while the proxy is not ready: %d, want %d", path, rec.Code, want)
 		}
 	}
 }

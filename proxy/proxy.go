@@ -176,7 +176,10 @@ func (p *Proxy) Run(ctx context.Context) error {
 	})
 	err = g.Wait()
 	p.drain()
-	p.pool.shutdown(p.cfg.DrainTimeout)
+	// The application's connections are gone: what is left on pooled
+	// connections has no one to answer to. A short bound, so that the
+	// proxy's stop stays within its drain timeout and a pod's grace.
+	p.pool.shutdown(time.Second)
 	if errors.Is(err, context.Canceled) {
 		err = nil
 	}

@@ -123,3 +123,16 @@ func (r *routes) label(path string) string {
 	r.seen[t] = struct{}{}
 	return t
 }
+
+// known is path's label for a request that was refused: its template if
+// already seen, else "other", so refused requests cannot fill the cap.
+func (r *routes) known(path string) string {
+	t := routeTemplate(path)
+	r.mu.RLock()
+	_, ok := r.seen[t]
+	r.mu.RUnlock()
+	if ok || t == routeInvalid {
+		return t
+	}
+	return routeOther
+}

@@ -78,7 +78,10 @@ type Controller struct {
 func StartController(c *cluster.Cluster, name, addr string, extra ...string) (*Controller, error) {
 	args := append([]string{"--kubeconfig", c.KubeconfigPath(), "--identity-addr", addr,
 		"--metrics-addr", "127.0.0.1:0", "--replica", name,
-		"--leader-lease-duration", "4s", "--leader-renew-deadline", "3s", "--leader-retry-period", "500ms"}, extra...)
+		"--leader-lease-duration", "4s", "--leader-renew-deadline", "3s", "--leader-retry-period", "500ms",
+		// Replicas share the host: no webhook server unless a test asks
+		// for one (extra comes after, and the last flag wins).
+		"--webhook-addr", "-"}, extra...)
 	cmd := exec.Command(filepath.Join(prereq.BinDir(), "mesh-controller"), args...)
 	ctl := &Controller{Name: name, cmd: cmd, log: &syncBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = ctl.log, ctl.log
