@@ -371,6 +371,9 @@ http {
   keepalive_requests 1000000;
   keepalive_timeout 60s;
   proxy_max_temp_file_size 0;
+  # A long-lived gRPC stream is one request body: NGINX's default 1 MiB
+  # limit resets it (INTERNAL_ERROR) after 1 MiB of messages.
+  client_max_body_size 0;
 `
 
 const nginxClient = `  upstream server { server {{.Server}}; keepalive 64; keepalive_requests 1000000; }
