@@ -72,6 +72,13 @@ func (p *Proxy) newOutboundHTTP() *outboundHTTP {
 			for _, h := range meshHeaders {
 				pr.Out.Header.Del(h)
 			}
+			// For the endpoint's proxy (pooled HTTP/2): the app spoke
+			// HTTP/1.1. Set once here, on ReverseProxy's own copy of the
+			// headers, not per attempt; an endpoint outside the mesh
+			// gets a copy without it.
+			if pr.In.ProtoMajor == 1 {
+				pr.Out.Header.Set(OrigProtoHeader, "HTTP/1.1")
+			}
 		},
 		Transport: o,
 		// Responses of unknown length (gRPC, streams) are flushed at
@@ -228,12 +235,10 @@ func (o *outboundHTTP) RoundTrip(req *http.Request) (*http.Response, error) {
 			out.Header.Del(OrigProtoHeader)
 			rt = p.plain
 		case upgrade:
+			// Over mesh/1 the header means nothing; the server side
+			// removes it.
 			rt = o.upgrade
 		default:
-			if req.ProtoMajor == 1 {
-				out.Header = out.Header.Clone()
-				out.Header.Set(OrigProtoHeader, "HTTP/1.1")
-			}
 			rt = p.pool.t
 		}
 		out2 := out.WithContext(context.WithValue(out.Context(), targetKey{}, t))

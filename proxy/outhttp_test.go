@@ -332,6 +332,48 @@ func TestOutboundServiceFailures(t *testing.T) {
 		}
 	})
 
+	// A peer that accepts TCP and then says nothing (a slowloris of a
+	// server): the Service's connect timeout, not the proxy's 10s default,
+	// bounds the wait for its handshake.
+	t.Run("connect timeout", func(t *testing.T) {
+		hole, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer hole.Close()
+		var held []net.Conn
+		var mu sync.Mutex
+		go func() {
+			for {
+				c, err := hole.Accept()
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				held = append(held, c)
+				mu.Unlock()
+			}
+		}()
+		defer func() {
+			mu.Lock()
+			for _, c := range held {
+				c.Close()
+			}
+			mu.Unlock()
+		}()
+		d := proxy.Destination{Service: true, Name: "shop/web", ConnectTimeout: 200 * time.Millisecond,
+			Endpoints: []proxy.Endpoint{{Addr: netip.MustParseAddrPort(hole.Addr().String()), Meshed: true, Identity: serverID}}}
+		r.dests.Store(&d)
+		start := time.Now()
+		code, reason, _ := get(http.MethodGet, "")
+		if code != http.StatusServiceUnavailable || !strings.HasPrefix(reason, "handshake_failed: ") {
+			t.Fatalf("%d %q; want 503 handshake_failed", code, reason)
+		}
+		if took := time.Since(start); took > 3*time.Second {
+			t.Fatalf("answered after %s: the Service's 200ms connect timeout was not applied", took)
+		}
+	})
+
 	t.Run("request timeout", func(t *testing.T) {
 		slow := make(chan struct{})
 		defer close(slow)
