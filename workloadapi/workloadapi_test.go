@@ -455,4 +455,3 @@ func TestRunFails(t *testing.T) {
 		t.Fatalf("Run: %v", err)
 	}
 }
-
