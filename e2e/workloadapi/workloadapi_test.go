@@ -294,4 +294,3 @@ func podUID(t *testing.T, cs kubernetes.Interface, name string) string {
 }
 
 func ptrTo[T any](v T) *T { return &v }
-
