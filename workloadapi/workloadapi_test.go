@@ -455,3 +455,48 @@ func TestRunFails(t *testing.T) {
 		t.Fatalf("Run: %v", err)
 	}
 }
+
+// TestRunStopsStreams: open streams (which never end on their own) end
+// when Run's context does, and Run returns and removes the socket.
+func TestRunStopsStreams(t *testing.T) {
+	src := testpki.New(t, "example.org").Source(t, svidID)
+	path := filepath.Join(socketDir(t), "socket")
+	srv, err := workloadapi.New(workloadapi.Config{Source: src, TrustDomain: td, SocketPath: path, AllowedUIDs: []uint32{root()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	waitSocket(t, path, done)
+
+	conn, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	cctx := metadata.AppendToOutgoingContext(t.Context(), workloadapi.SecurityHeader, "true")
+	stream, err := workload.NewSpiffeWorkloadAPIClient(conn).FetchX509SVID(cctx, &workload.X509SVIDRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return with a stream open")
+	}
+	if _, err := stream.Recv(); err == nil {
+		t.Error("the stream is still open after Run returned")
+	}
+	if _, err := os.Lstat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("socket left after Run: %v", err)
+	}
+}
