@@ -232,19 +232,6 @@ func testDeployment(t *testing.T, n *Node, echo string) {
 	}
 }
 
-// TestUnmappedImage: a pod whose image is not a local binary waits with
-// ErrImagePull and a message saying so.
-func TestUnmappedImage(t *testing.T) {
-	prereq.Root(t)
-	n := &Node{cfg: Config{BinDir: prereq.BinDir()}}
-	if _, err := n.Image("nginx:1.27"); err == nil || !strings.Contains(err.Error(), `image "nginx:1.27" is not mapped`) {
-		t.Fatalf("Image(nginx) = %v", err)
-	}
-	if p, err := n.Image("mesh-e2e/echo:v1"); err == nil && !strings.HasSuffix(p, "/mesh-e2e-echo") {
-		t.Fatalf("Image(mesh-e2e/echo:v1) = %s", p)
-	}
-}
-
 // TestDownAfterCrash: what a dead agent leaves (memory emptyDir mounts, pod
 // namespaces, the bridge) is removed by Down, which `make cluster-down`
 // runs.
