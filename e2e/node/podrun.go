@@ -192,7 +192,10 @@ func (r *podRun) start(c *container, now time.Time) {
 	c.attempted, c.restartAt = true, time.Time{}
 	st := corev1.ContainerStatus{Name: c.spec.Name, Image: c.spec.Image, RestartCount: c.status.RestartCount, LastTerminationState: c.status.LastTerminationState, Started: ptrTo(false)}
 	if c.status.State.Terminated != nil {
+		// A restart: counted when it happens, as the kubelet does (so
+		// that the last run's log is --previous by then).
 		st.LastTerminationState = c.status.State
+		st.RestartCount++
 	}
 	r.dirty = true
 	bin, err := r.n.Image(c.spec.Image)
@@ -210,6 +213,7 @@ func (r *podRun) start(c *container, now time.Time) {
 		return
 	}
 	c.attempts = 0
+	r.log.Debug("container started", "container", c.spec.Name)
 	c.cmd, c.running, c.stopping = cmd, true, false
 	c.started, c.ready = c.spec.StartupProbe == nil || c.kind == initKind, false
 	st.State.Running = &corev1.ContainerStateRunning{StartedAt: metav1.NewTime(now)}
@@ -281,7 +285,6 @@ func (r *podRun) exited(c *container, now time.Time) {
 		return
 	}
 	c.restartAt = now.Add(backoff(c.status.RestartCount))
-	c.status.RestartCount++
 }
 
 // restartDue starts the containers whose back-off has passed.
