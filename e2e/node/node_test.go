@@ -125,6 +125,7 @@ func TestNodeAgent(t *testing.T) {
 	t.Run("job", func(t *testing.T) { testJob(t, n) })
 	t.Run("job-native-sidecar", func(t *testing.T) { testJobSidecar(t, n) })
 	t.Run("sidecar-readiness", func(t *testing.T) { testSidecarReadiness(t, n) })
+	t.Run("sidecar-restart", func(t *testing.T) { testSidecarRestart(t, n) })
 	t.Run("delete-main-before-sidecar", func(t *testing.T) { testDeleteOrder(t, n) })
 	t.Run("watch-not-poll", func(t *testing.T) { testWatchNotPoll(t, n, api) })
 }
@@ -508,6 +509,16 @@ func testVolumes(t *testing.T, n *Node, c *cluster.Cluster, api *apiLog) {
 	if strings.Contains(string(mounts), n.cfg.Dir) {
 		t.Fatalf("mounts left on the node:\n%s", mounts)
 	}
+	// Nor a watch on its configMap (kube-root-ca.crt's stays: every pod
+	// mounts it, in its service-account token volume).
+	waitFor(t, 5*time.Second, "configMap watch stopped", func() error {
+		n.watches.mu.Lock()
+		defer n.watches.mu.Unlock()
+		if ow := n.watches.m[objectKey{"configmaps", "echo", "app-config"}]; ow != nil {
+			return fmt.Errorf("app-config still watched for %v", ow.pods)
+		}
+		return nil
+	})
 }
 
 // testLifecycle: env from secrets, configMaps and fields; a failing

@@ -128,7 +128,6 @@ func (n *Node) podByUID(uid types.UID) *corev1.Pod {
 // queues the pod again when it is done.
 func (n *Node) reconcile(ctx context.Context, uid types.UID) error {
 	p := n.podByUID(uid)
-
 	n.mu.Lock()
 	rt := n.pods[uid]
 	n.mu.Unlock()

@@ -87,9 +87,10 @@ func echoSidecar(env ...corev1.EnvVar) corev1.Container {
 	return c
 }
 
-// testJobSidecar: a Job whose pod has a native sidecar completes. The job
-// container starts only once the sidecar has passed its startup probe (it
-// fails, and with it the Job, if the sidecar does not answer); when it
+// testJobSidecar: a Job whose pod has a native sidecar completes. The next
+// init container and the job container start only once the sidecar has
+// passed its startup probe (they fail, and with them the Job, if the
+// sidecar does not answer); when the job container
 // exits, the agent stops the sidecar, the pod Succeeds with the sidecar's
 // termination reported, and the Job gets Complete.
 func testJobSidecar(t *testing.T, n *Node) {
@@ -102,7 +103,12 @@ func testJobSidecar(t *testing.T, n *Node) {
 			Spec: corev1.PodSpec{
 				RestartPolicy:                 corev1.RestartPolicyNever,
 				TerminationGracePeriodSeconds: ptrTo(int64(5)),
-				InitContainers:                []corev1.Container{sidecar(echoSidecar())},
+				InitContainers: []corev1.Container{
+					sidecar(echoSidecar()),
+					// An init container after the sidecar runs once the
+					// sidecar has started.
+					{Name: "after-sidecar", Image: ToolsImage, Command: []string{"bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/15020"}},
+				},
 				Containers: []corev1.Container{{Name: "work", Image: ToolsImage,
 					// The sidecar must be up when the job starts.
 					Command: []string{"bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/15020 && sleep 1 && echo worked"}}},
@@ -135,7 +141,7 @@ func testJobSidecar(t *testing.T, n *Node) {
 	if p.Status.Phase != corev1.PodSucceeded {
 		t.Fatalf("pod phase %s, want Succeeded", p.Status.Phase)
 	}
-	if len(p.Status.InitContainerStatuses) != 1 || p.Status.InitContainerStatuses[0].State.Terminated == nil {
+	if len(p.Status.InitContainerStatuses) != 2 || p.Status.InitContainerStatuses[0].State.Terminated == nil {
 		t.Fatalf("the sidecar's termination is not reported: %+v", p.Status.InitContainerStatuses)
 	}
 	side, work := p.Status.InitContainerStatuses[0], p.Status.ContainerStatuses[0]
@@ -276,6 +282,44 @@ func testWatchNotPoll(t *testing.T, n *Node, api *apiLog) {
 		t.Fatal("the agent does not watch its node's pods")
 	}
 	if err := cs.CoreV1().Pods("echo").Delete(context.Background(), "watched", metav1.DeleteOptions{GracePeriodSeconds: ptrTo(int64(1))}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// testSidecarRestart: a sidecar that exits is restarted, whatever the pod's
+// restartPolicy, while the main container runs on.
+func testSidecarRestart(t *testing.T, n *Node) {
+	cs, ctx := n.cfg.Kube, t.Context()
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "sidecar-restarts"},
+		Spec: corev1.PodSpec{
+			RestartPolicy:                 corev1.RestartPolicyNever,
+			TerminationGracePeriodSeconds: ptrTo(int64(1)),
+			InitContainers:                []corev1.Container{sidecar(corev1.Container{Name: "side", Image: ToolsImage, Command: []string{"sh", "-c", "sleep 0.5; exit 3"}})},
+			Containers:                    []corev1.Container{{Name: "app", Image: ToolsImage, Command: []string{"sleep", "3600"}}},
+		},
+	}
+	if _, err := cs.CoreV1().Pods("echo").Create(ctx, p, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "sidecar restarted twice", func() error {
+		got, err := cs.CoreV1().Pods("echo").Get(ctx, p.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		side := got.Status.InitContainerStatuses
+		if len(side) != 1 || side[0].RestartCount < 2 {
+			return fmt.Errorf("sidecar: %+v", side)
+		}
+		if last := side[0].LastTerminationState.Terminated; last == nil || last.ExitCode != 3 {
+			t.Fatalf("the sidecar's last termination: %+v", side[0].LastTerminationState)
+		}
+		if app := got.Status.ContainerStatuses; len(app) != 1 || app[0].State.Running == nil || app[0].RestartCount != 0 || got.Status.Phase != corev1.PodRunning {
+			t.Fatalf("the main container should run on: phase %s, %+v", got.Status.Phase, app)
+		}
+		return nil
+	})
+	if err := cs.CoreV1().Pods("echo").Delete(ctx, p.Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 }
