@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -26,7 +25,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/retry"
+	"k8s.io/client-go/util/workqueue"
 
 	"github.com/mesh-dev/mesh/e2e/prereq"
 )
@@ -44,6 +45,9 @@ type Config struct {
 	Dir string
 	// BinDir holds the binaries images map to. Zero means prereq.BinDir().
 	BinDir string
+	// ToolsDir holds the pinned tools mesh-e2e/<tool> images map to when
+	// BinDir has no mesh-e2e-<tool>. Zero means prereq.ToolsDir().
+	ToolsDir string
 	// CACertPath and CAKeyPath are the cluster CA, which signs the
 	// kubelet endpoint's certificate and the API server's client
 	// certificate. Zero: no kubelet endpoint (no `kubectl logs`).
@@ -62,20 +66,28 @@ type Node struct {
 	ipam  *ipam
 	spawn chan func()
 
+	// Set by Run (watchPods): the pod watch's cache, the queue of pod
+	// UIDs to reconcile, the ConfigMap and Secret watches.
+	podCache cache.Indexer
+	queue    workqueue.TypedRateLimitingInterface[types.UID]
+	watches  *objectWatches
+	podsWG   sync.WaitGroup // the pods' goroutines
+
 	mu   sync.Mutex
 	pods map[types.UID]*pod
 }
 
 type pod struct {
-	obj    *corev1.Pod
-	netns  string
-	hostIf string
-	ip     netip.Addr
-	cancel context.CancelFunc
-	done   chan struct{}
-	procs  []*exec.Cmd
-	tokens map[string]token
-	mu     sync.Mutex
+	obj     *corev1.Pod
+	netns   string
+	hostIf  string
+	ip      netip.Addr
+	stop    stopRequest
+	refresh chan struct{} // a mounted ConfigMap or Secret may have changed
+	done    chan struct{} // closed when the pod's processes and network are gone
+	procs   []*exec.Cmd
+	tokens  map[string]token
+	mu      sync.Mutex
 }
 
 // New validates cfg.
@@ -89,6 +101,9 @@ func New(cfg Config) (*Node, error) {
 	if cfg.BinDir == "" {
 		cfg.BinDir = prereq.BinDir()
 	}
+	if cfg.ToolsDir == "" {
+		cfg.ToolsDir = prereq.ToolsDir()
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -100,35 +115,6 @@ func New(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	return &Node{cfg: cfg, ipam: a, pods: map[types.UID]*pod{}, spawn: make(chan func())}, nil
-}
-
-// ToolsImage runs its container's command from the node's PATH, for init
-// containers that need system tools (iptables, ip, sh).
-const ToolsImage = "mesh-e2e/tools"
-
-// Image maps an image to the binary that runs it. For ToolsImage it
-// returns "", and the container's command names the program.
-func (n *Node) Image(image string) (string, error) {
-	name, _, _ := strings.Cut(image, "@")
-	if i := strings.LastIndex(name, ":"); i > strings.LastIndex(name, "/") {
-		name = name[:i]
-	}
-	var bin string
-	switch {
-	case name == ToolsImage:
-		return "", nil
-	case name == "mesh-e2e/echo":
-		bin = "mesh-e2e-echo"
-	case strings.HasPrefix(name, "mesh/"):
-		bin = strings.TrimPrefix(name, "mesh/")
-	default:
-		return "", fmt.Errorf("image %q is not mapped to a local binary (mesh-e2e/echo or mesh/<name>)", image)
-	}
-	p := filepath.Join(n.cfg.BinDir, bin)
-	if _, err := os.Stat(p); err != nil {
-		return "", fmt.Errorf("image %q: %s not built (make build)", image, p)
-	}
-	return p, nil
 }
 
 // Run registers the node, runs the pods scheduled to it until ctx ends,
@@ -175,8 +161,13 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	lease := time.NewTicker(10 * time.Second)
 	defer lease.Stop()
-	sync := time.NewTicker(300 * time.Millisecond)
-	defer sync.Stop()
+	// Pods are started and stopped on watch events, by the workers
+	// watchPods starts; they stop before the pods do (stopAll above).
+	stopWatch, err := n.watchPods(ctx)
+	if err != nil || stopWatch == nil {
+		return err
+	}
+	defer stopWatch()
 	for {
 		select {
 		case <-ctx.Done():
@@ -184,10 +175,6 @@ func (n *Node) Run(ctx context.Context) error {
 		case <-lease.C:
 			if err := n.renewLease(ctx); err != nil && ctx.Err() == nil {
 				n.cfg.Logger.Warn("lease renewal failed", "err", err)
-			}
-		case <-sync.C:
-			if err := n.sync(ctx); err != nil && ctx.Err() == nil {
-				n.cfg.Logger.Warn("pod sync failed", "err", err)
 			}
 		}
 	}
@@ -253,46 +240,6 @@ func (n *Node) renewLease(ctx context.Context) error {
 	return err
 }
 
-// sync starts the pods newly scheduled here and stops the deleted ones.
-func (n *Node) sync(ctx context.Context) error {
-	list, err := n.cfg.Kube.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + n.cfg.Name})
-	if err != nil {
-		return err
-	}
-	seen := map[types.UID]bool{}
-	for i := range list.Items {
-		p := &list.Items[i]
-		seen[p.UID] = true
-		n.mu.Lock()
-		rt, running := n.pods[p.UID]
-		n.mu.Unlock()
-		switch {
-		case p.DeletionTimestamp != nil:
-			if running {
-				n.stopPod(rt, gracePeriod(p))
-			}
-			// As the kubelet does: once the containers are gone, the pod
-			// object goes too.
-			zero := int64(0)
-			_ = n.cfg.Kube.CoreV1().Pods(p.Namespace).Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero, Preconditions: &metav1.Preconditions{UID: &p.UID}})
-		case !running && p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed:
-			n.startPod(ctx, p)
-		}
-	}
-	n.mu.Lock()
-	var gone []*pod
-	for uid, rt := range n.pods {
-		if !seen[uid] {
-			gone = append(gone, rt)
-		}
-	}
-	n.mu.Unlock()
-	for _, rt := range gone {
-		n.stopPod(rt, 0)
-	}
-	return nil
-}
-
 func gracePeriod(p *corev1.Pod) time.Duration {
 	if p.DeletionGracePeriodSeconds != nil {
 		return time.Duration(*p.DeletionGracePeriodSeconds) * time.Second
@@ -306,243 +253,6 @@ func gracePeriod(p *corev1.Pod) time.Duration {
 func hostIf(uid types.UID) string {
 	sum := sha256.Sum256([]byte(uid))
 	return "vh" + hex.EncodeToString(sum[:])[:10]
-}
-
-func (n *Node) startPod(ctx context.Context, p *corev1.Pod) {
-	log := n.cfg.Logger.With("pod", p.Namespace+"/"+p.Name)
-	ip, err := n.ipam.allocate(string(p.UID))
-	if err != nil {
-		log.Error("no pod IP", "err", err)
-		return
-	}
-	rt := &pod{obj: p.DeepCopy(), netns: NetnsName(p.Namespace, p.Name), hostIf: hostIf(p.UID), ip: ip, done: make(chan struct{})}
-	if err := addPodNetwork(rt.netns, rt.hostIf, ip); err != nil {
-		log.Error("pod network", "err", err)
-		_ = n.ipam.release(string(p.UID))
-		return
-	}
-	if err := n.setupVolumes(ctx, rt); err != nil {
-		log.Error("volumes", "err", err)
-		n.teardownVolumes(rt.obj)
-		_ = removePodNetwork(rt.netns, rt.hostIf)
-		_ = n.ipam.release(string(p.UID))
-		return
-	}
-	pctx, cancel := context.WithCancel(context.Background())
-	rt.cancel = cancel
-	n.mu.Lock()
-	n.pods[p.UID] = rt
-	n.mu.Unlock()
-	go n.runPod(pctx, rt, log)
-}
-
-// runPod starts the containers, reports status, and restarts containers
-// that exit, until the pod is stopped.
-func (n *Node) runPod(ctx context.Context, rt *pod, log *slog.Logger) {
-	defer close(rt.done)
-	p := rt.obj
-	statuses := make([]corev1.ContainerStatus, len(p.Spec.Containers))
-	exits := make(chan int, len(p.Spec.Containers))
-	restarts := make([]int32, len(p.Spec.Containers))
-	cmds := make([]*exec.Cmd, len(p.Spec.Containers))
-	started := make([]time.Time, len(p.Spec.Containers))
-	lastLive := make([]time.Time, len(p.Spec.Containers))
-	liveFails := make([]int32, len(p.Spec.Containers))
-	start := func(i int) {
-		c := p.Spec.Containers[i]
-		st := corev1.ContainerStatus{Name: c.Name, Image: c.Image, RestartCount: restarts[i]}
-		bin, err := n.Image(c.Image)
-		if err != nil {
-			st.State.Waiting = &corev1.ContainerStateWaiting{Reason: "ErrImagePull", Message: err.Error()}
-			statuses[i] = st
-			return
-		}
-		cmd, err := n.startContainer(rt, c, bin)
-		if err != nil {
-			st.State.Waiting = &corev1.ContainerStateWaiting{Reason: "RunContainerError", Message: err.Error()}
-			statuses[i] = st
-			return
-		}
-		st.State.Running = &corev1.ContainerStateRunning{StartedAt: metav1.Now()}
-		st.Started = ptrTo(true)
-		statuses[i] = st
-		cmds[i], started[i], liveFails[i] = cmd, time.Now(), 0
-		go func() { _ = cmd.Wait(); exits <- i }()
-	}
-	initStatuses, ok := n.runInit(ctx, rt, log)
-	if !ok {
-		n.report(ctx, rt, statuses, initStatuses)
-		return
-	}
-	for i := range p.Spec.Containers {
-		start(i)
-	}
-	n.report(ctx, rt, statuses, initStatuses)
-	probe := time.NewTicker(500 * time.Millisecond)
-	defer probe.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case i := <-exits:
-			code := int32(-1)
-			if ps := cmds[i].ProcessState; ps != nil {
-				code = int32(ps.ExitCode())
-			}
-			log.Info("container exited", "container", p.Spec.Containers[i].Name, "exitCode", code)
-			reason := "Completed"
-			if code != 0 {
-				reason = "Error"
-			}
-			statuses[i].Ready, statuses[i].State = false, corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: code, Reason: reason, FinishedAt: metav1.Now()}}
-			restart := p.Spec.RestartPolicy == corev1.RestartPolicyAlways || p.Spec.RestartPolicy == "" ||
-				(p.Spec.RestartPolicy == corev1.RestartPolicyOnFailure && code != 0)
-			if restart {
-				backoff := min(time.Duration(1<<min(restarts[i], 5))*time.Second, 30*time.Second)
-				restarts[i]++
-				select {
-				case <-ctx.Done():
-					return
-				case <-time.After(backoff):
-				}
-				start(i)
-			}
-			n.report(ctx, rt, statuses, initStatuses)
-		case <-probe.C:
-			if _, err := n.refreshVolumes(ctx, rt, false); err != nil && ctx.Err() == nil {
-				log.Warn("volume refresh", "err", err)
-			}
-			changed := false
-			for i, c := range p.Spec.Containers {
-				if n.livenessFailed(ctx, rt, c, started[i], &lastLive[i], &liveFails[i]) && cmds[i] != nil && statuses[i].State.Running != nil {
-					log.Info("liveness probe failed; restarting", "container", c.Name)
-					_ = syscall.Kill(-cmds[i].Process.Pid, syscall.SIGKILL)
-					liveFails[i] = 0
-				}
-				ready := statuses[i].State.Running != nil && n.probe(ctx, rt, c)
-				if ready != statuses[i].Ready {
-					statuses[i].Ready, changed = ready, true
-				}
-			}
-			if changed {
-				n.report(ctx, rt, statuses, initStatuses)
-			}
-		}
-	}
-}
-
-// runInit runs the init containers in order, each to completion (retrying
-// a failure with back-off unless the pod never restarts); a native sidecar
-// (an init container with restartPolicy Always) is started and left
-// running. It reports false when the pod cannot proceed.
-func (n *Node) runInit(ctx context.Context, rt *pod, log *slog.Logger) ([]corev1.ContainerStatus, bool) {
-	p := rt.obj
-	statuses := make([]corev1.ContainerStatus, len(p.Spec.InitContainers))
-	for i, c := range p.Spec.InitContainers {
-		statuses[i] = corev1.ContainerStatus{Name: c.Name, Image: c.Image}
-		for attempt := 0; ; attempt++ {
-			bin, err := n.Image(c.Image)
-			if err != nil {
-				statuses[i].State.Waiting = &corev1.ContainerStateWaiting{Reason: "ErrImagePull", Message: err.Error()}
-				return statuses, false
-			}
-			cmd, err := n.startContainer(rt, c, bin)
-			if err != nil {
-				statuses[i].State.Waiting = &corev1.ContainerStateWaiting{Reason: "RunContainerError", Message: err.Error()}
-				return statuses, false
-			}
-			if c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {
-				go func() { _ = cmd.Wait() }() // reaped when stopPod ends it
-				statuses[i].State.Running = &corev1.ContainerStateRunning{StartedAt: metav1.Now()}
-				statuses[i].Ready = true
-				break
-			}
-			err = cmd.Wait()
-			code := int32(0)
-			if ee, ok := err.(*exec.ExitError); ok {
-				code = int32(ee.ExitCode())
-			} else if err != nil {
-				code = -1
-			}
-			statuses[i].State = corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: code, Reason: map[bool]string{true: "Completed", false: "Error"}[code == 0], FinishedAt: metav1.Now()}}
-			if code == 0 {
-				break
-			}
-			log.Warn("init container failed", "container", c.Name, "exitCode", code)
-			statuses[i].RestartCount++
-			if p.Spec.RestartPolicy == corev1.RestartPolicyNever {
-				return statuses, false
-			}
-			select {
-			case <-ctx.Done():
-				return statuses, false
-			case <-time.After(min(time.Duration(1<<min(attempt, 5))*time.Second, 30*time.Second)):
-			}
-		}
-	}
-	return statuses, true
-}
-
-// livenessFailed runs a container's HTTP liveness probe when it is due and
-// reports whether it has now failed failureThreshold times in a row.
-func (n *Node) livenessFailed(ctx context.Context, rt *pod, c corev1.Container, started time.Time, last *time.Time, fails *int32) bool {
-	pr := c.LivenessProbe
-	if pr == nil || pr.HTTPGet == nil || started.IsZero() {
-		return false
-	}
-	period := time.Duration(max(pr.PeriodSeconds, 1)) * time.Second
-	if pr.PeriodSeconds == 0 {
-		period = 10 * time.Second
-	}
-	now := time.Now()
-	if now.Before(started.Add(time.Duration(pr.InitialDelaySeconds)*time.Second)) || now.Before(last.Add(period)) {
-		return false
-	}
-	*last = now
-	if n.httpProbe(ctx, rt, c, pr.HTTPGet) {
-		*fails = 0
-		return false
-	}
-	*fails++
-	threshold := pr.FailureThreshold
-	if threshold == 0 {
-		threshold = 3
-	}
-	return *fails >= threshold
-}
-
-// probe runs a container's HTTP readiness probe from the node's address, as
-// a kubelet does; a container without one is ready once running.
-func (n *Node) probe(ctx context.Context, rt *pod, c corev1.Container) bool {
-	if c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet == nil {
-		return true
-	}
-	return n.httpProbe(ctx, rt, c, c.ReadinessProbe.HTTPGet)
-}
-
-// httpProbe sends a probe's GET from the node's address to the pod.
-func (n *Node) httpProbe(ctx context.Context, rt *pod, c corev1.Container, g *corev1.HTTPGetAction) bool {
-	port := g.Port.IntValue()
-	if port == 0 {
-		for _, cp := range c.Ports {
-			if cp.Name == g.Port.StrVal {
-				port = int(cp.ContainerPort)
-			}
-		}
-	}
-	cctx, cancel := context.WithTimeout(ctx, time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(cctx, http.MethodGet, fmt.Sprintf("http://%s:%d%s", rt.ip, port, g.Path), nil)
-	if err != nil {
-		return false
-	}
-	req.Header.Set("User-Agent", "kube-probe/1.37")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return false
-	}
-	resp.Body.Close()
-	return resp.StatusCode >= 200 && resp.StatusCode < 400
 }
 
 func (n *Node) startContainer(rt *pod, c corev1.Container, bin string) (*exec.Cmd, error) {
@@ -694,92 +404,6 @@ func capabilityArgs(c corev1.Container) []string {
 	return []string{"setpriv", "--bounding-set", set, "--"}
 }
 
-// report writes the pod's status as a kubelet would.
-func (n *Node) report(ctx context.Context, rt *pod, statuses, initStatuses []corev1.ContainerStatus) {
-	allReady := len(statuses) > 0
-	for _, s := range statuses {
-		allReady = allReady && s.Ready
-	}
-	cond := func(t corev1.PodConditionType, ok bool) corev1.PodCondition {
-		s := corev1.ConditionFalse
-		if ok {
-			s = corev1.ConditionTrue
-		}
-		return corev1.PodCondition{Type: t, Status: s, LastTransitionTime: metav1.Now()}
-	}
-	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		cur, err := n.cfg.Kube.CoreV1().Pods(rt.obj.Namespace).Get(ctx, rt.obj.Name, metav1.GetOptions{})
-		if err != nil {
-			return err
-		}
-		cur.Status.Phase = phase(rt.obj, statuses)
-		cur.Status.HostIP = NodeIP
-		cur.Status.HostIPs = []corev1.HostIP{{IP: NodeIP}}
-		cur.Status.PodIP = rt.ip.String()
-		cur.Status.PodIPs = []corev1.PodIP{{IP: rt.ip.String()}}
-		if cur.Status.StartTime == nil {
-			now := metav1.Now()
-			cur.Status.StartTime = &now
-		}
-		cur.Status.Conditions = []corev1.PodCondition{
-			cond(corev1.PodScheduled, true), cond(corev1.PodInitialized, initDone(initStatuses)),
-			cond(corev1.ContainersReady, allReady), cond(corev1.PodReady, allReady),
-		}
-		cur.Status.ContainerStatuses = statuses
-		cur.Status.InitContainerStatuses = initStatuses
-		_, err = n.cfg.Kube.CoreV1().Pods(cur.Namespace).UpdateStatus(ctx, cur, metav1.UpdateOptions{})
-		return err
-	})
-	if err != nil && ctx.Err() == nil && !apierrors.IsNotFound(err) {
-		n.cfg.Logger.Warn("pod status", "pod", rt.obj.Namespace+"/"+rt.obj.Name, "err", err)
-	}
-}
-
-// stopPod terminates the pod's processes (SIGTERM, then SIGKILL after
-// grace), and removes its network and address.
-func (n *Node) stopPod(rt *pod, grace time.Duration) {
-	rt.cancel()
-	<-rt.done
-	rt.mu.Lock()
-	procs := rt.procs
-	rt.mu.Unlock()
-	for _, c := range procs {
-		_ = syscall.Kill(-c.Process.Pid, syscall.SIGTERM)
-	}
-	deadline := time.Now().Add(grace)
-	for _, c := range procs {
-		for alive(c.Process.Pid) && time.Now().Before(deadline) {
-			time.Sleep(50 * time.Millisecond)
-		}
-		_ = syscall.Kill(-c.Process.Pid, syscall.SIGKILL)
-	}
-	for _, c := range procs {
-		for alive(c.Process.Pid) {
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	n.teardownVolumes(rt.obj)
-	if err := removePodNetwork(rt.netns, rt.hostIf); err != nil {
-		n.cfg.Logger.Warn("remove pod network", "netns", rt.netns, "err", err)
-	}
-	_ = n.ipam.release(string(rt.obj.UID))
-	n.mu.Lock()
-	delete(n.pods, rt.obj.UID)
-	n.mu.Unlock()
-}
-
-func (n *Node) stopAll() {
-	n.mu.Lock()
-	var all []*pod
-	for _, rt := range n.pods {
-		all = append(all, rt)
-	}
-	n.mu.Unlock()
-	for _, rt := range all {
-		n.stopPod(rt, 5*time.Second)
-	}
-}
-
 // alive reports whether pid is a live process (reaped or zombie is not).
 func alive(pid int) bool {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
@@ -792,36 +416,5 @@ func alive(pid int) bool {
 
 func ptrTo[T any](v T) *T { return &v }
 
-// phase is the pod's phase from its containers: Running once one has
-// started; Succeeded or Failed once all have ended for good (a Job's pod).
-func phase(p *corev1.Pod, statuses []corev1.ContainerStatus) corev1.PodPhase {
-	running, ended, failed := false, 0, false
-	for _, st := range statuses {
-		switch {
-		case st.State.Running != nil:
-			running = true
-		case st.State.Terminated != nil:
-			ended++
-			failed = failed || st.State.Terminated.ExitCode != 0
-		}
-	}
-	final := p.Spec.RestartPolicy == corev1.RestartPolicyNever || (p.Spec.RestartPolicy == corev1.RestartPolicyOnFailure && !failed)
-	switch {
-	case len(statuses) > 0 && ended == len(statuses) && final && failed:
-		return corev1.PodFailed
-	case len(statuses) > 0 && ended == len(statuses) && final:
-		return corev1.PodSucceeded
-	case running || ended > 0:
-		return corev1.PodRunning
-	}
-	return corev1.PodPending
-}
-
-func initDone(statuses []corev1.ContainerStatus) bool {
-	for _, s := range statuses {
-		if s.State.Running == nil && (s.State.Terminated == nil || s.State.Terminated.ExitCode != 0) {
-			return false
-		}
-	}
-	return true
-}
+// killGroup SIGKILLs a container's process group.
+func killGroup(pid int) error { return syscall.Kill(-pid, syscall.SIGKILL) }

@@ -42,9 +42,17 @@ func waitFor(t *testing.T, bound time.Duration, what string, f func() error) {
 	}
 }
 
-func startNode(t *testing.T, c *cluster.Cluster) *Node {
+// startNode runs an agent whose requests to the API server are recorded
+// in the returned log.
+func startNode(t *testing.T, c *cluster.Cluster) (*Node, *apiLog) {
 	t.Helper()
-	cs := c.Client()
+	api := &apiLog{}
+	cfg := c.RESTConfig()
+	cfg.Wrap(api.wrap)
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
 	n, err := New(Config{Kube: cs, Dir: t.TempDir(), CACertPath: c.CACertPath(), CAKeyPath: c.CAKeyPath(), TokenRefreshInterval: 2 * time.Second, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 	if err != nil {
 		t.Fatal(err)
@@ -89,7 +97,7 @@ func startNode(t *testing.T, c *cluster.Cluster) *Node {
 		}
 		return fmt.Errorf("not ready")
 	})
-	return n
+	return n, api
 }
 
 func echoContainer() corev1.Container {
@@ -108,13 +116,18 @@ func TestNodeAgent(t *testing.T) {
 	prereq.Root(t)
 	echo := prereq.Bin(t, "mesh-e2e-echo")
 	c := clustertest.Get(t)
-	n := startNode(t, c)
+	n, api := startNode(t, c)
 	t.Run("deployment", func(t *testing.T) { testDeployment(t, n, echo) })
 	t.Run("init-container-iptables", func(t *testing.T) { testInitIptables(t, n, echo) })
 	t.Run("kubectl-logs", func(t *testing.T) { testLogs(t, c) })
-	t.Run("volumes", func(t *testing.T) { testVolumes(t, n, c) })
+	t.Run("volumes", func(t *testing.T) { testVolumes(t, n, c, api) })
 	t.Run("env-liveness-previous-logs", func(t *testing.T) { testLifecycle(t, n, c, echo) })
 	t.Run("job", func(t *testing.T) { testJob(t, n) })
+	t.Run("job-native-sidecar", func(t *testing.T) { testJobSidecar(t, n) })
+	t.Run("sidecar-readiness", func(t *testing.T) { testSidecarReadiness(t, n) })
+	t.Run("sidecar-restart", func(t *testing.T) { testSidecarRestart(t, n) })
+	t.Run("delete-main-before-sidecar", func(t *testing.T) { testDeleteOrder(t, n) })
+	t.Run("watch-not-poll", func(t *testing.T) { testWatchNotPoll(t, n, api) })
 }
 
 // testDeployment: a Deployment of two echo replicas, scheduled by the real
@@ -229,19 +242,6 @@ func testDeployment(t *testing.T, n *Node, echo string) {
 	n.ipam.mu.Unlock()
 	if owner == string(victim.UID) {
 		t.Fatalf("the deleted pod's IP %s is still allocated to it", victim.Status.PodIP)
-	}
-}
-
-// TestUnmappedImage: a pod whose image is not a local binary waits with
-// ErrImagePull and a message saying so.
-func TestUnmappedImage(t *testing.T) {
-	prereq.Root(t)
-	n := &Node{cfg: Config{BinDir: prereq.BinDir()}}
-	if _, err := n.Image("nginx:1.27"); err == nil || !strings.Contains(err.Error(), `image "nginx:1.27" is not mapped`) {
-		t.Fatalf("Image(nginx) = %v", err)
-	}
-	if p, err := n.Image("mesh-e2e/echo:v1"); err == nil && !strings.HasSuffix(p, "/mesh-e2e-echo") {
-		t.Fatalf("Image(mesh-e2e/echo:v1) = %s", p)
 	}
 }
 
@@ -397,7 +397,7 @@ func testLogs(t *testing.T, c *cluster.Cluster) {
 // reviews as the pod's and is renewed; a new version of the configMap
 // reaches the pod within 10 seconds of kubectl apply; nothing is mounted
 // on the node.
-func testVolumes(t *testing.T, n *Node, c *cluster.Cluster) {
+func testVolumes(t *testing.T, n *Node, c *cluster.Cluster, api *apiLog) {
 	cs, ctx := n.cfg.Kube, t.Context()
 	kubectl := func(stdin string, args ...string) {
 		t.Helper()
@@ -472,15 +472,25 @@ func testVolumes(t *testing.T, n *Node, c *cluster.Cluster) {
 	if got := read("/run/mesh-e2e/config/greeting"); got != "hello-v1" {
 		t.Fatalf("configMap greeting = %q", got)
 	}
+	mark := api.mark()
 	kubectl(cm("hello-v2"), "apply", "-f", "-")
 	start := time.Now()
-	waitFor(t, 10*time.Second, "configMap update in the pod", func() error {
+	waitFor(t, 5*time.Second, "configMap update in the pod", func() error {
 		if got := read("/run/mesh-e2e/config/greeting"); got != "hello-v2" {
 			return fmt.Errorf("still %q", got)
 		}
 		return nil
 	})
 	t.Logf("configMap update reached the pod in %s", time.Since(start).Round(100*time.Millisecond))
+	// It came on the watch: the agent did not read the configMap.
+	if reads := api.since(mark, func(r apiRequest) bool { return !r.watch && strings.Contains(r.path, "/configmaps") }); len(reads) > 0 {
+		t.Fatalf("the agent read configMaps instead of watching them: %v", reads)
+	}
+	if watches := api.since(0, func(r apiRequest) bool {
+		return r.watch && r.path == "/api/v1/namespaces/echo/configmaps" && strings.Contains(r.query, "metadata.name%3Dapp-config")
+	}); len(watches) == 0 {
+		t.Fatalf("the agent has no watch on configMap app-config")
+	}
 	if out, err := exec.Command("nsenter", "-t", fmt.Sprint(pid), "-m", "sh", "-c", "echo x > /run/mesh-e2e/config/evil").CombinedOutput(); err == nil {
 		t.Fatalf("the configMap volume is writable: %s", out)
 	}
@@ -499,6 +509,16 @@ func testVolumes(t *testing.T, n *Node, c *cluster.Cluster) {
 	if strings.Contains(string(mounts), n.cfg.Dir) {
 		t.Fatalf("mounts left on the node:\n%s", mounts)
 	}
+	// Nor a watch on its configMap (kube-root-ca.crt's stays: every pod
+	// mounts it, in its service-account token volume).
+	waitFor(t, 5*time.Second, "configMap watch stopped", func() error {
+		n.watches.mu.Lock()
+		defer n.watches.mu.Unlock()
+		if ow := n.watches.m[objectKey{"configmaps", "echo", "app-config"}]; ow != nil {
+			return fmt.Errorf("app-config still watched for %v", ow.pods)
+		}
+		return nil
+	})
 }
 
 // testLifecycle: env from secrets, configMaps and fields; a failing

@@ -121,7 +121,7 @@ func addPodNetwork(netns, hostIf string, ip netip.Addr) error {
 	_ = ipcmd("link", "del", hostIf)
 	steps := [][]string{
 		{"netns", "add", netns},
-		{"link", "add", hostIf, "type", "veth", "peer", "name", "eth0", "netns", netns},
+		{"link", "add", hostIf, "type", "veth", "peer", "name", "eth0", "address", podMAC(ip), "netns", netns},
 		{"link", "set", hostIf, "master", Bridge},
 		{"link", "set", hostIf, "up"},
 		{"netns", "exec", netns, "ip", "link", "set", "lo", "up"},
@@ -136,6 +136,16 @@ func addPodNetwork(netns, hostIf string, ip netip.Addr) error {
 		}
 	}
 	return nil
+}
+
+// podMAC is the pod's MAC address, made from its IP as the CNI bridge
+// plugin does (0a:58 and the four bytes): an address given to a new pod
+// keeps its MAC, so the neighbour caches of the node and of other pods,
+// which still hold the last pod's entry, stay right. A random MAC left them
+// sending to the old one for up to a minute.
+func podMAC(ip netip.Addr) string {
+	b := ip.As4()
+	return fmt.Sprintf("0a:58:%02x:%02x:%02x:%02x", b[0], b[1], b[2], b[3])
 }
 
 func removePodNetwork(netns, hostIf string) error {

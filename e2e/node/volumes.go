@@ -14,6 +14,7 @@ import (
 
 	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -46,26 +47,41 @@ func (n *Node) setupVolumes(ctx context.Context, rt *pod) error {
 			_ = os.Chmod(dir, 0o777)
 		}
 	}
-	_, err := n.refreshVolumes(ctx, rt, true)
+	_, err := n.refreshVolumes(ctx, rt, volumesAll)
 	return err
 }
+
+// volumeRefresh says which of a pod's volumes refreshVolumes rewrites.
+type volumeRefresh int
+
+const (
+	// volumesAll writes every volume: the pod's first.
+	volumesAll volumeRefresh = iota
+	// volumesObjects rewrites the configMap, secret and projected
+	// volumes whose contents changed: a watched object changed.
+	volumesObjects
+	// volumesTokens rewrites the projected volumes whose tokens are due.
+	volumesTokens
+)
 
 // refreshVolumes rewrites the secret, configMap and projected volumes whose
 // contents changed (and tokens that are due), with the kubelet's atomic
 // ..data symlink swap. It reports whether anything changed.
-func (n *Node) refreshVolumes(ctx context.Context, rt *pod, first bool) (bool, error) {
+func (n *Node) refreshVolumes(ctx context.Context, rt *pod, what volumeRefresh) (bool, error) {
 	p := rt.obj
 	changed := false
 	for _, v := range p.Spec.Volumes {
 		var files map[string][]byte
 		var err error
 		switch {
+		case what == volumesTokens && v.Projected == nil:
+			continue
 		case v.ConfigMap != nil:
 			files, err = n.configMapFiles(ctx, p.Namespace, v.ConfigMap.Name, v.ConfigMap.Items, v.ConfigMap.Optional)
 		case v.Secret != nil:
 			files, err = n.secretFiles(ctx, p.Namespace, v.Secret.SecretName, v.Secret.Items, v.Secret.Optional)
 		case v.Projected != nil:
-			files, err = n.projectedFiles(ctx, rt, v.Name, v.Projected, first)
+			files, err = n.projectedFiles(ctx, rt, v.Name, v.Projected, what)
 		default:
 			continue
 		}
@@ -84,8 +100,19 @@ func (n *Node) refreshVolumes(ctx context.Context, rt *pod, first bool) (bool, e
 	return changed, nil
 }
 
+// configMapFiles are a configMap's keys as files, from its watch when the
+// pod's volumes have it watched, else from the API server (env references).
 func (n *Node) configMapFiles(ctx context.Context, ns, name string, items []corev1.KeyToPath, optional *bool) (map[string][]byte, error) {
-	cm, err := n.cfg.Kube.CoreV1().ConfigMaps(ns).Get(ctx, name, metav1.GetOptions{})
+	var cm *corev1.ConfigMap
+	var err error
+	if obj, watched := n.watches.get("configmaps", ns, name); watched {
+		cm, _ = obj.(*corev1.ConfigMap)
+		if cm == nil {
+			err = apierrors.NewNotFound(corev1.Resource("configmaps"), name)
+		}
+	} else {
+		cm, err = n.cfg.Kube.CoreV1().ConfigMaps(ns).Get(ctx, name, metav1.GetOptions{})
+	}
 	if err != nil {
 		if optional != nil && *optional {
 			return map[string][]byte{}, nil
@@ -102,8 +129,19 @@ func (n *Node) configMapFiles(ctx context.Context, ns, name string, items []core
 	return pick(data, items)
 }
 
+// secretFiles are a secret's keys as files, from its watch when the pod's
+// volumes have it watched, else from the API server.
 func (n *Node) secretFiles(ctx context.Context, ns, name string, items []corev1.KeyToPath, optional *bool) (map[string][]byte, error) {
-	s, err := n.cfg.Kube.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
+	var s *corev1.Secret
+	var err error
+	if obj, watched := n.watches.get("secrets", ns, name); watched {
+		s, _ = obj.(*corev1.Secret)
+		if s == nil {
+			err = apierrors.NewNotFound(corev1.Resource("secrets"), name)
+		}
+	} else {
+		s, err = n.cfg.Kube.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
+	}
 	if err != nil {
 		if optional != nil && *optional {
 			return map[string][]byte{}, nil
@@ -131,10 +169,12 @@ func pick(data map[string][]byte, items []corev1.KeyToPath) (map[string][]byte, 
 // projectedFiles builds a projected volume. Service-account tokens are
 // requested bound to the pod and renewed at 80% of their life (or every
 // TokenRefreshInterval); nil means nothing is due.
-func (n *Node) projectedFiles(ctx context.Context, rt *pod, vol string, pv *corev1.ProjectedVolumeSource, first bool) (map[string][]byte, error) {
+func (n *Node) projectedFiles(ctx context.Context, rt *pod, vol string, pv *corev1.ProjectedVolumeSource, what volumeRefresh) (map[string][]byte, error) {
 	p := rt.obj
 	out := map[string][]byte{}
-	due := first
+	// Tokens make the volume due when they are; objects when they may
+	// have changed (writeAtomic compares with what is on disk).
+	due := what != volumesTokens
 	for _, src := range pv.Sources {
 		switch {
 		case src.ServiceAccountToken != nil:
@@ -182,7 +222,6 @@ func (n *Node) projectedFiles(ctx context.Context, rt *pod, vol string, pv *core
 			for k, v := range files {
 				out[k] = v
 			}
-			due = true // compared with what is on disk by writeAtomic
 		case src.Secret != nil:
 			files, err := n.secretFiles(ctx, p.Namespace, src.Secret.Name, src.Secret.Items, src.Secret.Optional)
 			if err != nil {
@@ -191,7 +230,6 @@ func (n *Node) projectedFiles(ctx context.Context, rt *pod, vol string, pv *core
 			for k, v := range files {
 				out[k] = v
 			}
-			due = true
 		case src.DownwardAPI != nil:
 			for _, it := range src.DownwardAPI.Items {
 				if it.FieldRef == nil {
