@@ -54,6 +54,17 @@ type Config struct {
 	TokenRefreshInterval time.Duration
 	// Logger. Zero means slog.Default().
 	Logger *slog.Logger
+	// KubeProxyKubeconfig is the kubeconfig of kube-proxy (a user bound to
+	// system:node-proxier). Zero: no kube-proxy, so ClusterIPs work only
+	// in meshed pods, whose proxy resolves Services itself.
+	KubeProxyKubeconfig string
+	// APIServerPort is the API server's port on loopback, which the agent
+	// forwards from the node's address: the kubernetes Service's endpoint.
+	// Zero: pods cannot reach the API server.
+	APIServerPort int
+	// ToolsDir holds kube-proxy, and the binaries of mesh-e2e/<name>
+	// images that are not in BinDir. Zero means prereq.ToolsDir().
+	ToolsDir string
 }
 
 // Node is a running node agent.
@@ -89,6 +100,9 @@ func New(cfg Config) (*Node, error) {
 	if cfg.BinDir == "" {
 		cfg.BinDir = prereq.BinDir()
 	}
+	if cfg.ToolsDir == "" {
+		cfg.ToolsDir = prereq.ToolsDir()
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -117,8 +131,18 @@ func (n *Node) Image(image string) (string, error) {
 	switch {
 	case name == ToolsImage:
 		return "", nil
-	case name == "mesh-e2e/echo":
-		bin = "mesh-e2e-echo"
+	case strings.HasPrefix(name, "mesh-e2e/"):
+		// bin/mesh-e2e-<x> (mesh's test programs), else a pinned tool
+		// (mesh-e2e/coredns is .cache/bin/coredns).
+		x := strings.TrimPrefix(name, "mesh-e2e/")
+		bin = "mesh-e2e-" + x
+		if _, err := os.Stat(filepath.Join(n.cfg.BinDir, bin)); err != nil {
+			if p := filepath.Join(n.cfg.ToolsDir, x); x != "" && !strings.Contains(x, "/") {
+				if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() {
+					return p, nil
+				}
+			}
+		}
 	case strings.HasPrefix(name, "mesh/"):
 		bin = strings.TrimPrefix(name, "mesh/")
 	default:
@@ -162,6 +186,11 @@ func (n *Node) Run(ctx context.Context) error {
 	if err := n.register(ctx); err != nil {
 		return err
 	}
+	stopServices, err := n.startServices(ctx)
+	if err != nil {
+		return err
+	}
+	defer stopServices()
 	if n.cfg.CACertPath != "" {
 		kctx, stopKubelet := context.WithCancel(ctx)
 		kdone := make(chan error, 1)
@@ -547,6 +576,9 @@ func (n *Node) httpProbe(ctx context.Context, rt *pod, c corev1.Container, g *co
 
 func (n *Node) startContainer(rt *pod, c corev1.Container, bin string) (*exec.Cmd, error) {
 	p := rt.obj
+	if err := writeResolvConf(p, rt.netns); err != nil {
+		return nil, err
+	}
 	args := []string{"netns", "exec", rt.netns}
 	if len(c.VolumeMounts) > 0 {
 		script, err := n.mountScript(p, c)
@@ -618,7 +650,11 @@ func (n *Node) startContainer(rt *pod, c corev1.Container, bin string) (*exec.Cm
 func (n *Node) resolveEnv(p *corev1.Pod, rt *pod, c corev1.Container) ([]string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	var out []string
+	// Services' variables first: the container's own, later, win.
+	out, err := n.serviceEnv(ctx, p)
+	if err != nil {
+		return nil, err
+	}
 	for _, e := range c.Env {
 		v := e.Value
 		switch from := e.ValueFrom; {
