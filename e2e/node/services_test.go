@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
+	"golang.org/x/sys/unix"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -168,6 +170,7 @@ func TestServicesAndDNS(t *testing.T) {
 	t.Run("clusterip", func(t *testing.T) { testClusterIP(t, ns, echo, names) })
 	t.Run("in-cluster-config", func(t *testing.T) { testInClusterConfig(t, n, cs, ns, kubectl) })
 	t.Run("nodeport", func(t *testing.T) { testNodePort(t, cs, ns, names) })
+	t.Run("forward-guard", func(t *testing.T) { testForwardGuard(t, ns) })
 }
 
 // deployEcho runs replicas of the echo server behind a Service echo
@@ -423,5 +426,105 @@ func testNodePort(t *testing.T, cs kubernetes.Interface, ns string, names map[st
 	}
 	if out, _ := exec.Command("ss", "-Hltn", "sport = :"+port).Output(); len(strings.TrimSpace(string(out))) > 0 {
 		t.Errorf("something listens on NodePort %s:\n%s", port, out)
+	}
+}
+
+// inNetns runs f on a thread in the named network namespace: sockets f
+// opens stay there after the thread returns to the node's.
+func inNetns[T any](t *testing.T, netns string, f func() (T, error)) T {
+	t.Helper()
+	runtime.LockOSThread()
+	self, err := os.Open("/proc/thread-self/ns/net")
+	if err != nil {
+		runtime.UnlockOSThread()
+		t.Fatal(err)
+	}
+	defer self.Close()
+	target, err := os.Open("/run/netns/" + netns)
+	if err != nil {
+		runtime.UnlockOSThread()
+		t.Fatal(err)
+	}
+	defer target.Close()
+	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+		runtime.UnlockOSThread()
+		t.Fatal(err)
+	}
+	v, ferr := f()
+	if err := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); err != nil {
+		// The thread stays locked, so it ends with this goroutine
+		// instead of running others in the wrong namespace.
+		t.Fatalf("back to the node's namespace: %v", err)
+	}
+	runtime.UnlockOSThread()
+	if ferr != nil {
+		t.Fatal(ferr)
+	}
+	return v
+}
+
+// testForwardGuard: forwarding is on for the bridge, so only the guard
+// keeps a pod's packet for an address routed through another interface
+// from leaving. A second namespace behind its own veth plays "elsewhere";
+// UDP one way, so the verdict is the forward path's alone. Its addresses
+// are in neither the pod nor the Service range (kube-proxy rejects
+// unallocated ClusterIPs itself). With the guard
+// nothing arrives; with its rules flushed (the control) datagrams do.
+func testForwardGuard(t *testing.T, ns string) {
+	const (
+		outside = "meshfwd-guard"
+		hostIf  = "vhfwdguard"
+		hostIP  = "198.18.191.253"
+		farIP   = "198.18.191.254"
+	)
+	t.Cleanup(func() {
+		_ = ipcmd("link", "del", hostIf)
+		_ = ipcmd("netns", "del", outside)
+		if err := nft(guardRules()); err != nil { // back, if the control left it flushed
+			t.Error(err)
+		}
+	})
+	podNetns := NetnsName(ns, "client")
+	for _, args := range [][]string{
+		{"netns", "add", outside},
+		{"link", "add", hostIf, "type", "veth", "peer", "name", "eth0", "netns", outside},
+		{"addr", "add", hostIP + "/30", "dev", hostIf},
+		{"link", "set", hostIf, "up"},
+		{"netns", "exec", outside, "ip", "addr", "add", farIP + "/30", "dev", "eth0"},
+		{"netns", "exec", outside, "ip", "link", "set", "eth0", "up"},
+		// The pod's /16 would make it look on-link: route it via the node.
+		{"netns", "exec", podNetns, "ip", "route", "add", "198.18.191.252/30", "via", NodeIP},
+	} {
+		if err := ipcmd(args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rx := inNetns(t, outside, func() (net.PacketConn, error) { return net.ListenPacket("udp", farIP+":9999") })
+	defer rx.Close()
+	tx := inNetns(t, podNetns, func() (net.Conn, error) { return net.Dial("udp", farIP+":9999") })
+	defer tx.Close()
+	received := func() int {
+		for range 5 {
+			_, _ = tx.Write([]byte("out"))
+		}
+		got := 0
+		buf := make([]byte, 16)
+		for {
+			_ = rx.SetReadDeadline(time.Now().Add(time.Second))
+			if _, _, err := rx.ReadFrom(buf); err != nil {
+				return got
+			}
+			got++
+		}
+	}
+	if got := received(); got != 0 {
+		t.Fatalf("%d of 5 datagrams from a pod left the bridge through %s", got, hostIf)
+	}
+	family, name, _ := strings.Cut(guardTable, " ")
+	if out, err := exec.Command("nft", "flush", "chain", family, name, "forward").CombinedOutput(); err != nil {
+		t.Fatalf("flush the guard: %v: %s", err, out)
+	}
+	if got := received(); got == 0 {
+		t.Fatal("control: with the guard flushed no datagram arrived either, so the test proves nothing")
 	}
 }
