@@ -69,6 +69,10 @@ func (n *Node) startServices(ctx context.Context) (stop func(), err error) {
 	if _, err := exec.LookPath("nft"); err != nil {
 		return nil, fmt.Errorf("node: nft not found (install Debian's nftables; hack/deps.sh does): %w", err)
 	}
+	// A stale table (an agent that died) would double the rules.
+	if err := deleteNftTables(guardTable); err != nil {
+		return nil, err
+	}
 	if err := nft(guardRules()); err != nil {
 		return nil, err
 	}

@@ -528,3 +528,42 @@ func testForwardGuard(t *testing.T, ns string) {
 		t.Fatal("control: with the guard flushed no datagram arrived either, so the test proves nothing")
 	}
 }
+
+// TestDownServicesAfterCrash: what a dead agent's services leave (the
+// guard table, kube-proxy's tables, pods' resolv.conf) is removed by Down.
+func TestDownServicesAfterCrash(t *testing.T) {
+	prereq.Root(t)
+	prereq.Command(t, "nft")
+	unlock, err := lockNetwork()
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = nft(guardRules())
+	if err == nil {
+		// kube-proxy's tables, as a killed kube-proxy leaves them.
+		err = nft("table ip kube-proxy {\n\tchain x {\n\t}\n}\ntable ip6 kube-proxy {\n}\n")
+	}
+	crashed := dnsPod(corev1.DNSClusterFirst, false, nil)
+	if err == nil {
+		err = writeResolvConf(crashed, NetnsName("crash", "dns"))
+	}
+	unlock() // the "crash": Down takes the lock itself
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(netnsEtc, NetnsName("crash", "dns"), "resolv.conf")); err != nil {
+		t.Fatalf("resolv.conf not written: %v", err)
+	}
+	if err := Down(); err != nil {
+		t.Fatal(err)
+	}
+	for _, table := range append([]string{guardTable}, kubeProxyTables...) {
+		family, name, _ := strings.Cut(table, " ")
+		if exec.Command("nft", "list", "table", family, name).Run() == nil {
+			t.Errorf("table %s left after Down", table)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(netnsEtc, NetnsName("crash", "dns"))); !os.IsNotExist(err) {
+		t.Errorf("%s/%s left after Down: %v", netnsEtc, NetnsName("crash", "dns"), err)
+	}
+}
