@@ -90,17 +90,26 @@ func installAddons(ctx context.Context, cs kubernetes.Interface) error {
 			return err
 		}},
 		{"Service kube-dns", func() error {
-			_, err := cs.CoreV1().Services(ns).Create(ctx, &corev1.Service{
-				ObjectMeta: metav1.ObjectMeta{Name: "kube-dns", Labels: labels},
-				Spec: corev1.ServiceSpec{
-					ClusterIP: ClusterDNS, Selector: labels,
-					Ports: []corev1.ServicePort{
-						{Name: "dns", Port: 53, Protocol: corev1.ProtocolUDP, TargetPort: intstr.FromInt32(53)},
-						{Name: "dns-tcp", Port: 53, Protocol: corev1.ProtocolTCP, TargetPort: intstr.FromInt32(53)},
-					},
+			want := corev1.ServiceSpec{
+				ClusterIP: ClusterDNS, Selector: labels,
+				Ports: []corev1.ServicePort{
+					{Name: "dns", Port: 53, Protocol: corev1.ProtocolUDP, TargetPort: intstr.FromInt32(53)},
+					{Name: "dns-tcp", Port: 53, Protocol: corev1.ProtocolTCP, TargetPort: intstr.FromInt32(53)},
 				},
-			}, metav1.CreateOptions{})
-			return ignoreExists(err)
+			}
+			// Looked up first: creating it again fails on its ClusterIP
+			// (taken, by itself) before the name is checked.
+			cur, err := cs.CoreV1().Services(ns).Get(ctx, "kube-dns", metav1.GetOptions{})
+			if apierrors.IsNotFound(err) {
+				_, err = cs.CoreV1().Services(ns).Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "kube-dns", Labels: labels}, Spec: want}, metav1.CreateOptions{})
+				return err
+			}
+			if err != nil {
+				return err
+			}
+			cur.Spec.Selector, cur.Spec.Ports = want.Selector, want.Ports
+			_, err = cs.CoreV1().Services(ns).Update(ctx, cur, metav1.UpdateOptions{})
+			return err
 		}},
 		{"Deployment coredns", func() error {
 			d := coreDNSDeployment(labels)
