@@ -650,10 +650,11 @@ func (n *Node) startContainer(rt *pod, c corev1.Container, bin string) (*exec.Cm
 func (n *Node) resolveEnv(p *corev1.Pod, rt *pod, c corev1.Container) ([]string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	// Services' variables first: the container's own, later, win.
+	// Services' variables first: the container's own, later, win. Without
+	// them (the API server did not answer) the container still starts.
 	out, err := n.serviceEnv(ctx, p)
 	if err != nil {
-		return nil, err
+		n.cfg.Logger.Warn("no Service environment", "pod", p.Namespace+"/"+p.Name, "err", err)
 	}
 	for _, e := range c.Env {
 		v := e.Value

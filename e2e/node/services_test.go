@@ -53,6 +53,9 @@ func startServiceNode(t *testing.T, c *cluster.Cluster) *Node {
 		if err := <-done; err != nil {
 			t.Errorf("node agent: %v", err)
 		}
+		if t.Failed() {
+			t.Logf("kube-proxy's log:\n%s", tailFile(filepath.Join(dir, "logs", "kube-proxy.log"), 40))
+		}
 		f, err := os.OpenFile(lockPath, os.O_CREATE|os.O_RDWR, 0o644)
 		if err != nil {
 			t.Fatal(err)
