@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -38,6 +39,9 @@ const IdentityPort = 15012
 func StartNode(c *cluster.Cluster, dir string, log *slog.Logger) (stop func(), err error) {
 	// kube-proxy's identity: the user the bootstrap policy binds to
 	// system:node-proxier.
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("node: %w", err)
+	}
 	proxyKubeconfig := filepath.Join(dir, "kube-proxy.kubeconfig")
 	if err := c.WriteKubeconfig(proxyKubeconfig, "system:kube-proxy", nil); err != nil {
 		return nil, err
