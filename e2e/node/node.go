@@ -282,6 +282,10 @@ func (n *Node) startContainer(rt *pod, c corev1.Container, bin string) (*exec.Cm
 		}
 		args = append(args, "/bin/sh", "-c", script, "mount-volumes")
 	}
+	env, err := n.resolveEnv(p, rt, c)
+	if err != nil {
+		return nil, err
+	}
 	args = append(args, capabilityArgs(c)...)
 	if sc := c.SecurityContext; sc != nil && sc.RunAsUser != nil && *sc.RunAsUser != 0 {
 		gid := *sc.RunAsUser
@@ -301,21 +305,17 @@ func (n *Node) startContainer(rt *pod, c corev1.Container, bin string) (*exec.Cm
 			return nil, fmt.Errorf("container %q: %w", c.Name, err)
 		}
 		args = append(args, prog)
-		args = append(args, c.Command[1:]...)
+		args = append(args, expandAll(c.Command[1:], env)...)
 	case len(c.Command) > 0:
 		// command replaces the image's entrypoint: the binary is the image.
 		args = append(args, bin)
-		args = append(args, c.Command[1:]...)
+		args = append(args, expandAll(c.Command[1:], env)...)
 	default:
 		args = append(args, bin)
 	}
-	args = append(args, c.Args...)
+	args = append(args, expandAll(c.Args, env)...)
 	cmd := exec.Command("ip", args...)
 	cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
-	env, err := n.resolveEnv(p, rt, c)
-	if err != nil {
-		return nil, err
-	}
 	cmd.Env = append(cmd.Env, env...)
 	logPath := n.logPath(p.Namespace, p.Name, c.Name, false)
 	if _, err := os.Stat(logPath); err == nil {
