@@ -333,7 +333,13 @@ func (e *env) testApp(t *testing.T) {
 
 func (e *env) testOutsider(t *testing.T) {
 	ctx := t.Context()
-	if err := meshtest.EnsureNamespace(ctx, e.cs, "plain"); err != nil {
+	if _, err := e.cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "plain"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := meshtest.WaitFor(ctx, time.Minute, func() error {
+		_, err := e.cs.CoreV1().ServiceAccounts("plain").Get(ctx, "default", metav1.GetOptions{})
+		return err
+	}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := meshtest.CreateRunning(ctx, e.cs, meshtest.PlainPod("plain", "outsider")); err != nil {
