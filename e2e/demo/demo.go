@@ -254,15 +254,16 @@ func (d *demo) run(ctx context.Context) error {
 ==> done. The cluster is still running; use it:
 
 export KUBECONFIG=%s
+export PATH=%s:%s:$PATH   # kubectl, helm and meshctl
 
 Then try:
   kubectl get pods -A                                   # the app, the controller, CoreDNS
   kubectl get authorizationpolicies -A -o wide          # policies and their status
-  %s/meshctl identity show -n shop deploy/backend       # the SVIDs the proxies serve
+  meshctl identity show -n shop deploy/backend          # the SVIDs the proxies serve
   kubectl -n shop logs deploy/backend -c mesh-proxy     # the proxy's log
   kubectl -n shop edit authorizationpolicy backend-api  # change a rule; calls follow within a second
 Stop it with: make demo-down
-`, d.kubeconfig, prereq.BinDir())
+`, d.kubeconfig, prereq.ToolsDir(), prereq.BinDir())
 	return nil
 }
 

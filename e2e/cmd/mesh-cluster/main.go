@@ -161,7 +161,7 @@ func upBackground(dir string) error {
 	deadline := time.After(3 * time.Minute)
 	for {
 		if b, err := os.ReadFile(ready); err == nil && len(b) > 0 {
-			fmt.Printf("cluster is up (logs in %s/logs; stop it with `make cluster-down`)\n", dir)
+			fmt.Printf("cluster is up (logs in %s/logs; stop it with `mesh-cluster down --dir %s`)\n", dir, dir)
 			fmt.Printf("export KUBECONFIG=%s\n", filepath.Join(dir, "kubeconfig"))
 			return nil
 		}
