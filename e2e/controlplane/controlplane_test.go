@@ -279,7 +279,7 @@ func (e *env) testDestinations(t *testing.T) {
 	ctx := t.Context()
 	pcap := filepath.Join(e.dir, "mesh0.pcap")
 	dump := exec.CommandContext(ctx, "tcpdump", "--immediate-mode", "-i", node.Bridge, "-U", "-s", "0", "-w", pcap, "tcp and not port 15012")
-	var dumpErr lockedBuffer
+	var dumpErr meshtest.SyncBuffer
 	dump.Stderr = &dumpErr
 	if err := dump.Start(); err != nil {
 		t.Fatal(err)
@@ -436,24 +436,7 @@ spec:
 type ghost struct {
 	netns string
 	cmd   *exec.Cmd
-	log   lockedBuffer
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+	log   meshtest.SyncBuffer
 }
 
 const ghostIP = "198.18.100.200"

@@ -18,7 +18,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -303,7 +302,7 @@ func (e *env) testApp(t *testing.T) {
 	pcap := filepath.Join(t.TempDir(), "app.pcap")
 	dctx, stopDump := context.WithCancel(ctx)
 	dump := exec.CommandContext(dctx, "tcpdump", "--immediate-mode", "-i", node.Bridge, "-U", "-s", "0", "-w", pcap, "host", clientIP, "and", "tcp")
-	var dumpErr lockedBuffer
+	var dumpErr meshtest.SyncBuffer
 	dump.Stderr = &dumpErr
 	if err := dump.Start(); err != nil {
 		t.Fatal(err)
@@ -650,23 +649,6 @@ func (e *env) dumpControllers(t *testing.T) {
 		out, _ := e.try(ctx, "kubectl", "logs", "-n", system, p.Name, "--tail", "40")
 		t.Logf("controller pod %s (%s):\n%s", p.Name, p.Status.Phase, out)
 	}
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func ptr[T any](v T) *T { return &v }

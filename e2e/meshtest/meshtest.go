@@ -80,7 +80,7 @@ func StartNode(c *cluster.Cluster, dir string, log *slog.Logger) (stop func(), e
 type Controller struct {
 	Name string
 	cmd  *exec.Cmd
-	log  *syncBuffer
+	log  *SyncBuffer
 	done chan struct{}
 }
 
@@ -94,7 +94,7 @@ func StartController(c *cluster.Cluster, name, addr string, extra ...string) (*C
 		// for one (extra comes after, and the last flag wins).
 		"--webhook-addr", "-"}, extra...)
 	cmd := exec.Command(filepath.Join(prereq.BinDir(), "mesh-controller"), args...)
-	ctl := &Controller{Name: name, cmd: cmd, log: &syncBuffer{}, done: make(chan struct{})}
+	ctl := &Controller{Name: name, cmd: cmd, log: &SyncBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = ctl.log, ctl.log
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("mesh-controller: %w", err)
@@ -320,21 +320,23 @@ func WaitFor(ctx context.Context, bound time.Duration, f func() error) error {
 
 func ptrTo[T any](v T) *T { return &v }
 
-type syncBuffer struct {
+// SyncBuffer is a bytes.Buffer safe for one writer (a process's output)
+// and readers in other goroutines.
+type SyncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
+func (s *SyncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.Write(p)
 }
 
-func (s *syncBuffer) String() string {
+func (s *SyncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
 }
 
-var _ io.Writer = (*syncBuffer)(nil)
+var _ io.Writer = (*SyncBuffer)(nil)
