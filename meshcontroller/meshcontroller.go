@@ -38,6 +38,7 @@ import (
 	"github.com/mesh-dev/mesh/controlplane/policystatus"
 	"github.com/mesh-dev/mesh/controlplane/trustbundle"
 	"github.com/mesh-dev/mesh/identity"
+	"github.com/mesh-dev/mesh/internal/logconfig"
 	"github.com/mesh-dev/mesh/webhook"
 )
 
@@ -49,6 +50,7 @@ type options struct {
 	webhookAddr, webhookService, mutatingWebhook, validatingWebhook string
 	injectorConfig                                                  string
 	webhookExtraSANs                                                []string
+	log                                                             logconfig.Config
 }
 
 // Version is mesh's release: the proxy image's default tag and the value
@@ -69,6 +71,7 @@ func New() *cobra.Command {
 	}
 	host, _ := os.Hostname()
 	f := cmd.Flags()
+	o.log.AddFlags(f)
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig; empty: in-cluster")
 	f.StringVar(&o.trustDomain, "trust-domain", identity.DefaultTrustDomain, "the mesh's trust domain")
 	f.StringVar(&o.namespace, "namespace", "mesh-system", "the controller's namespace (holds the CA Secret and the leader Lease)")
@@ -105,7 +108,10 @@ func envOr(k, def string) string {
 }
 
 func run(ctx context.Context, o options) error {
-	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	log, err := o.log.New(os.Stderr)
+	if err != nil {
+		return err
+	}
 	td, err := spiffeid.TrustDomainFromString(o.trustDomain)
 	if err != nil {
 		return fmt.Errorf("--trust-domain: %w", err)

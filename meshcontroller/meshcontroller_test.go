@@ -25,6 +25,7 @@ func TestRefusesBadFlags(t *testing.T) {
 		{[]string{"--trust-domain", "Not A Domain", "--kubeconfig", missing}, "--trust-domain:"},
 		{[]string{"--kubeconfig", missing}, "kubernetes client:"},
 		{[]string{"stray"}, `unknown command "stray"`},
+		{[]string{"--log-level", "loud", "--kubeconfig", missing}, `--log-level "loud"`},
 		{[]string{"--injector-config", badInjector, "--kubeconfig", missing}, `--injector-config ` + badInjector + `: inject: config: inboundMode: "STRICT" is not strict or permissive`},
 		{[]string{"--injector-config", t.TempDir(), "--kubeconfig", missing}, "--injector-config: inject: config:"},
 		{[]string{"--webhook-service", "", "--kubeconfig", missing}, "--webhook-service is required"},

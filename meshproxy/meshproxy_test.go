@@ -38,6 +38,8 @@ func TestRunRefusesBadFlags(t *testing.T) {
 		{[]string{"--default-policy", "open"}, "--default-policy:"},
 		{[]string{"--trust-domain", "Not A Domain"}, "--trust-domain:"},
 		{[]string{"--controller-id", "x"}, "--controller-id:"},
+		{[]string{"--log-level", "loud"}, `--log-level "loud": want debug, info, warn or error`},
+		{[]string{"--log-format", "xml"}, `--log-format "xml": want json or text`},
 		{[]string{"--policies", filepath.Join(t.TempDir(), "missing.yaml")}, "--policies:"},
 		{[]string{"--workload-api-socket", "run/spiffe/socket", "--workload-api-uids", "1000"}, `--workload-api-socket: "run/spiffe/socket" is not an absolute path`},
 		{[]string{"--workload-api-socket", "/run/spiffe/socket"}, "--workload-api-socket needs --workload-api-uids"},

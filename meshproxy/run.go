@@ -3,7 +3,6 @@ package meshproxy
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"net/netip"
 	"os"
@@ -14,6 +13,7 @@ import (
 	"sync/atomic"
 
 	"github.com/mesh-dev/mesh/controlplane/client"
+	"github.com/mesh-dev/mesh/internal/logconfig"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -52,9 +52,11 @@ type runOptions struct {
 	sampleAllows                                                   uint64
 	idleTimeout, checkpointInterval, pendingWait                   time.Duration
 	workloadAPI                                                    workloadAPIOptions
+	log                                                            logconfig.Config
 }
 
 func (o *runOptions) addFlags(f *pflag.FlagSet) {
+	o.log.AddFlags(f)
 	f.StringVar(&o.trustDomain, "trust-domain", "cluster.local", "the mesh's trust domain")
 	f.StringVar(&o.identityAddr, "identity-addr", "", "host:port of the controller (identity service and control-plane streams); a comma-separated list names several replicas, and the proxy moves to another when its own goes")
 	f.StringVar(&o.controllerID, "controller-id", "spiffe://cluster.local/ns/mesh-system/sa/mesh-controller", "SPIFFE ID the identity service must present")
@@ -217,7 +219,10 @@ func run(ctx context.Context, o *runOptions) error {
 	if err != nil {
 		return err
 	}
-	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	log, err := o.log.New(os.Stderr)
+	if err != nil {
+		return err
+	}
 	fileBundle, err := x509bundle.Load(s.td, o.bundleFile)
 	if err != nil {
 		return fmt.Errorf("--bundle: %w", err)
