@@ -125,6 +125,20 @@ func (e *env) testInstall(t *testing.T) {
 	if out := e.run(t, "helm", "lint", e.chart); !strings.Contains(out, "0 chart(s) failed") || strings.Contains(out, "[WARNING]") {
 		t.Fatalf("helm lint:\n%s", out)
 	}
+	// A bad value fails the install with the schema's message, and
+	// creates nothing.
+	for _, bad := range []struct{ set, want string }{
+		{"identity.svidTTL=banana", "at '/identity/svidTTL': 'banana' does not match pattern"},
+		{"trustDomain=123", "at '/trustDomain': got number, want string"},
+	} {
+		out, err := e.try(ctx, "helm", "install", "mesh", e.chart, "-n", system, "--create-namespace", "--set", bad.set)
+		if err == nil || !strings.Contains(out, "values don't meet the specifications of the schema") || !strings.Contains(out, bad.want) {
+			t.Fatalf("helm install --set %s: %v\n%s", bad.set, err, out)
+		}
+	}
+	if _, err := e.cs.AppsV1().Deployments(system).Get(ctx, "mesh-controller", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Fatalf("a refused install left the controller Deployment: %v", err)
+	}
 	start := time.Now()
 	e.run(t, "helm", "install", "mesh", e.chart, "-n", system, "--create-namespace", "--wait", "--timeout", "4m")
 	t.Logf("helm install --wait: %s", time.Since(start).Round(time.Second))
