@@ -265,6 +265,11 @@ func (n *Node) startContainer(rt *pod, c corev1.Container, bin string) (*exec.Cm
 		}
 		args = append(args, "/bin/sh", "-c", script, "mount-volumes")
 	}
+	env, err := n.resolveEnv(p, rt, c)
+	if err != nil {
+		return nil, err
+	}
+	c = effective(p, c, env)
 	args = append(args, capabilityArgs(c)...)
 	if sc := c.SecurityContext; sc != nil && sc.RunAsUser != nil && *sc.RunAsUser != 0 {
 		gid := *sc.RunAsUser
@@ -295,10 +300,6 @@ func (n *Node) startContainer(rt *pod, c corev1.Container, bin string) (*exec.Cm
 	args = append(args, c.Args...)
 	cmd := exec.Command("ip", args...)
 	cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
-	env, err := n.resolveEnv(p, rt, c)
-	if err != nil {
-		return nil, err
-	}
 	cmd.Env = append(cmd.Env, env...)
 	logPath := n.logPath(p.Namespace, p.Name, c.Name, false)
 	if _, err := os.Stat(logPath); err == nil {
@@ -323,14 +324,15 @@ func (n *Node) startContainer(rt *pod, c corev1.Container, bin string) (*exec.Cm
 	return cmd, nil
 }
 
-// resolveEnv renders a container's environment: values, the downward
-// API's fields, and keys of secrets and configMaps.
+// resolveEnv renders a container's environment: values (with $(VAR)
+// references to the variables before expanded), the downward API's fields,
+// and keys of secrets and configMaps.
 func (n *Node) resolveEnv(p *corev1.Pod, rt *pod, c corev1.Container) ([]string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	var out []string
 	for _, e := range c.Env {
-		v := e.Value
+		v := expandVars(e.Value, out)
 		switch from := e.ValueFrom; {
 		case from == nil:
 		case from.FieldRef != nil:

@@ -596,7 +596,16 @@ func testJob(t *testing.T, n *Node) {
 		ObjectMeta: metav1.ObjectMeta{Name: "once"},
 		Spec: batchv1.JobSpec{Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{
 			RestartPolicy: corev1.RestartPolicyNever,
-			Containers:    []corev1.Container{{Name: "work", Image: ToolsImage, Command: []string{"sh", "-c", "echo working; exit 0"}}},
+			// The pod's user is the container's.
+			SecurityContext: &corev1.PodSecurityContext{RunAsUser: ptrTo(int64(1000))},
+			Containers: []corev1.Container{{Name: "work", Image: ToolsImage,
+				Env: []corev1.EnvVar{
+					{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
+					{Name: "GREETING", Value: "hi from $(POD_NAME)"},
+				},
+				// $(VAR) is expanded by the agent, as by the kubelet; $$
+				// and unknown names are left to the shell.
+				Command: []string{"sh", "-c", "echo working: $(GREETING), uid $(id -u), $$(echo escaped); exit 0"}}},
 		}}},
 	}, metav1.CreateOptions{})
 	if err != nil {
@@ -612,4 +621,13 @@ func testJob(t *testing.T, n *Node) {
 		}
 		return nil
 	})
+	pods, err := cs.CoreV1().Pods("echo").List(ctx, metav1.ListOptions{LabelSelector: "job-name=once"})
+	if err != nil || len(pods.Items) != 1 {
+		t.Fatalf("the Job's pods: %v, %v", pods, err)
+	}
+	name := pods.Items[0].Name
+	want := "working: hi from " + name + ", uid 1000, escaped\n"
+	if b, err := os.ReadFile(n.logPath("echo", name, "work", false)); err != nil || string(b) != want {
+		t.Fatalf("the job's log = %q, %v; want %q", b, err, want)
+	}
 }
