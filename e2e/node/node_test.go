@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -413,11 +414,20 @@ func testVolumes(t *testing.T, n *Node, c *cluster.Cluster, api *apiLog) {
 	}
 	kubectl(cm("hello-v1"), "apply", "-f", "-")
 	exp := int64(600)
+	coverPath := filepath.Join(os.TempDir(), "mesh-e2e-cover", "scratch")
+	if !strings.HasPrefix(n.cfg.Dir, os.TempDir()+"/") {
+		t.Fatalf("the agent's folder %s is not under %s", n.cfg.Dir, os.TempDir())
+	}
 	ctr := echoContainer()
 	ctr.VolumeMounts = []corev1.VolumeMount{
 		{Name: "tokens", MountPath: "/var/run/secrets/mesh-e2e/tokens"},
 		{Name: "config", MountPath: "/run/mesh-e2e/config"},
 		{Name: "scratch", MountPath: "/run/mesh-e2e/scratch"},
+		// Under /etc, which the pod still sees whole.
+		{Name: "config", MountPath: "/etc/mesh-e2e/config"},
+		// Under the folder that holds the agent's: the emptyDir bound is
+		// still the node's.
+		{Name: "scratch", MountPath: coverPath},
 	}
 	createPod(t, cs, "echo", &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "vols"},
@@ -435,10 +445,11 @@ func testVolumes(t *testing.T, n *Node, c *cluster.Cluster, api *apiLog) {
 	})
 	n.mu.Lock()
 	var pid int
+	var vols *corev1.Pod
 	for _, rt := range n.pods {
-		if rt.obj.Name == "vols" {
+		if rt.obj.Name == "vols" && !rt.finished() {
 			rt.mu.Lock()
-			pid = rt.procs[0].Process.Pid
+			pid, vols = rt.procs[0].Process.Pid, rt.obj
 			rt.mu.Unlock()
 		}
 	}
@@ -452,8 +463,22 @@ func testVolumes(t *testing.T, n *Node, c *cluster.Cluster, api *apiLog) {
 		}
 		return string(out)
 	}
-	if _, err := os.Stat("/var/run/secrets/mesh-e2e"); err == nil {
-		t.Fatal("the mountPath was created on the node")
+	for _, p := range []string{"/var/run/secrets/mesh-e2e", "/etc/mesh-e2e", filepath.Dir(coverPath)} {
+		if _, err := os.Stat(p); err == nil {
+			t.Fatalf("the mountPath %s was created on the node", p)
+		}
+	}
+	if want, _ := os.ReadFile("/etc/passwd"); read("/etc/passwd") != string(want) {
+		t.Fatal("the pod's /etc/passwd is not the node's: /etc was hidden by the mount under it")
+	}
+	if got := read("/etc/mesh-e2e/config/greeting"); got != "hello-v1" {
+		t.Fatalf("configMap greeting under /etc = %q", got)
+	}
+	if out, err := exec.Command("nsenter", "-t", fmt.Sprint(pid), "-m", "sh", "-c", "echo shared > "+coverPath+"/f").CombinedOutput(); err != nil {
+		t.Fatalf("write to the emptyDir at %s: %v: %s", coverPath, err, out)
+	}
+	if b, err := os.ReadFile(filepath.Join(n.volumeDir(vols, "scratch"), "f")); err != nil || string(b) != "shared\n" {
+		t.Fatalf("the emptyDir at %s is not the pod's emptyDir: %q, %v", coverPath, b, err)
 	}
 	if got := read("/var/run/secrets/mesh-e2e/tokens/podname"); got != "vols" {
 		t.Fatalf("downward API podname = %q", got)
@@ -482,6 +507,9 @@ func testVolumes(t *testing.T, n *Node, c *cluster.Cluster, api *apiLog) {
 		return nil
 	})
 	t.Logf("configMap update reached the pod in %s", time.Since(start).Round(100*time.Millisecond))
+	if got := read("/etc/mesh-e2e/config/greeting"); got != "hello-v2" {
+		t.Fatalf("configMap greeting under /etc = %q after the update", got)
+	}
 	// It came on the watch: the agent did not read the configMap.
 	if reads := api.since(mark, func(r apiRequest) bool { return !r.watch && strings.Contains(r.path, "/configmaps") }); len(reads) > 0 {
 		t.Fatalf("the agent read configMaps instead of watching them: %v", reads)
