@@ -350,8 +350,12 @@ func (n *Node) mountScript(p *corev1.Pod, c corev1.Container) (string, error) {
 		if m.SubPath != "" {
 			src = filepath.Join(src, m.SubPath)
 		}
+		inVol, err := filepath.Rel(n.volumeDir(p, m.Name), src)
+		if err != nil || inVol == ".." || strings.HasPrefix(inVol, "../") {
+			return "", fmt.Errorf("volumeMount %q: subPath %q leaves the volume", m.Name, m.SubPath)
+		}
 		rel, err := filepath.Rel(root, src)
-		if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+		if err != nil {
 			return "", fmt.Errorf("volumeMount %q: subPath %q leaves the volume", m.Name, m.SubPath)
 		}
 		if _, err := os.Stat(m.MountPath); err != nil {
