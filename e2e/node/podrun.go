@@ -305,7 +305,6 @@ func (r *podRun) all() []*container { return append(slices.Clone(r.inits), r.mai
 // A container that fails its startup or liveness probe is killed, and
 // restarted as its restart policy says.
 func (r *podRun) runProbes(ctx context.Context, now time.Time) {
-	host := r.rt.ip.String()
 	for _, c := range r.all() {
 		if !c.running || c.stopping || c.kind == initKind {
 			continue
@@ -314,7 +313,7 @@ func (r *podRun) runProbes(ctx context.Context, now time.Time) {
 			if c.startup == nil || !c.startup.due(now) {
 				continue
 			}
-			c.startup.record(runProbe(ctx, host, c.spec, c.startup.spec) == nil, now)
+			c.startup.record(r.probe(ctx, c, c.startup.spec) == nil, now)
 			switch {
 			case c.startup.ok:
 				c.started, r.dirty = true, true
@@ -327,7 +326,7 @@ func (r *podRun) runProbes(ctx context.Context, now time.Time) {
 			continue
 		}
 		if c.liveness != nil && c.liveness.due(now) {
-			err := runProbe(ctx, host, c.spec, c.liveness.spec)
+			err := r.probe(ctx, c, c.liveness.spec)
 			c.liveness.record(err == nil, now)
 			if c.liveness.failed() {
 				r.log.Info("liveness probe failed; restarting", "container", c.spec.Name, "err", err)
@@ -336,13 +335,22 @@ func (r *podRun) runProbes(ctx context.Context, now time.Time) {
 			}
 		}
 		if c.readiness != nil && c.readiness.due(now) {
-			c.readiness.record(runProbe(ctx, host, c.spec, c.readiness.spec) == nil, now)
+			c.readiness.record(r.probe(ctx, c, c.readiness.spec) == nil, now)
 			c.ready = c.readiness.ok
 		}
 		if c.status.Ready != c.ready {
 			c.status.Ready, r.dirty = c.ready, true
 		}
 	}
+}
+
+// probe runs one of a container's probes: an exec probe in the container,
+// the others from the node to the pod's address.
+func (r *podRun) probe(ctx context.Context, c *container, p *corev1.Probe) error {
+	if p.Exec != nil {
+		return execProbe(ctx, c.cmd.Process.Pid, effective(r.rt.obj, c.spec, nil).SecurityContext, p)
+	}
+	return runProbe(ctx, r.rt.ip.String(), c.spec, p)
 }
 
 // kill ends a container's processes at once (a failed liveness or

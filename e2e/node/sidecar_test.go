@@ -177,7 +177,10 @@ func testSidecarReadiness(t *testing.T, n *Node) {
 		Spec: corev1.PodSpec{
 			// The sidecar's /live fails 8 s after it starts.
 			InitContainers: []corev1.Container{sidecar(echoSidecar(corev1.EnvVar{Name: "ECHO_UNHEALTHY_AFTER", Value: "8s"}))},
-			Containers:     []corev1.Container{{Name: "app", Image: ToolsImage, Command: []string{"sleep", "3600"}}},
+			// The app's own readiness is an exec probe, run in the
+			// container with its environment.
+			Containers: []corev1.Container{{Name: "app", Image: ToolsImage, Command: []string{"sleep", "3600"}, Env: []corev1.EnvVar{{Name: "APP", Value: "on"}},
+				ReadinessProbe: &corev1.Probe{PeriodSeconds: 1, ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"sh", "-c", `test "$APP" = on`}}}}}},
 		},
 	}
 	createPod(t, cs, "echo", p) // waits for Ready
