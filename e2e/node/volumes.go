@@ -176,6 +176,9 @@ func (n *Node) projectedFiles(ctx context.Context, rt *pod, vol string, pv *core
 	// Tokens make the volume due when they are; objects when they may
 	// have changed (writeAtomic compares with what is on disk).
 	due := what != volumesTokens
+	if !due && !rt.tokenDue(vol, pv) {
+		return nil, nil // not even the watched objects are read
+	}
 	for _, src := range pv.Sources {
 		switch {
 		case src.ServiceAccountToken != nil:
@@ -251,6 +254,21 @@ func (n *Node) projectedFiles(ctx context.Context, rt *pod, vol string, pv *core
 		return nil, nil
 	}
 	return out, nil
+}
+
+// tokenDue reports whether a token of the projected volume vol is to be
+// requested (never yet, or past its refresh time).
+func (rt *pod) tokenDue(vol string, pv *corev1.ProjectedVolumeSource) bool {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	for _, src := range pv.Sources {
+		if t := src.ServiceAccountToken; t != nil {
+			if tok, ok := rt.tokens[vol+"/"+t.Path]; !ok || time.Now().After(tok.refreshAt) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 type token struct {
