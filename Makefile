@@ -15,7 +15,7 @@ CLUSTER_DIR ?= $(CURDIR)/.cache/cluster
 
 GOTEST_FLAGS ?= -race -count=1 -timeout 35m
 
-.PHONY: all build test unit deps tools cluster-up cluster-down demo bench fuzz vet generate clean
+.PHONY: all build test unit deps tools cluster-up cluster-down demo demo-down bench fuzz vet generate clean netcheck
 
 all: build
 
@@ -27,15 +27,24 @@ tools: deps
 
 build:
 	@mkdir -p bin
+	@echo "build: compiling mesh's binaries into bin/ (a minute or two on a cold cache)" >&2
 	$(GO) build -trimpath -o bin/ $(patsubst %,./%/...,$(wildcard cmd e2e/cmd))
 
 # test runs everything: unit tests, fuzz seeds, and the end-to-end tests on a
 # real local cluster. MESH_E2E=require turns a missing prerequisite into a
 # failure instead of a skip.
-test: tools build
+test: tools build netcheck
 	$(GO) vet ./...
 	@mkdir -p .cache
 	MESH_E2E=require $(GO) test $(GOTEST_FLAGS) ./... 2>&1 | tee .cache/test.log; exit $${PIPESTATUS[0]}
+
+# netcheck refuses to start the tests while a cluster from cluster-up or
+# demo holds the machine's pod network: the tests' node agents would wait
+# for it (one bridge per machine).
+netcheck:
+	@for d in $(CLUSTER_DIR) $(CURDIR)/.cache/demo/cluster; do \
+	  if [ -s $$d/ready ] && [ -f $$d/pids/supervisor.pid ] && kill -0 $$(cut -d' ' -f1 $$d/pids/supervisor.pid) 2>/dev/null; then \
+	    echo "a local cluster is running in $$d and holds the pod network: stop it first (make cluster-down / make demo-down)" >&2; exit 1; fi; done
 
 # unit runs only the tests that need no cluster, no root and no tools.
 unit:
@@ -44,6 +53,8 @@ unit:
 vet:
 	$(GO) vet ./...
 
+# cluster-up starts the local cluster in the background: the control plane,
+# and a node agent (root) running kube-proxy, CoreDNS and your pods.
 cluster-up: tools build
 	@bin/mesh-cluster up --dir $(CLUSTER_DIR) --background
 
@@ -51,10 +62,15 @@ cluster-down:
 	@if [ -x bin/mesh-cluster ]; then bin/mesh-cluster down --dir $(CLUSTER_DIR); \
 	else $(GO) run ./e2e/cmd/mesh-cluster down --dir $(CLUSTER_DIR); fi
 
-# demo runs the mesh end to end on the local cluster (needs root: it makes
-# network namespaces and a bridge), narrating each step.
+# demo starts the local cluster, installs mesh with helm, deploys a small
+# app and a policy set from examples/, narrates what the mesh does, and
+# leaves the cluster running (needs root: network namespaces and a bridge).
 demo: tools build
-	@bin/mesh-demo --dir $(CURDIR)/.cache/demo
+	@bin/mesh-demo up --dir $(CURDIR)/.cache/demo
+
+demo-down:
+	@if [ -x bin/mesh-demo ]; then bin/mesh-demo down --dir $(CURDIR)/.cache/demo; \
+	else $(GO) run ./e2e/cmd/mesh-demo down --dir $(CURDIR)/.cache/demo; fi
 
 # bench measures the data plane side by side with HAProxy and NGINX, on
 # loopback, in under 20 minutes, and rewrites docs/benchmarks.md's

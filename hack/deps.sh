@@ -8,6 +8,7 @@ set -euo pipefail
 declare -A need=(
   [etcd]=etcd-server
   [iptables]=iptables
+  [nft]=nftables
   [ip]=iproute2
   [tcpdump]=tcpdump
   [openssl]=openssl

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # tools.sh builds the pinned external programs (kube-apiserver,
-# kube-controller-manager, kube-scheduler, kubectl, helm) from the tools module
-# into .cache/bin. They are rebuilt only when the pins or the Go version change.
+# kube-controller-manager, kube-scheduler, kube-proxy, kubectl, helm, and
+# CoreDNS with only the local cluster's plugins) from the tools module into
+# .cache/bin. They are rebuilt only when the pins or the Go version change.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 out="$root/.cache/bin"
 mod="$root/e2e/tools"
-bins=(kube-apiserver kube-controller-manager kube-scheduler kubectl helm)
+bins=(kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubectl helm coredns)
 
-stamp=$( (cat "$mod/go.mod" "$mod/go.sum" "$0"; go version) | sha256sum | cut -c1-16)
+stamp=$( (cat "$mod/go.mod" "$mod/go.sum" "$mod/coredns/main.go" "$0"; go version) | sha256sum | cut -c1-16)
 if [ -f "$out/.stamp" ] && [ "$(cat "$out/.stamp")" = "$stamp" ]; then
   ok=1
   for b in "${bins[@]}"; do [ -x "$out/$b" ] || ok=0; done
@@ -30,6 +31,8 @@ go build -trimpath -ldflags "$ldflags" -o "$out/" \
   k8s.io/kubernetes/cmd/kube-apiserver \
   k8s.io/kubernetes/cmd/kube-controller-manager \
   k8s.io/kubernetes/cmd/kube-scheduler \
+  k8s.io/kubernetes/cmd/kube-proxy \
   k8s.io/kubernetes/cmd/kubectl \
-  helm.sh/helm/v3/cmd/helm
+  helm.sh/helm/v3/cmd/helm \
+  ./coredns
 echo "$stamp" > "$out/.stamp"

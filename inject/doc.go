@@ -22,6 +22,12 @@
 //     with the originals (named ports resolved) in the proxy's
 //     MESH_APP_PROBES (package proxy/probe), so that strict mTLS needs no
 //     plaintext exception for the kubelet.
+//   - with mesh.dev/workload-api: enabled, the proxy's SPIFFE Workload API
+//     (package workloadapi) shared with the app containers: an in-memory
+//     emptyDir for its socket, read-only in every app container, with
+//     SPIFFE_ENDPOINT_SOCKET pointing at it, and the app containers'
+//     declared UIDs as the only callers the proxy lets in. A pod whose app
+//     containers do not all declare a runAsUser is refused.
 //   - the annotation mesh.dev/injected: <version>.
 //
 // Injection is idempotent (a pod with a mesh-proxy container is left as

@@ -3,6 +3,9 @@ package inject_test
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
+	"slices"
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -17,13 +20,15 @@ import (
 // Never a panic.
 func FuzzInject(f *testing.F) {
 	seed, _ := json.Marshal(web())
-	f.Add(seed, "9000,8081", "5432", "5432", "strict", "permissive", "enabled")
-	f.Add(seed, "abc", "", "", "STRICT", "", "")
-	f.Add([]byte(`{"spec":{"containers":[{"name":"a","readinessProbe":{"httpGet":{"port":"http"}},"ports":[{"name":"http","containerPort":0}]}]}}`), "", "", "", "", "", "enabled")
-	f.Add([]byte(`{"spec":{"initContainers":[{"name":"x","restartPolicy":"Always","livenessProbe":{"grpc":{"port":-1}}}]}}`), "0", "65536", "-1", "permissive", "strict", "disabled")
-	f.Add([]byte(`{"metadata":{"annotations":null},"spec":{"hostNetwork":true}}`), ",,,", " , ", "1,1,1", "", "", "enabled")
+	f.Add(seed, "9000,8081", "5432", "5432", "strict", "permissive", "enabled", "")
+	f.Add(seed, "abc", "", "", "STRICT", "", "", "enabled")
+	f.Add([]byte(`{"spec":{"containers":[{"name":"a","readinessProbe":{"httpGet":{"port":"http"}},"ports":[{"name":"http","containerPort":0}]}]}}`), "", "", "", "", "", "enabled", "enabled")
+	f.Add([]byte(`{"spec":{"securityContext":{"runAsUser":1000},"containers":[{"name":"a","env":[{"name":"X"}]},{"name":"b","securityContext":{"runAsUser":0},"volumeMounts":[{"name":"v","mountPath":"/run"}]}]}}`), "", "", "", "", "", "enabled", "enabled")
+	f.Add([]byte(`{"spec":{"securityContext":{"runAsUser":1000},"containers":[{"name":"a","volumeMounts":[{"name":"v","mountPath":"/data"}]}]}}`), "", "", "", "", "", "", "enabled")
+	f.Add([]byte(`{"spec":{"initContainers":[{"name":"x","restartPolicy":"Always","livenessProbe":{"grpc":{"port":-1}}}]}}`), "0", "65536", "-1", "permissive", "strict", "disabled", "disabled")
+	f.Add([]byte(`{"metadata":{"annotations":null},"spec":{"hostNetwork":true}}`), ",,,", " , ", "1,1,1", "", "", "enabled", "Enabled")
 	in := newInjector(f, inject.Config{})
-	f.Fuzz(func(t *testing.T, podJSON []byte, skipIn, skipOut, opaque, inMode, outMode, enable string) {
+	f.Fuzz(func(t *testing.T, podJSON []byte, skipIn, skipOut, opaque, inMode, outMode, enable, wapi string) {
 		var pod corev1.Pod
 		if json.Unmarshal(podJSON, &pod) != nil {
 			return
@@ -32,7 +37,7 @@ func FuzzInject(f *testing.F) {
 			pod.Annotations = map[string]string{}
 		}
 		for k, v := range map[string]string{inject.SkipInboundPorts: skipIn, inject.SkipOutboundPorts: skipOut, inject.OpaquePorts: opaque,
-			inject.InboundMode: inMode, inject.OutboundMode: outMode, inject.InjectKey: enable} {
+			inject.InboundMode: inMode, inject.OutboundMode: outMode, inject.InjectKey: enable, inject.WorkloadAPI: wapi} {
 			if v != "" {
 				pod.Annotations[k] = v
 			}
@@ -48,6 +53,26 @@ func FuzzInject(f *testing.F) {
 		got := apply(t, &pod, res.Patch)
 		if !inventory.Meshed(got) {
 			t.Fatal("patched pod is not meshed")
+		}
+		// The workload API, when asked for, reaches every app container,
+		// and the proxy admits exactly their UIDs.
+		if pod.Annotations[inject.WorkloadAPI] == inject.Enabled {
+			uids, _ := argOf(find(got.Spec.InitContainers, inject.ProxyContainer).Args, "--workload-api-uids")
+			for _, c := range got.Spec.Containers {
+				e, ok := envOf(&c, inject.EndpointSocketEnv)
+				if !ok || e.Value != "unix://"+inject.WorkloadAPISocket {
+					t.Fatalf("container %s: %s %+v", c.Name, inject.EndpointSocketEnv, e)
+				}
+				var uid *int64
+				if c.SecurityContext != nil && c.SecurityContext.RunAsUser != nil {
+					uid = c.SecurityContext.RunAsUser
+				} else if got.Spec.SecurityContext != nil {
+					uid = got.Spec.SecurityContext.RunAsUser
+				}
+				if uid == nil || !slices.Contains(strings.Split(uids, ","), fmt.Sprint(*uid)) {
+					t.Fatalf("container %s (uid %v) is not in --workload-api-uids %q", c.Name, uid, uids)
+				}
+			}
 		}
 		again, err := in.Inject(got, labelled)
 		if err != nil || again.Patch != nil {

@@ -82,6 +82,10 @@ func (in *Injector) Inject(pod *corev1.Pod, nsLabels map[string]string) (*Result
 	if err != nil {
 		return nil, err
 	}
+	wapi, err := planWorkloadAPI(pod, &in.cfg)
+	if err != nil {
+		return nil, err
+	}
 	var p patch
 	res := &Result{}
 
@@ -119,13 +123,14 @@ func (in *Injector) Inject(pod *corev1.Pod, nsLabels map[string]string) (*Result
 	// mesh-init, then mesh-proxy, ahead of the app's init containers: the
 	// rules first, then the proxy the rules send the app's traffic to.
 	initC, proxyC := in.initContainer(s), in.proxyContainer(s, probesJSON)
+	wapi.addToProxy(&proxyC)
 	if len(pod.Spec.InitContainers) == 0 {
 		p.add("/spec/initContainers", []corev1.Container{initC, proxyC})
 	} else {
 		p.add("/spec/initContainers/0", proxyC)
 		p.add("/spec/initContainers/0", initC)
 	}
-	vols := in.volumes()
+	vols := append(in.volumes(), wapi.volumes()...)
 	if len(pod.Spec.Volumes) == 0 {
 		p.add("/spec/volumes", vols)
 	} else {
@@ -133,7 +138,8 @@ func (in *Injector) Inject(pod *corev1.Pod, nsLabels map[string]string) (*Result
 			p.add("/spec/volumes/-", v)
 		}
 	}
-	if pod.Annotations == nil {
+	wapi.patchApps(pod, &p)
+	if len(pod.Annotations) == 0 { // an empty map is omitted from the pod's JSON
 		p.add("/metadata/annotations", map[string]string{Injected: in.mesh.Version})
 	} else {
 		p.add("/metadata/annotations/"+escape(Injected), in.mesh.Version)
@@ -160,7 +166,7 @@ func checkNames(pod *corev1.Pod) error {
 	}
 	for _, v := range pod.Spec.Volumes {
 		switch v.Name {
-		case tokenVolume, bundleVolume, auditVolume, lockVolume:
+		case tokenVolume, bundleVolume, auditVolume, lockVolume, workloadAPIVolume:
 			return &PodError{Field: "volume " + v.Name, Msg: "the name is reserved for mesh's proxy"}
 		}
 	}

@@ -307,7 +307,12 @@ func TestDecision(t *testing.T) {
 		{name: "inbound mode empty", pod: with(ann(inject.InboundMode, "")), ns: labelled, refused: `mesh.dev/inbound-mode: "" is not strict or permissive`},
 		{name: "outbound mode disabled", pod: with(ann(inject.OutboundMode, "disabled")), ns: labelled, refused: `mesh.dev/outbound-mode: "disabled" is not strict or permissive`},
 		{name: "outbound mode trailing space", pod: with(ann(inject.OutboundMode, "strict ")), ns: labelled, refused: `"strict " is not strict or permissive`},
-		{name: "workload-api is not supported yet and ignored", pod: with(ann("mesh.dev/workload-api", "enabled")), ns: labelled},
+		{name: "workload-api without runAsUser", pod: with(ann(inject.WorkloadAPI, "enabled")), ns: labelled, refused: "mesh.dev/workload-api: container web declares no runAsUser"},
+		{name: "workload-api disabled", pod: with(ann(inject.WorkloadAPI, "disabled")), ns: labelled},
+		{name: "workload-api yes", pod: with(ann(inject.WorkloadAPI, "yes")), ns: labelled, refused: `mesh.dev/workload-api: "yes" is not enabled or disabled`},
+		{name: "volume named mesh-workload-api", pod: with(func(p *corev1.Pod) {
+			p.Spec.Volumes = []corev1.Volume{{Name: "mesh-workload-api"}}
+		}), ns: labelled, refused: "volume mesh-workload-api: the name is reserved"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -4,6 +4,7 @@ package meshctl
 
 import (
 	"github.com/spf13/cobra"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
 )
 
 // New returns the root command.
@@ -14,6 +15,9 @@ func New() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(auditCmd())
+	// kubectl's own connection flags: --kubeconfig, --context, -n, ...
+	kube := genericclioptions.NewConfigFlags(true)
+	kube.AddFlags(root.PersistentFlags())
+	root.AddCommand(auditCmd(), identityCmd(kube))
 	return root
 }

@@ -2,6 +2,7 @@ package meshproxy_test
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -38,6 +39,14 @@ func TestRunRefusesBadFlags(t *testing.T) {
 		{[]string{"--trust-domain", "Not A Domain"}, "--trust-domain:"},
 		{[]string{"--controller-id", "x"}, "--controller-id:"},
 		{[]string{"--policies", filepath.Join(t.TempDir(), "missing.yaml")}, "--policies:"},
+		{[]string{"--workload-api-socket", "run/spiffe/socket", "--workload-api-uids", "1000"}, `--workload-api-socket: "run/spiffe/socket" is not an absolute path`},
+		{[]string{"--workload-api-socket", "/run/spiffe/socket"}, "--workload-api-socket needs --workload-api-uids"},
+		{[]string{"--workload-api-socket", "/run/spiffe/socket", "--workload-api-uids", " , "}, "--workload-api-socket needs --workload-api-uids"},
+		{[]string{"--workload-api-uids", "1000"}, "--workload-api-uids needs --workload-api-socket"},
+		{[]string{"--workload-api-socket", "/run/spiffe/socket", "--workload-api-uids", "1000,app"}, `--workload-api-uids: "app" is not a UID`},
+		{[]string{"--workload-api-socket", "/run/spiffe/socket", "--workload-api-uids", "-1"}, `--workload-api-uids: "-1" is not a UID`},
+		{[]string{"--workload-api-socket", "/run/spiffe/socket", "--workload-api-uids", "4294967296"}, `--workload-api-uids: "4294967296" is not a UID`},
+		{[]string{"--workload-api-socket", "/run/spiffe/socket", "--workload-api-uids", fmt.Sprintf("1000,%d", os.Geteuid())}, fmt.Sprintf("--workload-api-uids: %d is the proxy's own UID, not an app's", os.Geteuid())},
 	}
 	for _, tc := range tests {
 		cmd := meshproxy.New()

@@ -35,6 +35,7 @@ import (
 	"github.com/mesh-dev/mesh/proxy"
 	"github.com/mesh-dev/mesh/proxy/normalize"
 	"github.com/mesh-dev/mesh/proxy/probe"
+	"github.com/mesh-dev/mesh/workloadapi"
 )
 
 // runOptions are mesh-proxy run's flags, as given.
@@ -50,6 +51,7 @@ type runOptions struct {
 	logAllows                                                      bool
 	sampleAllows                                                   uint64
 	idleTimeout, checkpointInterval, pendingWait                   time.Duration
+	workloadAPI                                                    workloadAPIOptions
 }
 
 func (o *runOptions) addFlags(f *pflag.FlagSet) {
@@ -82,6 +84,7 @@ func (o *runOptions) addFlags(f *pflag.FlagSet) {
 	f.Uint64Var(&o.sampleAllows, "audit-sample-allows", 1, "with --audit-log-allows, audit one allowed request in N")
 	f.IntVar(&o.checkpointEvery, "audit-checkpoint-every", audit.DefaultCheckpointEvery, "sign the audit chain's head at least every N records")
 	f.DurationVar(&o.checkpointInterval, "audit-checkpoint-interval", audit.DefaultCheckpointInterval, "and at least this soon after a record not yet covered")
+	o.workloadAPI.addFlags(f)
 }
 
 func runCmd() *cobra.Command {
@@ -104,6 +107,8 @@ type settings struct {
 	table  *authz.Table
 	health http.Handler
 	proxy  proxy.Config
+	// wapiUIDs may use the Workload API; nil if it is not served.
+	wapiUIDs []uint32
 }
 
 // parse checks every flag before anything is started, so that a bad one
@@ -145,6 +150,9 @@ func (o *runOptions) parse() (*settings, error) {
 		return nil, fmt.Errorf("--pod-namespace and --pod-name (or POD_NAMESPACE and POD_NAME) are required")
 	}
 	if s.table, err = o.compile(s.td); err != nil {
+		return nil, err
+	}
+	if s.wapiUIDs, err = o.workloadAPI.parse(); err != nil {
 		return nil, err
 	}
 	var d proxy.Destinations
@@ -310,9 +318,19 @@ func run(ctx context.Context, o *runOptions) error {
 	if err != nil {
 		return err
 	}
+	var wapi *workloadapi.Server
+	if s.wapiUIDs != nil {
+		wapi, err = workloadapi.New(workloadapi.Config{Source: src, TrustDomain: s.td, SocketPath: o.workloadAPI.socket, AllowedUIDs: s.wapiUIDs, Logger: log})
+		if err != nil {
+			return fmt.Errorf("--workload-api-socket: %w", err)
+		}
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return ctl.Run(gctx) })
 	g.Go(func() error { return p.Run(gctx) })
+	if wapi != nil {
+		g.Go(func() error { return wapi.Run(gctx) })
+	}
 	return g.Wait()
 }
 

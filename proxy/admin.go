@@ -2,8 +2,12 @@ package proxy
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/rsa"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
@@ -15,17 +19,39 @@ import (
 	"github.com/mesh-dev/mesh/ca"
 )
 
-// IdentityInfo is what /identity answers: the public facts of the current
-// SVID. Never key material.
+// IdentityInfo is what /identity answers: the public facts of the SVID the
+// proxy serves now. Never key material. The JSON names are a stable
+// interface (meshctl identity show, docs/meshctl.md): add, never rename.
 type IdentityInfo struct {
 	SPIFFEID     string    `json:"spiffeID"`
-	Serial       string    `json:"serial"`
+	TrustDomain  string    `json:"trustDomain"`
+	SerialNumber string    `json:"serialNumber"` // hex
+	Issuer       string    `json:"issuer"`
 	NotBefore    time.Time `json:"notBefore"`
 	NotAfter     time.Time `json:"notAfter"`
-	Issuer       string    `json:"issuer"`
-	BundleRoots  []string  `json:"bundleRootFingerprints"`
-	InboundMode  Mode      `json:"inboundMode"`
-	OutboundMode Mode      `json:"outboundMode"`
+	KeyType      string    `json:"keyType"` // "ECDSA P-256", "RSA 2048", "Ed25519"
+	// BundleRoots are the SHA-256 fingerprints of the trust bundle's roots
+	// the proxy verifies peers with.
+	BundleRoots []string `json:"bundleRoots"`
+	// LastRenewal is when the proxy installed this SVID; zero if unknown.
+	LastRenewal time.Time `json:"lastRenewal,omitzero"`
+	// Ready is the proxy's readiness: SVID, policy and destinations.
+	Ready        bool `json:"ready"`
+	InboundMode  Mode `json:"inboundMode"`
+	OutboundMode Mode `json:"outboundMode"`
+}
+
+// keyType names a certificate's public key as operators know it.
+func keyType(pub any) string {
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		return "ECDSA " + k.Curve.Params().Name
+	case *rsa.PublicKey:
+		return fmt.Sprintf("RSA %d", k.N.BitLen())
+	case ed25519.PublicKey:
+		return "Ed25519"
+	}
+	return fmt.Sprintf("%T", pub)
 }
 
 // AdminHandler serves /metrics, /ready, /live, /identity, the rewritten
@@ -53,9 +79,13 @@ func (p *Proxy) AdminHandler() http.Handler {
 		}
 		leaf := svid.Certificates[0]
 		info := IdentityInfo{
-			SPIFFEID: svid.ID.String(), Serial: leaf.SerialNumber.Text(16),
+			SPIFFEID: svid.ID.String(), TrustDomain: svid.ID.TrustDomain().Name(), SerialNumber: leaf.SerialNumber.Text(16),
 			NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, Issuer: leaf.Issuer.String(),
+			KeyType: keyType(leaf.PublicKey), Ready: p.ready.Load(), BundleRoots: []string{},
 			InboundMode: p.cfg.InboundMode, OutboundMode: p.cfg.OutboundMode,
+		}
+		if r, ok := p.cfg.Identity.(interface{ LastRenewal() time.Time }); ok {
+			info.LastRenewal = r.LastRenewal()
 		}
 		if b, err := p.cfg.Identity.GetX509BundleForTrustDomain(p.cfg.TrustDomain); err == nil {
 			for _, r := range b.X509Authorities() {

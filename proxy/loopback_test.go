@@ -298,8 +298,15 @@ func TestAdmin(t *testing.T) {
 		t.Fatalf("/identity = %d %q: %v", code, b, err)
 	}
 	svid, _ := src.GetX509SVID()
-	if info.SPIFFEID != serverID.String() || info.Serial != svid.Certificates[0].SerialNumber.Text(16) || len(info.BundleRoots) != 1 || info.InboundMode != proxy.Strict {
+	if info.SPIFFEID != serverID.String() || info.SerialNumber != svid.Certificates[0].SerialNumber.Text(16) || len(info.BundleRoots) != 1 || info.InboundMode != proxy.Strict ||
+		info.TrustDomain != serverID.TrustDomain().Name() || info.KeyType != "ECDSA P-256" || !info.Ready || !info.NotAfter.Equal(svid.Certificates[0].NotAfter) {
 		t.Fatalf("/identity = %+v", info)
+	}
+	// The documented JSON names (docs/meshctl.md) are an interface.
+	for _, k := range []string{`"spiffeID"`, `"serialNumber"`, `"notBefore"`, `"notAfter"`, `"issuer"`, `"trustDomain"`, `"bundleRoots"`, `"keyType"`, `"ready"`} {
+		if !strings.Contains(b, k) {
+			t.Errorf("/identity lacks %s: %s", k, b)
+		}
 	}
 	if strings.Contains(b, "PRIVATE") {
 		t.Fatal("/identity leaks key material")

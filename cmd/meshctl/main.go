@@ -9,8 +9,9 @@ import (
 )
 
 func main() {
-	if err := meshctl.New().Execute(); err != nil {
+	err := meshctl.New().Execute()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "meshctl:", err)
-		os.Exit(1)
 	}
+	os.Exit(meshctl.ExitCode(err))
 }

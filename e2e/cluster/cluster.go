@@ -34,8 +34,8 @@ const (
 	NodeAddress = "198.18.0.1"
 	// PodCIDR is the range pod IPs are allocated from.
 	PodCIDR = "198.18.0.0/17"
-	// ServiceCIDR is the range ClusterIPs are allocated from. Nothing routes
-	// it: the local cluster has no kube-proxy.
+	// ServiceCIDR is the range ClusterIPs are allocated from. The node
+	// agent's kube-proxy translates it.
 	ServiceCIDR = "198.18.192.0/18"
 	// ServiceAccountIssuer is the issuer of the cluster's service-account
 	// tokens, and their default audience.
@@ -127,6 +127,11 @@ func (c *Cluster) ServiceAccountIssuer() string { return ServiceAccountIssuer }
 // APIServerURL is the API server's address on loopback.
 func (c *Cluster) APIServerURL() string { return fmt.Sprintf("https://127.0.0.1:%d", c.apiPort) }
 
+// APIServerPort is the API server's port on loopback. The kubernetes
+// Service's endpoint is the node's address on the same port, which the
+// node agent forwards here.
+func (c *Cluster) APIServerPort() int { return c.apiPort }
+
 // CACertPath and CAKeyPath are the cluster CA, which signs the API server's
 // serving certificate and every client certificate it accepts. The node
 // agent uses them to make its kubelet serving and node client certificates.
@@ -192,6 +197,9 @@ func (c *Cluster) Start(ctx context.Context) (err error) {
 		_, err := c.client.CoreV1().ServiceAccounts("default").Get(ctx, "default", metav1.GetOptions{})
 		return err
 	}); err != nil {
+		return err
+	}
+	if err := installAddons(ctx, c.client); err != nil {
 		return err
 	}
 	c.log.Info("cluster ready", "dir", c.cfg.Dir, "apiserver", c.APIServerURL(), "kubeconfig", c.kubeconfig)

@@ -632,7 +632,7 @@ func (e *env) proxyLogs(t *testing.T, pods ...string) {
 type identityInfo struct {
 	SPIFFEID    string    `json:"spiffeID"`
 	NotAfter    time.Time `json:"notAfter"`
-	BundleRoots []string  `json:"bundleRootFingerprints"`
+	BundleRoots []string  `json:"bundleRoots"`
 }
 
 func adminIdentity(ip string) (*identityInfo, error) {

@@ -2,6 +2,7 @@ package demo_test
 
 import (
 	"bytes"
+	"context"
 	"strings"
 	"testing"
 
@@ -10,20 +11,40 @@ import (
 )
 
 // TestDemo runs `make demo` as a test, so the README's first command stays
-// true.
+// true: the cluster in the background, helm install, the app, the policies
+// and what the demo shows of them; then `make demo-down`.
 func TestDemo(t *testing.T) {
 	prereq.Root(t)
-	for _, b := range []string{"mesh-controller", "mesh-proxy", "mesh-e2e-echo"} {
+	for _, b := range []string{"mesh-cluster", "mesh-controller", "mesh-proxy", "mesh-e2e-echo", "meshctl"} {
 		prereq.Bin(t, b)
 	}
-	prereq.Tool(t, "kube-apiserver")
+	for _, tool := range []string{"kube-apiserver", "kubectl", "helm", "kube-proxy", "coredns"} {
+		prereq.Tool(t, tool)
+	}
+	dir := t.TempDir()
+	t.Cleanup(func() {
+		if err := demo.Down(context.Background(), dir); err != nil {
+			t.Errorf("demo down: %v", err)
+		}
+	})
 	var out bytes.Buffer
-	if err := demo.Run(t.Context(), demo.Config{Dir: t.TempDir(), Out: &out}); err != nil {
+	if err := demo.Up(t.Context(), demo.Config{Dir: dir, Out: &out}); err != nil {
 		t.Fatalf("demo: %v\n%s", err, out.String())
 	}
-	for _, want := range []string{"peer=spiffe://cluster.local/ns/shop/sa/frontend", "mesh: denied by policy shop/backend", "audit log OK"} {
+	for _, want := range []string{
+		"peer=spiffe://cluster.local/ns/shop/sa/frontend", // a call by Service name, over mTLS
+		"debit 42",             // TCP across namespaces
+		"denied by policy",     // the denial
+		`"http.path":"/admin"`, // its audit record
+		": OK: ",               // meshctl audit verify
+		"spiffe://cluster.local/ns/shop/sa/backend", // meshctl identity show
+		"export KUBECONFIG=",
+	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out.String())
 		}
+	}
+	if t.Failed() {
+		t.Logf("demo output:\n%s", out.String())
 	}
 }

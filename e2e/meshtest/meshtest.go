@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -36,7 +37,17 @@ const IdentityPort = 15012
 // StartNode runs a node agent until the returned stop is called, and waits
 // for its bridge.
 func StartNode(c *cluster.Cluster, dir string, log *slog.Logger) (stop func(), err error) {
-	n, err := node.New(node.Config{Kube: c.Client(), Dir: dir, CACertPath: c.CACertPath(), CAKeyPath: c.CAKeyPath(), Logger: log})
+	// kube-proxy's identity: the user the bootstrap policy binds to
+	// system:node-proxier.
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("node: %w", err)
+	}
+	proxyKubeconfig := filepath.Join(dir, "kube-proxy.kubeconfig")
+	if err := c.WriteKubeconfig(proxyKubeconfig, "system:kube-proxy", nil); err != nil {
+		return nil, err
+	}
+	n, err := node.New(node.Config{Kube: c.Client(), Dir: dir, CACertPath: c.CACertPath(), CAKeyPath: c.CAKeyPath(), Logger: log,
+		KubeProxyKubeconfig: proxyKubeconfig, APIServerPort: c.APIServerPort()})
 	if err != nil {
 		return nil, err
 	}

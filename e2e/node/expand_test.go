@@ -9,7 +9,7 @@ import (
 
 // TestExpandVars: the kubelet's $(VAR) expansion rules.
 func TestExpandVars(t *testing.T) {
-	env := []string{"POD_NAME=web-0", "NS=shop", "EMPTY=", "NS=prod", "WITH_EQ=a=b"}
+	env := []string{"POD_NAME=web-0", "NS=shop", "EMPTY=", "NS=prod", "WITH_EQ=a=b", "AGAIN=$(POD_NAME)"}
 	for _, tc := range []struct{ in, want string }{
 		{"--replica=$(POD_NAME)", "--replica=web-0"},
 		{"$(POD_NAME).$(NS).svc", "web-0.prod.svc"}, // the last NS wins
@@ -27,6 +27,7 @@ func TestExpandVars(t *testing.T) {
 		{"no vars", "no vars"},
 		{"", ""},
 		{"ü$(NS)ü", "üprodü"},
+		{"$(AGAIN)", "$(POD_NAME)"}, // one pass: values are not expanded again
 	} {
 		if got := expandVars(tc.in, env); got != tc.want {
 			t.Errorf("expandVars(%q) = %q, want %q", tc.in, got, tc.want)

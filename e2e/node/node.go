@@ -45,8 +45,9 @@ type Config struct {
 	Dir string
 	// BinDir holds the binaries images map to. Zero means prereq.BinDir().
 	BinDir string
-	// ToolsDir holds the pinned tools mesh-e2e/<tool> images map to when
-	// BinDir has no mesh-e2e-<tool>. Zero means prereq.ToolsDir().
+	// ToolsDir holds kube-proxy, and the pinned tools mesh-e2e/<tool>
+	// images map to when BinDir has no mesh-e2e-<tool>. Zero means
+	// prereq.ToolsDir().
 	ToolsDir string
 	// CACertPath and CAKeyPath are the cluster CA, which signs the
 	// kubelet endpoint's certificate and the API server's client
@@ -58,6 +59,14 @@ type Config struct {
 	TokenRefreshInterval time.Duration
 	// Logger. Zero means slog.Default().
 	Logger *slog.Logger
+	// KubeProxyKubeconfig is the kubeconfig of kube-proxy (a user bound to
+	// system:node-proxier). Zero: no kube-proxy, so ClusterIPs work only
+	// in meshed pods, whose proxy resolves Services itself.
+	KubeProxyKubeconfig string
+	// APIServerPort is the API server's port on loopback, which the agent
+	// forwards from the node's address: the kubernetes Service's endpoint.
+	// Zero: pods cannot reach the API server.
+	APIServerPort int
 }
 
 // Node is a running node agent.
@@ -148,6 +157,11 @@ func (n *Node) Run(ctx context.Context) error {
 	if err := n.register(ctx); err != nil {
 		return err
 	}
+	stopServices, err := n.startServices(ctx)
+	if err != nil {
+		return err
+	}
+	defer stopServices()
 	if n.cfg.CACertPath != "" {
 		kctx, stopKubelet := context.WithCancel(ctx)
 		kdone := make(chan error, 1)
@@ -257,6 +271,9 @@ func hostIf(uid types.UID) string {
 
 func (n *Node) startContainer(rt *pod, c corev1.Container, bin string) (*exec.Cmd, error) {
 	p := rt.obj
+	if err := writeResolvConf(p, rt.netns); err != nil {
+		return nil, err
+	}
 	args := []string{"netns", "exec", rt.netns}
 	if len(c.VolumeMounts) > 0 {
 		script, err := n.mountScript(p, c)
@@ -330,7 +347,12 @@ func (n *Node) startContainer(rt *pod, c corev1.Container, bin string) (*exec.Cm
 func (n *Node) resolveEnv(p *corev1.Pod, rt *pod, c corev1.Container) ([]string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	var out []string
+	// Services' variables first: the container's own, later, win. Without
+	// them (the API server did not answer) the container still starts.
+	out, err := n.serviceEnv(ctx, p)
+	if err != nil {
+		n.cfg.Logger.Warn("no Service environment", "pod", p.Namespace+"/"+p.Name, "err", err)
+	}
 	for _, e := range c.Env {
 		v := expandVars(e.Value, out)
 		switch from := e.ValueFrom; {

@@ -128,6 +128,9 @@ func addPodNetwork(netns, hostIf string, ip netip.Addr) error {
 		{"netns", "exec", netns, "ip", "addr", "add", ip.String() + "/16", "dev", "eth0"},
 		{"netns", "exec", netns, "ip", "link", "set", "eth0", "up"},
 		{"netns", "exec", netns, "ip", "route", "add", "default", "via", strings.Split(BridgeAddr, "/")[0]},
+		// ClusterIPs are inside the bridge's /16 but on no pod: through
+		// the node, where kube-proxy translates them.
+		{"netns", "exec", netns, "ip", "route", "add", ServiceCIDR, "via", strings.Split(BridgeAddr, "/")[0]},
 	}
 	for _, s := range steps {
 		if err := ipcmd(s...); err != nil {
@@ -150,6 +153,9 @@ func podMAC(ip netip.Addr) string {
 
 func removePodNetwork(netns, hostIf string) error {
 	_ = ipcmd("link", "del", hostIf)
+	if err := removeResolvConf(netns); err != nil {
+		return err
+	}
 	if err := ipcmd("netns", "del", netns); err != nil && !strings.Contains(err.Error(), "No such file") {
 		return err
 	}
@@ -172,6 +178,9 @@ func Down() error {
 	}
 	var errs []error
 	if err := unmountRecorded(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := downServices(); err != nil {
 		errs = append(errs, err)
 	}
 	for _, line := range strings.Split(string(out), "\n") {

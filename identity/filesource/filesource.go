@@ -66,6 +66,7 @@ type Source struct {
 	mu      sync.RWMutex
 	svid    *x509svid.SVID
 	bundle  *x509bundle.Bundle
+	loaded  time.Time // when svid was loaded
 	closed  bool
 	updated chan struct{} // closed and replaced at every change
 
@@ -110,7 +111,7 @@ func New(cfg Config) (*Source, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.svid, s.bundle, s.seen = svid, bundle, raw.joined()
+	s.svid, s.bundle, s.seen, s.loaded = svid, bundle, raw.joined(), cfg.Now()
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	go s.run(ctx)
@@ -316,7 +317,7 @@ func (s *Source) check() {
 		s.mu.Unlock()
 		return
 	}
-	s.svid, s.bundle = svid, bundle
+	s.svid, s.bundle, s.loaded = svid, bundle, s.cfg.Now()
 	close(s.updated)
 	s.updated = make(chan struct{})
 	s.mu.Unlock()
@@ -349,6 +350,13 @@ func (s *Source) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bund
 		return nil, fmt.Errorf("filesource: no bundle for trust domain %q", td)
 	}
 	return s.bundle, nil
+}
+
+// LastRenewal is when the current SVID was loaded from the files.
+func (s *Source) LastRenewal() time.Time {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.loaded
 }
 
 // Updated returns a channel closed at the next change of the SVID or

@@ -64,6 +64,7 @@ type Source struct {
 	mu      sync.RWMutex
 	svid    *x509svid.SVID
 	bundle  *x509bundle.Bundle
+	renewed time.Time // when svid was installed
 	closed  bool
 	updated chan struct{} // closed and replaced on every update
 
@@ -187,7 +188,7 @@ func (s *Source) renew(ctx context.Context) error {
 		s.mu.Unlock()
 		return errors.New("source: closed")
 	}
-	s.svid, s.bundle = svid, bundle
+	s.svid, s.bundle, s.renewed = svid, bundle, time.Now()
 	close(s.updated)
 	s.updated = make(chan struct{})
 	s.mu.Unlock()
@@ -261,6 +262,14 @@ func (s *Source) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bund
 		return nil, fmt.Errorf("source: no bundle for trust domain %q", td)
 	}
 	return s.bundle, nil
+}
+
+// LastRenewal is when the current SVID was installed: what operators ask
+// when a renewal seems stuck (meshctl identity show).
+func (s *Source) LastRenewal() time.Time {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.renewed
 }
 
 // Updated returns a channel closed at the next update of the SVID or

@@ -1,5 +1,6 @@
-// Command mesh-cluster runs mesh's local Kubernetes control plane (see
-// package e2e/cluster): `mesh-cluster up --dir D [--background]` and
+// Command mesh-cluster runs mesh's local Kubernetes cluster: the control
+// plane (package e2e/cluster) and one node agent (package e2e/node), so
+// that what you deploy runs: `mesh-cluster up --dir D [--background]` and
 // `mesh-cluster down --dir D`.
 package main
 
@@ -18,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mesh-dev/mesh/e2e/cluster"
+	"github.com/mesh-dev/mesh/e2e/meshtest"
 	"github.com/mesh-dev/mesh/e2e/node"
 )
 
@@ -40,7 +42,7 @@ func root() *cobra.Command {
 	var background bool
 	up := &cobra.Command{
 		Use:   "up",
-		Short: "Start the cluster; prints `export KUBECONFIG=...` as its last line",
+		Short: "Start the control plane and a node agent; prints `export KUBECONFIG=...` as its last line",
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			abs, err := filepath.Abs(dir)
 			if err != nil {
@@ -98,6 +100,19 @@ func upForeground(ctx context.Context, dir string) error {
 		return err
 	}
 	defer c.Stop()
+	// A cluster you can deploy to has a node: the node agent runs the pods
+	// scheduled to it (it needs root for the pod network). It stops before
+	// the control plane, so its pods end while the API server still hears
+	// about it.
+	if os.Geteuid() != 0 {
+		return errors.New("the node agent needs root (network namespaces and a bridge): run as root")
+	}
+	log.Info("starting the node agent", "bridge", node.Bridge, "address", node.BridgeAddr)
+	stopNode, err := meshtest.StartNode(c, filepath.Join(dir, "node"), log)
+	if err != nil {
+		return err
+	}
+	defer stopNode()
 	if err := os.WriteFile(filepath.Join(dir, "ready"), []byte(c.KubeconfigPath()+"\n"), 0o644); err != nil {
 		return err
 	}
@@ -146,7 +161,7 @@ func upBackground(dir string) error {
 	deadline := time.After(3 * time.Minute)
 	for {
 		if b, err := os.ReadFile(ready); err == nil && len(b) > 0 {
-			fmt.Printf("cluster is up (logs in %s/logs; stop it with `make cluster-down`)\n", dir)
+			fmt.Printf("cluster is up (logs in %s/logs; stop it with `mesh-cluster down --dir %s`)\n", dir, dir)
 			fmt.Printf("export KUBECONFIG=%s\n", filepath.Join(dir, "kubeconfig"))
 			return nil
 		}

@@ -1,0 +1,672 @@
+// Package install_test installs mesh the way users do, with the helm
+// binary and the chart in charts/mesh, on the local cluster: the real
+// controller-manager makes the controller's ReplicaSet, the scheduler puts
+// its pods on the node, the node agent runs them from the images' binaries,
+// and the controller's webhook injects the proxies of the application the
+// test deploys. Services and DNS come from kube-proxy and CoreDNS.
+package install_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
+	"github.com/mesh-dev/mesh/e2e/cluster"
+	"github.com/mesh-dev/mesh/e2e/clustertest"
+	"github.com/mesh-dev/mesh/e2e/meshtest"
+	"github.com/mesh-dev/mesh/e2e/node"
+	"github.com/mesh-dev/mesh/e2e/prereq"
+	"github.com/mesh-dev/mesh/meshctl"
+)
+
+func TestMain(m *testing.M) { os.Exit(clustertest.Run(m)) }
+
+const (
+	system   = "mesh-system"
+	ns       = "shop"
+	serverID = "spiffe://cluster.local/ns/shop/sa/server"
+	clientID = "spiffe://cluster.local/ns/shop/sa/client"
+	// The server's Service by its DNS name: CoreDNS answers it, and the
+	// client's proxy balances it over the endpoints.
+	serverURL = "http://server.shop.svc.cluster.local:8080"
+)
+
+type env struct {
+	c      *cluster.Cluster
+	cs     kubernetes.Interface
+	chart  string
+	client string // the client pod's name
+}
+
+// TestInstall: helm install, injection, calls by Service name over mTLS,
+// the outsider refused, policies and their status, a Job with a sidecar,
+// the leader killed under traffic, helm upgrade and helm uninstall.
+func TestInstall(t *testing.T) {
+	prereq.Root(t)
+	prereq.Command(t, "tcpdump")
+	for _, b := range []string{"mesh-controller", "mesh-proxy", "mesh-e2e-echo", "meshctl"} {
+		prereq.Bin(t, b)
+	}
+	for _, tool := range []string{"helm", "kubectl", "kube-proxy", "coredns"} {
+		prereq.Tool(t, tool)
+	}
+	c := clustertest.Get(t)
+	chart, err := filepath.Abs("../../charts/mesh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{c: c, cs: c.Client(), chart: chart}
+	stopNode, err := meshtest.StartNode(c, filepath.Join(t.TempDir(), "node"), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stopNode)
+	t.Cleanup(func() {
+		if t.Failed() {
+			e.dumpControllers(t)
+		}
+	})
+
+	t.Run("install", e.testInstall)
+	if t.Failed() {
+		return
+	}
+	t.Run("injected-app", e.testApp)
+	if t.Failed() {
+		return
+	}
+	t.Run("outsider-refused", e.testOutsider)
+	t.Run("policy-and-status", e.testPolicy)
+	t.Run("job-with-sidecar-completes", e.testJob)
+	t.Run("leader-killed-under-traffic", e.testKillLeader)
+	t.Run("upgrade-rolls", e.testUpgrade)
+	t.Run("uninstall-leaves-no-webhook", e.testUninstall)
+}
+
+// run runs one of the pinned tools (helm, kubectl) against the cluster.
+func (e *env) run(t *testing.T, tool string, args ...string) string {
+	t.Helper()
+	out, err := e.try(t.Context(), tool, args...)
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", tool, strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+func (e *env) try(ctx context.Context, tool string, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, filepath.Join(prereq.ToolsDir(), tool), args...)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+e.c.KubeconfigPath(), "HELM_CACHE_HOME="+filepath.Join(e.c.Dir(), "helm-cache"),
+		"HELM_CONFIG_HOME="+filepath.Join(e.c.Dir(), "helm-config"), "HELM_DATA_HOME="+filepath.Join(e.c.Dir(), "helm-data"))
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func (e *env) testInstall(t *testing.T) {
+	ctx := t.Context()
+	if out := e.run(t, "helm", "lint", e.chart); !strings.Contains(out, "0 chart(s) failed") || strings.Contains(out, "[WARNING]") {
+		t.Fatalf("helm lint:\n%s", out)
+	}
+	start := time.Now()
+	e.run(t, "helm", "install", "mesh", e.chart, "-n", system, "--create-namespace", "--wait", "--timeout", "4m")
+	t.Logf("helm install --wait: %s", time.Since(start).Round(time.Second))
+	dep, err := e.cs.AppsV1().Deployments(system).Get(ctx, "mesh-controller", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dep.Status.ReadyReplicas != 2 || dep.Status.UpdatedReplicas != 2 {
+		t.Fatalf("controller Deployment: %d ready, %d updated; want 2 and 2", dep.Status.ReadyReplicas, dep.Status.UpdatedReplicas)
+	}
+	// Through the real controllers: a ReplicaSet made by the
+	// controller-manager, pods bound by the scheduler to the node agent's
+	// node, run from the image's binary.
+	pods := e.controllers(t)
+	for _, p := range pods {
+		if p.Spec.NodeName != "node-1" || len(p.OwnerReferences) == 0 || p.OwnerReferences[0].Kind != "ReplicaSet" {
+			t.Errorf("controller pod %s: node %q, owners %v", p.Name, p.Spec.NodeName, p.OwnerReferences)
+		}
+		if img := p.Spec.Containers[0].Image; !strings.HasPrefix(img, "ghcr.io/mesh-dev/mesh-controller:") {
+			t.Errorf("controller pod %s runs image %q", p.Name, img)
+		}
+	}
+	// The controller filled in the webhooks' caBundle, or no pod would be
+	// injected (failurePolicy Fail would refuse them).
+	if err := meshtest.WaitFor(ctx, time.Minute, func() error {
+		m, err := e.cs.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, "mesh-injector", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		for _, w := range m.Webhooks {
+			if len(w.ClientConfig.CABundle) == 0 {
+				return fmt.Errorf("webhook %s has no caBundle yet", w.Name)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// controllers are the controller's running pods.
+func (e *env) controllers(t *testing.T) []corev1.Pod {
+	t.Helper()
+	list, err := e.cs.CoreV1().Pods(system).List(t.Context(), metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=mesh-controller"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []corev1.Pod
+	for _, p := range list.Items {
+		if p.DeletionTimestamp == nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func app(name string, replicas int32, c corev1.Container, restart corev1.RestartPolicy) corev1.PodTemplateSpec {
+	uid := int64(1000)
+	c.SecurityContext = &corev1.SecurityContext{RunAsUser: &uid, RunAsNonRoot: ptr(true)}
+	c.Env = append(c.Env, corev1.EnvVar{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}})
+	return corev1.PodTemplateSpec{
+		ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": name}},
+		Spec: corev1.PodSpec{
+			ServiceAccountName: name, RestartPolicy: restart, TerminationGracePeriodSeconds: ptr(int64(5)),
+			Containers: []corev1.Container{c},
+		},
+	}
+}
+
+func echo(probe bool) corev1.Container {
+	c := corev1.Container{Name: "app", Image: "mesh-e2e/echo", Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}}}
+	if probe {
+		// The injector rewrites it to the proxy's admin port: strict mTLS
+		// lets no plaintext probe in.
+		c.ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/live", Port: intstr.FromInt32(8080)}}, PeriodSeconds: 1}
+	}
+	return c
+}
+
+func deployment(name string, replicas int32, tmpl corev1.PodTemplateSpec) *appsv1.Deployment {
+	return &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: ptr(replicas), Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": name}}, Template: tmpl,
+		},
+	}
+}
+
+func (e *env) testApp(t *testing.T) {
+	ctx := t.Context()
+	if _, err := e.cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{"mesh.dev/inject": "enabled"}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, sa := range []string{"server", "client", "migrate"} {
+		if _, err := e.cs.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, d := range []*appsv1.Deployment{
+		deployment("server", 2, app("server", 2, echo(true), corev1.RestartPolicyAlways)),
+		deployment("client", 1, app("client", 1, echo(true), corev1.RestartPolicyAlways)),
+	} {
+		if _, err := e.cs.AppsV1().Deployments(ns).Create(ctx, d, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := e.cs.CoreV1().Services(ns).Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "server"},
+		Spec:       corev1.ServiceSpec{Selector: map[string]string{"app": "server"}, Ports: []corev1.ServicePort{{Name: "http", Port: 8080, TargetPort: intstr.FromInt32(8080)}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"server", "client"} {
+		e.run(t, "kubectl", "rollout", "status", "-n", ns, "deployment/"+d, "--timeout", "3m")
+	}
+	pods, err := e.cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pods.Items {
+		var names []string
+		sidecar := false
+		for _, c := range p.Spec.InitContainers {
+			names = append(names, c.Name)
+			if c.Name == "mesh-proxy" && c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {
+				sidecar = true
+			}
+		}
+		if !slices.Contains(names, "mesh-init") || !sidecar {
+			t.Errorf("pod %s was not injected as a native sidecar: init containers %v", p.Name, names)
+		}
+		if strings.HasPrefix(p.Name, "client-") {
+			e.client = p.Name
+		}
+	}
+	if e.client == "" {
+		t.Fatal("no client pod")
+	}
+
+	// Each pod's proxy serves an SVID for its ServiceAccount: meshctl reads
+	// it through the API server's pods/proxy.
+	for dep, want := range map[string]string{"server": serverID, "client": clientID} {
+		out, err := e.meshctl(t, "identity", "show", "-n", ns, "deploy/"+dep, "-o", "json")
+		if err != nil {
+			t.Fatalf("meshctl identity show deploy/%s: %v\n%s", dep, err, out)
+		}
+		var ids []meshctl.PodIdentity
+		if dep == "server" {
+			var list struct{ Items []meshctl.PodIdentity }
+			err = json.Unmarshal([]byte(out), &list)
+			ids = list.Items
+		} else {
+			var one meshctl.PodIdentity
+			err = json.Unmarshal([]byte(out), &one)
+			ids = []meshctl.PodIdentity{one}
+		}
+		if err != nil {
+			t.Fatalf("meshctl identity show deploy/%s: %v\n%s", dep, err, out)
+		}
+		want2 := map[string]int{"server": 2, "client": 1}[dep]
+		if len(ids) != want2 {
+			t.Fatalf("deploy/%s: %d identities, want %d: %s", dep, len(ids), want2, out)
+		}
+		for _, id := range ids {
+			if id.SPIFFEID != want || !id.Healthy || id.SerialNumber == "" || len(id.BundleRoots) == 0 || id.KeyType == "" {
+				t.Errorf("pod %s serves %+v, want %s and healthy", id.Pod, id, want)
+			}
+		}
+	}
+
+	// Calls by Service name, the full one and the short one through the
+	// search path, over mTLS: the server saw the client's identity, and a
+	// capture of the bridge has the request's marker nowhere in clear.
+	clientIP := e.podIP(t, e.client)
+	pcap := filepath.Join(t.TempDir(), "app.pcap")
+	dctx, stopDump := context.WithCancel(ctx)
+	dump := exec.CommandContext(dctx, "tcpdump", "--immediate-mode", "-i", node.Bridge, "-U", "-s", "0", "-w", pcap, "host", clientIP, "and", "tcp")
+	var dumpErr lockedBuffer
+	dump.Stderr = &dumpErr
+	if err := dump.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	marker := fmt.Sprintf("marker-%d", time.Now().UnixNano())
+	for _, url := range []string{serverURL + "/" + marker, "http://server:8080/" + marker + "-short"} {
+		out, err := e.inPod(ctx, e.client, "get", url)
+		if err != nil || !strings.Contains(out, "peer="+clientID) || !strings.Contains(out, "hello from server-") {
+			t.Errorf("GET %s from the client: %v: %s", url, err, out)
+		}
+	}
+	time.Sleep(500 * time.Millisecond)
+	stopDump()
+	_ = dump.Wait()
+	raw, err := os.ReadFile(pcap)
+	if err != nil {
+		t.Fatalf("capture: %v (%s)", err, dumpErr.String())
+	}
+	if len(raw) < 1000 {
+		t.Fatalf("the capture holds %d bytes: the traffic did not cross the bridge? %s", len(raw), dumpErr.String())
+	}
+	if bytes.Contains(raw, []byte(marker)) {
+		t.Errorf("the marker %q crossed the bridge in clear", marker)
+	}
+}
+
+func (e *env) testOutsider(t *testing.T) {
+	ctx := t.Context()
+	if _, err := e.cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "plain"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := meshtest.WaitFor(ctx, time.Minute, func() error {
+		_, err := e.cs.CoreV1().ServiceAccounts("plain").Get(ctx, "default", metav1.GetOptions{})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := meshtest.CreateRunning(ctx, e.cs, meshtest.PlainPod("plain", "outsider")); err != nil {
+		t.Fatal(err)
+	}
+	got, err := e.cs.CoreV1().Pods("plain").Get(ctx, "outsider", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Spec.InitContainers) != 0 {
+		t.Fatalf("a pod in an unlabelled namespace was injected: %v", got.Spec.InitContainers)
+	}
+	// DNS and the Service work for it (kube-proxy), but the server's proxy
+	// takes only mTLS.
+	out, err := meshtest.Echo(ctx, "plain", "outsider", "get", serverURL+"/from-outside")
+	if err == nil || strings.Contains(out, "hello from") {
+		t.Fatalf("the outsider reached the server: %v: %s", err, out)
+	}
+	t.Logf("outsider refused: %s", strings.TrimSpace(out))
+	// meshctl says so too, with exit status 1.
+	out, err = e.meshctl(t, "identity", "show", "-n", "plain", "pod/outsider")
+	if meshctl.ExitCode(err) != 1 || !strings.Contains(out, "not meshed") {
+		t.Errorf("meshctl identity show of an unmeshed pod: %v (exit %d): %s", err, meshctl.ExitCode(err), out)
+	}
+}
+
+const policy = `apiVersion: security.mesh.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: server, namespace: shop}
+spec:
+  selector: {matchLabels: {app: server}}
+  action: ALLOW
+  rules:
+  - from: [{identities: ["spiffe://cluster.local/ns/shop/sa/client", "spiffe://cluster.local/ns/shop/sa/migrate"]}]
+    to: [{ports: [8080], methods: ["GET"], paths: ["/", "/api/*", "/status/*"]}]
+`
+
+// testPolicy: a policy applied with kubectl passes the controller's
+// validating webhook, the leader reports it enforced by both selected
+// proxies, and it decides requests.
+func (e *env) testPolicy(t *testing.T) {
+	ctx := t.Context()
+	e.apply(t, policy)
+	policies, err := v1alpha1.NewClient(e.c.RESTConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := meshtest.WaitFor(ctx, time.Minute, func() error {
+		p, err := policies.Get(ctx, ns, "server")
+		if err != nil {
+			return err
+		}
+		if p.Status.Enforced != "2/2" || p.Status.ObservedGeneration != p.Generation {
+			return fmt.Errorf("status %+v at generation %d", p.Status, p.Generation)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := e.inPod(ctx, e.client, "get", serverURL+"/api/orders"); err != nil || !strings.Contains(out, "peer="+clientID) {
+		t.Errorf("an allowed request: %v: %s", err, out)
+	}
+	if out, err := e.inPod(ctx, e.client, "get", serverURL+"/admin"); err == nil || !strings.Contains(out, "denied by policy shop/server") {
+		t.Errorf("a request no rule allows: %v: %s", err, out)
+	}
+	// The validating webhook refuses a bad policy with the reason.
+	bad := strings.Replace(policy, "name: server,", "name: bad,", 1)
+	bad = strings.Replace(bad, `"spiffe://cluster.local/ns/shop/sa/client"`, `"spiffe://cluster.local/ns/*/sa/client"`, 1)
+	if out, err := e.kubectl(ctx, bad, "apply", "-f", "-"); err == nil || !strings.Contains(out, "wildcard") {
+		t.Errorf("a policy with a bad wildcard was not refused with the reason: %v: %s", err, out)
+	}
+}
+
+// testJob: a Job's pod gets the native sidecar too; once its container
+// ends, the sidecar is stopped and the Job completes.
+func (e *env) testJob(t *testing.T) {
+	ctx := t.Context()
+	c := echo(false)
+	c.Args = []string{"get", serverURL + "/api/migrate"}
+	job := &batchv1.Job{
+		ObjectMeta: metav1.ObjectMeta{Name: "migrate", Namespace: ns},
+		Spec: batchv1.JobSpec{
+			BackoffLimit: ptr(int32(2)),
+			Template:     app("migrate", 1, c, corev1.RestartPolicyNever),
+		},
+	}
+	if _, err := e.cs.BatchV1().Jobs(ns).Create(ctx, job, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := meshtest.WaitFor(ctx, 2*time.Minute, func() error {
+		j, err := e.cs.BatchV1().Jobs(ns).Get(ctx, "migrate", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		for _, c := range j.Status.Conditions {
+			if c.Type == batchv1.JobComplete && c.Status == corev1.ConditionTrue {
+				return nil
+			}
+			if c.Type == batchv1.JobFailed && c.Status == corev1.ConditionTrue {
+				return fmt.Errorf("job failed: %s", c.Message)
+			}
+		}
+		return fmt.Errorf("job not complete: %+v", j.Status)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	pods, err := e.cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "job-name=migrate"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pods.Items {
+		if p.Status.Phase != corev1.PodSucceeded {
+			continue
+		}
+		for _, st := range p.Status.InitContainerStatuses {
+			if st.Name == "mesh-proxy" && st.State.Terminated == nil {
+				t.Errorf("job pod %s succeeded but its sidecar is %+v", p.Name, st.State)
+			}
+		}
+		return
+	}
+	t.Errorf("no job pod succeeded")
+}
+
+// testKillLeader: the leader controller pod is killed while the client
+// calls the server: no request fails, and the other replica leads.
+func (e *env) testKillLeader(t *testing.T) {
+	ctx := t.Context()
+	lease, err := e.cs.CoordinationV1().Leases(system).Get(ctx, "mesh-controller", metav1.GetOptions{})
+	if err != nil || lease.Spec.HolderIdentity == nil {
+		t.Fatalf("leader lease: %v", err)
+	}
+	leader := *lease.Spec.HolderIdentity
+	var names []string
+	for _, p := range e.controllers(t) {
+		names = append(names, p.Name)
+	}
+	if !slices.Contains(names, leader) {
+		t.Fatalf("the lease holder %q is none of the controller pods %v", leader, names)
+	}
+	type result struct {
+		l   load
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		// 1,500 calls at 100/s: 15 s, across the kill and the re-election.
+		out, err := e.inPodBound(ctx, time.Minute, e.client, "http-load", serverURL, "1500", "4", "100", "keepalive")
+		var l load
+		if err == nil {
+			err = json.Unmarshal([]byte(out), &l)
+		}
+		if err != nil {
+			err = fmt.Errorf("%w: %s", err, out)
+		}
+		done <- result{l, err}
+	}()
+	time.Sleep(3 * time.Second)
+	if err := e.cs.CoreV1().Pods(system).Delete(ctx, leader, metav1.DeleteOptions{GracePeriodSeconds: ptr(int64(0))}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("killed the leader %s", leader)
+	r := <-done
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if r.l.Failed != 0 || r.l.Calls != 1500 {
+		t.Fatalf("%d of %d requests failed while the leader was killed: %v", r.l.Failed, r.l.Calls, r.l.Errors)
+	}
+	if err := meshtest.WaitFor(ctx, time.Minute, func() error {
+		l, err := e.cs.CoordinationV1().Leases(system).Get(ctx, "mesh-controller", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if h := l.Spec.HolderIdentity; h == nil || *h == leader {
+			return fmt.Errorf("still led by %v", h)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	e.run(t, "kubectl", "rollout", "status", "-n", system, "deployment/mesh-controller", "--timeout", "2m")
+}
+
+// testUpgrade: helm upgrade with a changed value rolls the controller.
+func (e *env) testUpgrade(t *testing.T) {
+	before := map[string]bool{}
+	for _, p := range e.controllers(t) {
+		before[p.Name] = true
+	}
+	e.run(t, "helm", "upgrade", "mesh", e.chart, "-n", system, "--reuse-values", "--set", "identity.svidTTL=30m", "--wait", "--timeout", "4m")
+	e.run(t, "kubectl", "rollout", "status", "-n", system, "deployment/mesh-controller", "--timeout", "2m")
+	if err := meshtest.WaitFor(t.Context(), time.Minute, func() error {
+		pods := e.controllers(t)
+		if len(pods) != 2 {
+			return fmt.Errorf("%d controller pods", len(pods))
+		}
+		for _, p := range pods {
+			if before[p.Name] {
+				return fmt.Errorf("pod %s is from before the upgrade", p.Name)
+			}
+			if !slices.Contains(p.Spec.Containers[0].Args, "--svid-ttl=30m") {
+				return fmt.Errorf("pod %s args %v", p.Name, p.Spec.Containers[0].Args)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// The mesh still works on the new controllers: a new pod gets an SVID.
+	e.run(t, "kubectl", "rollout", "restart", "-n", ns, "deployment/client")
+	e.run(t, "kubectl", "rollout", "status", "-n", ns, "deployment/client", "--timeout", "3m")
+}
+
+// testUninstall: helm uninstall leaves no webhook configuration behind,
+// so pod creation is never blocked by a webhook nobody serves.
+func (e *env) testUninstall(t *testing.T) {
+	ctx := t.Context()
+	e.run(t, "helm", "uninstall", "mesh", "-n", system, "--wait", "--timeout", "2m")
+	m, err := e.cs.AdmissionregistrationV1().MutatingWebhookConfigurations().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := e.cs.AdmissionregistrationV1().ValidatingWebhookConfigurations().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Items)+len(v.Items) != 0 {
+		t.Fatalf("webhook configurations left after uninstall: %d mutating, %d validating", len(m.Items), len(v.Items))
+	}
+	p := meshtest.PlainPod(ns, "after-uninstall")
+	if _, err := e.cs.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("creating a pod in a labelled namespace after uninstall: %v", err)
+	}
+	if _, err := e.cs.AppsV1().Deployments(system).Get(ctx, "mesh-controller", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("the controller Deployment is still there: %v", err)
+	}
+}
+
+// load is what mesh-e2e-echo's load modes print.
+type load struct {
+	Calls    int            `json:"calls"`
+	Failed   int            `json:"failed"`
+	Hosts    map[string]int `json:"hosts"`
+	Statuses map[string]int `json:"statuses"`
+	Errors   []string       `json:"errors"`
+}
+
+func (e *env) apply(t *testing.T, yaml string) {
+	t.Helper()
+	if out, err := e.kubectl(t.Context(), yaml, "apply", "-f", "-"); err != nil {
+		t.Fatalf("kubectl apply: %v\n%s", err, out)
+	}
+}
+
+func (e *env) kubectl(ctx context.Context, stdin string, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, filepath.Join(prereq.ToolsDir(), "kubectl"), append([]string{"--kubeconfig", e.c.KubeconfigPath()}, args...)...)
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func (e *env) meshctl(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.CommandContext(t.Context(), filepath.Join(prereq.BinDir(), "meshctl"), append([]string{"--kubeconfig", e.c.KubeconfigPath()}, args...)...)
+	out, err := cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return string(out), &meshctl.ExitError{Code: ee.ExitCode(), Err: err}
+	}
+	return string(out), err
+}
+
+func (e *env) inPod(ctx context.Context, pod string, args ...string) (string, error) {
+	return e.inPodBound(ctx, 20*time.Second, pod, args...)
+}
+
+// inPodBound runs the echo app's client mode in a pod; its standard output
+// only (load modes print JSON there).
+func (e *env) inPodBound(ctx context.Context, bound time.Duration, pod string, args ...string) (string, error) {
+	cctx, cancel := context.WithTimeout(ctx, bound)
+	defer cancel()
+	cmd := meshtest.InPod(cctx, ns, pod, append([]string{filepath.Join(prereq.BinDir(), "mesh-e2e-echo")}, args...)...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return string(out) + stderr.String(), err
+	}
+	return string(out), nil
+}
+
+func (e *env) podIP(t *testing.T, name string) string {
+	t.Helper()
+	p, err := e.cs.CoreV1().Pods(ns).Get(t.Context(), name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p.Status.PodIP
+}
+
+func (e *env) dumpControllers(t *testing.T) {
+	ctx := context.Background()
+	pods, err := e.cs.CoreV1().Pods(system).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return
+	}
+	for _, p := range pods.Items {
+		out, _ := e.try(ctx, "kubectl", "logs", "-n", system, p.Name, "--tail", "40")
+		t.Logf("controller pod %s (%s):\n%s", p.Name, p.Status.Phase, out)
+	}
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func ptr[T any](v T) *T { return &v }
