@@ -129,6 +129,7 @@ func TestNodeAgent(t *testing.T) {
 	t.Run("sidecar-restart", func(t *testing.T) { testSidecarRestart(t, n) })
 	t.Run("delete-main-before-sidecar", func(t *testing.T) { testDeleteOrder(t, n) })
 	t.Run("watch-not-poll", func(t *testing.T) { testWatchNotPoll(t, n, api) })
+	t.Run("same-name-while-terminating", func(t *testing.T) { testSameName(t, n, echo) })
 }
 
 // testDeployment: a Deployment of two echo replicas, scheduled by the real

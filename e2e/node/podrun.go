@@ -53,7 +53,7 @@ type stopRequest struct {
 }
 
 func (s *stopRequest) request(grace time.Duration, deletion bool) {
-	d := time.Now().Add(grace)
+	d := time.Now().Add(max(grace, minGrace))
 	s.mu.Lock()
 	if !s.requested || d.Before(s.deadline) {
 		s.deadline = d
@@ -73,10 +73,10 @@ func (s *stopRequest) get() (requested bool, deadline time.Time) {
 	return s.requested, s.deadline
 }
 
-// sidecarMinGrace is the least time a sidecar gets between SIGTERM and
-// SIGKILL when the pod's grace period is used up by its main containers,
-// as the kubelet gives (its minimum grace period).
-const sidecarMinGrace = 2 * time.Second
+// minGrace is the least time a container gets between SIGTERM and SIGKILL,
+// as the kubelet gives (its minimum grace period): a force delete (grace 0)
+// too, and a sidecar when the main containers used up the pod's period.
+const minGrace = 2 * time.Second
 
 // podRun is the state of one pod's goroutine: it starts the init
 // containers in order (native sidecars left running once started), then
@@ -393,7 +393,7 @@ func (r *podRun) finish(ctx context.Context) {
 // terminate ends a pod being deleted, as the kubelet 1.29+ does: SIGTERM to
 // the main containers, SIGKILL to those still there at the deadline; then
 // the sidecars in reverse order, each with what is left of the grace period
-// (at least sidecarMinGrace).
+// (at least minGrace).
 func (r *podRun) terminate(ctx context.Context) {
 	var mains []*container
 	for _, c := range r.mains {
@@ -414,7 +414,7 @@ func (r *podRun) terminate(ctx context.Context) {
 }
 
 // stopSidecars stops the running sidecars, last first, each getting until
-// deadline (at least sidecarMinGrace) to exit after its SIGTERM.
+// deadline (at least minGrace) to exit after its SIGTERM.
 func (r *podRun) stopSidecars(deadline time.Time) {
 	for i := len(r.inits) - 1; i >= 0; i-- {
 		c := r.inits[i]
@@ -427,7 +427,7 @@ func (r *podRun) stopSidecars(deadline time.Time) {
 			continue
 		}
 		own := deadline
-		if least := time.Now().Add(sidecarMinGrace); own.Before(least) {
+		if least := time.Now().Add(minGrace); own.Before(least) {
 			own = least
 		}
 		r.stopGroup([]*container{c}, func() time.Time {
