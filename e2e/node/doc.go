@@ -22,8 +22,8 @@
 // restartPolicy Always: started in order, each before the next, restarted
 // when they exit, counted for readiness, stopped once a Job's containers are
 // done, and stopped after the main containers when the pod is deleted),
-// startup, readiness and liveness probes (httpGet, tcpSocket, grpc; exec
-// probes pass, for containers have no filesystem of their own to run them
-// in), pod status, and deletion with graceful termination. See
+// startup, readiness and liveness probes (httpGet, tcpSocket and grpc from
+// the node; exec in the container's namespaces, as its user), $(VAR)
+// expansion, pod status, and deletion with graceful termination. See
 // docs/node-agent.md.
 package node

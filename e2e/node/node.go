@@ -286,6 +286,7 @@ func (n *Node) startContainer(rt *pod, c corev1.Container, bin string) (*exec.Cm
 	if err != nil {
 		return nil, err
 	}
+	c = effective(p, c, env)
 	args = append(args, capabilityArgs(c)...)
 	if sc := c.SecurityContext; sc != nil && sc.RunAsUser != nil && *sc.RunAsUser != 0 {
 		gid := *sc.RunAsUser
@@ -305,15 +306,15 @@ func (n *Node) startContainer(rt *pod, c corev1.Container, bin string) (*exec.Cm
 			return nil, fmt.Errorf("container %q: %w", c.Name, err)
 		}
 		args = append(args, prog)
-		args = append(args, expandAll(c.Command[1:], env)...)
+		args = append(args, c.Command[1:]...)
 	case len(c.Command) > 0:
 		// command replaces the image's entrypoint: the binary is the image.
 		args = append(args, bin)
-		args = append(args, expandAll(c.Command[1:], env)...)
+		args = append(args, c.Command[1:]...)
 	default:
 		args = append(args, bin)
 	}
-	args = append(args, expandAll(c.Args, env)...)
+	args = append(args, c.Args...)
 	cmd := exec.Command("ip", args...)
 	cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 	cmd.Env = append(cmd.Env, env...)
@@ -340,8 +341,9 @@ func (n *Node) startContainer(rt *pod, c corev1.Container, bin string) (*exec.Cm
 	return cmd, nil
 }
 
-// resolveEnv renders a container's environment: values, the downward
-// API's fields, and keys of secrets and configMaps.
+// resolveEnv renders a container's environment: values (with $(VAR)
+// references to the variables before expanded), the downward API's fields,
+// and keys of secrets and configMaps.
 func (n *Node) resolveEnv(p *corev1.Pod, rt *pod, c corev1.Container) ([]string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -352,7 +354,7 @@ func (n *Node) resolveEnv(p *corev1.Pod, rt *pod, c corev1.Container) ([]string,
 		n.cfg.Logger.Warn("no Service environment", "pod", p.Namespace+"/"+p.Name, "err", err)
 	}
 	for _, e := range c.Env {
-		v := e.Value
+		v := expandVars(e.Value, out)
 		switch from := e.ValueFrom; {
 		case from == nil:
 		case from.FieldRef != nil:

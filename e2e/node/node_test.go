@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -128,6 +129,7 @@ func TestNodeAgent(t *testing.T) {
 	t.Run("sidecar-restart", func(t *testing.T) { testSidecarRestart(t, n) })
 	t.Run("delete-main-before-sidecar", func(t *testing.T) { testDeleteOrder(t, n) })
 	t.Run("watch-not-poll", func(t *testing.T) { testWatchNotPoll(t, n, api) })
+	t.Run("same-name-while-terminating", func(t *testing.T) { testSameName(t, n, echo) })
 }
 
 // testDeployment: a Deployment of two echo replicas, scheduled by the real
@@ -274,8 +276,20 @@ func TestDownAfterCrash(t *testing.T) {
 	if out, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(out), "pod-crash-p") {
 		t.Fatalf("namespace left:\n%s", out)
 	}
-	if exec.Command("ip", "link", "show", Bridge).Run() == nil {
-		t.Fatal("bridge left")
+	// The bridge is gone, unless another test package's agent, waiting
+	// for the machine's pod network, took it as soon as Down let go.
+	if f, err := os.OpenFile(lockPath, os.O_CREATE|os.O_RDWR, 0o644); err != nil {
+		t.Fatal(err)
+	} else if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil {
+		t.Log("another node agent owns the pod network now: not checking that the bridge is gone")
+		f.Close()
+	} else {
+		bridgeLeft := exec.Command("ip", "link", "show", Bridge).Run() == nil
+		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		f.Close()
+		if bridgeLeft {
+			t.Fatal("bridge left")
+		}
 	}
 	if mounts, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mounts), " "+mnt+" ") {
 		t.Fatal("memory emptyDir mount left")
@@ -413,11 +427,20 @@ func testVolumes(t *testing.T, n *Node, c *cluster.Cluster, api *apiLog) {
 	}
 	kubectl(cm("hello-v1"), "apply", "-f", "-")
 	exp := int64(600)
+	coverPath := filepath.Join(os.TempDir(), "mesh-e2e-cover", "scratch")
+	if !strings.HasPrefix(n.cfg.Dir, os.TempDir()+"/") {
+		t.Fatalf("the agent's folder %s is not under %s", n.cfg.Dir, os.TempDir())
+	}
 	ctr := echoContainer()
 	ctr.VolumeMounts = []corev1.VolumeMount{
 		{Name: "tokens", MountPath: "/var/run/secrets/mesh-e2e/tokens"},
 		{Name: "config", MountPath: "/run/mesh-e2e/config"},
 		{Name: "scratch", MountPath: "/run/mesh-e2e/scratch"},
+		// Under /etc, which the pod still sees whole.
+		{Name: "config", MountPath: "/etc/mesh-e2e/config"},
+		// Under the folder that holds the agent's: the emptyDir bound is
+		// still the node's.
+		{Name: "scratch", MountPath: coverPath},
 	}
 	createPod(t, cs, "echo", &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "vols"},
@@ -435,10 +458,11 @@ func testVolumes(t *testing.T, n *Node, c *cluster.Cluster, api *apiLog) {
 	})
 	n.mu.Lock()
 	var pid int
+	var vols *corev1.Pod
 	for _, rt := range n.pods {
-		if rt.obj.Name == "vols" {
+		if rt.obj.Name == "vols" && !rt.finished() {
 			rt.mu.Lock()
-			pid = rt.procs[0].Process.Pid
+			pid, vols = rt.procs[0].Process.Pid, rt.obj
 			rt.mu.Unlock()
 		}
 	}
@@ -452,8 +476,22 @@ func testVolumes(t *testing.T, n *Node, c *cluster.Cluster, api *apiLog) {
 		}
 		return string(out)
 	}
-	if _, err := os.Stat("/var/run/secrets/mesh-e2e"); err == nil {
-		t.Fatal("the mountPath was created on the node")
+	for _, p := range []string{"/var/run/secrets/mesh-e2e", "/etc/mesh-e2e", filepath.Dir(coverPath)} {
+		if _, err := os.Stat(p); err == nil {
+			t.Fatalf("the mountPath %s was created on the node", p)
+		}
+	}
+	if want, _ := os.ReadFile("/etc/passwd"); read("/etc/passwd") != string(want) {
+		t.Fatal("the pod's /etc/passwd is not the node's: /etc was hidden by the mount under it")
+	}
+	if got := read("/etc/mesh-e2e/config/greeting"); got != "hello-v1" {
+		t.Fatalf("configMap greeting under /etc = %q", got)
+	}
+	if out, err := exec.Command("nsenter", "-t", fmt.Sprint(pid), "-m", "sh", "-c", "echo shared > "+coverPath+"/f").CombinedOutput(); err != nil {
+		t.Fatalf("write to the emptyDir at %s: %v: %s", coverPath, err, out)
+	}
+	if b, err := os.ReadFile(filepath.Join(n.volumeDir(vols, "scratch"), "f")); err != nil || string(b) != "shared\n" {
+		t.Fatalf("the emptyDir at %s is not the pod's emptyDir: %q, %v", coverPath, b, err)
 	}
 	if got := read("/var/run/secrets/mesh-e2e/tokens/podname"); got != "vols" {
 		t.Fatalf("downward API podname = %q", got)
@@ -482,6 +520,9 @@ func testVolumes(t *testing.T, n *Node, c *cluster.Cluster, api *apiLog) {
 		return nil
 	})
 	t.Logf("configMap update reached the pod in %s", time.Since(start).Round(100*time.Millisecond))
+	if got := read("/etc/mesh-e2e/config/greeting"); got != "hello-v2" {
+		t.Fatalf("configMap greeting under /etc = %q after the update", got)
+	}
 	// It came on the watch: the agent did not read the configMap.
 	if reads := api.since(mark, func(r apiRequest) bool { return !r.watch && strings.Contains(r.path, "/configmaps") }); len(reads) > 0 {
 		t.Fatalf("the agent read configMaps instead of watching them: %v", reads)
@@ -596,7 +637,16 @@ func testJob(t *testing.T, n *Node) {
 		ObjectMeta: metav1.ObjectMeta{Name: "once"},
 		Spec: batchv1.JobSpec{Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{
 			RestartPolicy: corev1.RestartPolicyNever,
-			Containers:    []corev1.Container{{Name: "work", Image: ToolsImage, Command: []string{"sh", "-c", "echo working; exit 0"}}},
+			// The pod's user is the container's.
+			SecurityContext: &corev1.PodSecurityContext{RunAsUser: ptrTo(int64(1000))},
+			Containers: []corev1.Container{{Name: "work", Image: ToolsImage,
+				Env: []corev1.EnvVar{
+					{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
+					{Name: "GREETING", Value: "hi from $(POD_NAME)"},
+				},
+				// $(VAR) is expanded by the agent, as by the kubelet; $$
+				// and unknown names are left to the shell.
+				Command: []string{"sh", "-c", "echo working: $(GREETING), uid $(id -u), $$(echo escaped); exit 0"}}},
 		}}},
 	}, metav1.CreateOptions{})
 	if err != nil {
@@ -612,4 +662,13 @@ func testJob(t *testing.T, n *Node) {
 		}
 		return nil
 	})
+	pods, err := cs.CoreV1().Pods("echo").List(ctx, metav1.ListOptions{LabelSelector: "job-name=once"})
+	if err != nil || len(pods.Items) != 1 {
+		t.Fatalf("the Job's pods: %v, %v", pods, err)
+	}
+	name := pods.Items[0].Name
+	want := "working: hi from " + name + ", uid 1000, escaped\n"
+	if b, err := os.ReadFile(n.logPath("echo", name, "work", false)); err != nil || string(b) != want {
+		t.Fatalf("the job's log = %q, %v; want %q", b, err, want)
+	}
 }

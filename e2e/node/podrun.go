@@ -53,7 +53,7 @@ type stopRequest struct {
 }
 
 func (s *stopRequest) request(grace time.Duration, deletion bool) {
-	d := time.Now().Add(grace)
+	d := time.Now().Add(max(grace, minGrace))
 	s.mu.Lock()
 	if !s.requested || d.Before(s.deadline) {
 		s.deadline = d
@@ -73,10 +73,10 @@ func (s *stopRequest) get() (requested bool, deadline time.Time) {
 	return s.requested, s.deadline
 }
 
-// sidecarMinGrace is the least time a sidecar gets between SIGTERM and
-// SIGKILL when the pod's grace period is used up by its main containers,
-// as the kubelet gives (its minimum grace period).
-const sidecarMinGrace = 2 * time.Second
+// minGrace is the least time a container gets between SIGTERM and SIGKILL,
+// as the kubelet gives (its minimum grace period): a force delete (grace 0)
+// too, and a sidecar when the main containers used up the pod's period.
+const minGrace = 2 * time.Second
 
 // podRun is the state of one pod's goroutine: it starts the init
 // containers in order (native sidecars left running once started), then
@@ -305,7 +305,6 @@ func (r *podRun) all() []*container { return append(slices.Clone(r.inits), r.mai
 // A container that fails its startup or liveness probe is killed, and
 // restarted as its restart policy says.
 func (r *podRun) runProbes(ctx context.Context, now time.Time) {
-	host := r.rt.ip.String()
 	for _, c := range r.all() {
 		if !c.running || c.stopping || c.kind == initKind {
 			continue
@@ -314,7 +313,7 @@ func (r *podRun) runProbes(ctx context.Context, now time.Time) {
 			if c.startup == nil || !c.startup.due(now) {
 				continue
 			}
-			c.startup.record(runProbe(ctx, host, c.spec, c.startup.spec) == nil, now)
+			c.startup.record(r.probe(ctx, c, c.startup.spec) == nil, now)
 			switch {
 			case c.startup.ok:
 				c.started, r.dirty = true, true
@@ -327,7 +326,7 @@ func (r *podRun) runProbes(ctx context.Context, now time.Time) {
 			continue
 		}
 		if c.liveness != nil && c.liveness.due(now) {
-			err := runProbe(ctx, host, c.spec, c.liveness.spec)
+			err := r.probe(ctx, c, c.liveness.spec)
 			c.liveness.record(err == nil, now)
 			if c.liveness.failed() {
 				r.log.Info("liveness probe failed; restarting", "container", c.spec.Name, "err", err)
@@ -336,13 +335,22 @@ func (r *podRun) runProbes(ctx context.Context, now time.Time) {
 			}
 		}
 		if c.readiness != nil && c.readiness.due(now) {
-			c.readiness.record(runProbe(ctx, host, c.spec, c.readiness.spec) == nil, now)
+			c.readiness.record(r.probe(ctx, c, c.readiness.spec) == nil, now)
 			c.ready = c.readiness.ok
 		}
 		if c.status.Ready != c.ready {
 			c.status.Ready, r.dirty = c.ready, true
 		}
 	}
+}
+
+// probe runs one of a container's probes: an exec probe in the container,
+// the others from the node to the pod's address.
+func (r *podRun) probe(ctx context.Context, c *container, p *corev1.Probe) error {
+	if p.Exec != nil {
+		return execProbe(ctx, c.cmd.Process.Pid, effective(r.rt.obj, c.spec, nil).SecurityContext, p)
+	}
+	return runProbe(ctx, r.rt.ip.String(), c.spec, p)
 }
 
 // kill ends a container's processes at once (a failed liveness or
@@ -385,7 +393,7 @@ func (r *podRun) finish(ctx context.Context) {
 // terminate ends a pod being deleted, as the kubelet 1.29+ does: SIGTERM to
 // the main containers, SIGKILL to those still there at the deadline; then
 // the sidecars in reverse order, each with what is left of the grace period
-// (at least sidecarMinGrace).
+// (at least minGrace).
 func (r *podRun) terminate(ctx context.Context) {
 	var mains []*container
 	for _, c := range r.mains {
@@ -406,7 +414,7 @@ func (r *podRun) terminate(ctx context.Context) {
 }
 
 // stopSidecars stops the running sidecars, last first, each getting until
-// deadline (at least sidecarMinGrace) to exit after its SIGTERM.
+// deadline (at least minGrace) to exit after its SIGTERM.
 func (r *podRun) stopSidecars(deadline time.Time) {
 	for i := len(r.inits) - 1; i >= 0; i-- {
 		c := r.inits[i]
@@ -419,7 +427,7 @@ func (r *podRun) stopSidecars(deadline time.Time) {
 			continue
 		}
 		own := deadline
-		if least := time.Now().Add(sidecarMinGrace); own.Before(least) {
+		if least := time.Now().Add(minGrace); own.Before(least) {
 			own = least
 		}
 		r.stopGroup([]*container{c}, func() time.Time {

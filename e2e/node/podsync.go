@@ -137,7 +137,7 @@ func (n *Node) reconcile(ctx context.Context, uid types.UID) error {
 			return nil
 		}
 		if !rt.finished() {
-			rt.stop.request(0, true) // force-deleted: no grace left
+			rt.stop.request(0, true) // force-deleted: the least grace (minGrace)
 			return nil
 		}
 		n.mu.Lock()
@@ -169,12 +169,24 @@ func (n *Node) reconcile(ctx context.Context, uid types.UID) error {
 // startPod gives the pod its network and volumes and starts its goroutine.
 func (n *Node) startPod(ctx context.Context, p *corev1.Pod) error {
 	log := n.cfg.Logger.With("pod", p.Namespace+"/"+p.Name)
+	// A pod of the same name (a StatefulSet's, recreated) may still be
+	// terminating: its network namespace has this one's name, and its
+	// teardown would remove this one's. Wait for it (the queue retries).
+	netns := NetnsName(p.Namespace, p.Name)
+	n.mu.Lock()
+	for uid, o := range n.pods {
+		if uid != p.UID && o.netns == netns && !o.finished() {
+			n.mu.Unlock()
+			return fmt.Errorf("node: pod %s/%s: waiting for the pod of the same name (%s) to terminate", p.Namespace, p.Name, uid)
+		}
+	}
+	n.mu.Unlock()
 	ip, err := n.ipam.allocate(string(p.UID))
 	if err != nil {
 		return fmt.Errorf("node: pod %s/%s: %w", p.Namespace, p.Name, err)
 	}
 	rt := &pod{
-		obj: p.DeepCopy(), netns: NetnsName(p.Namespace, p.Name), hostIf: hostIf(p.UID), ip: ip, done: make(chan struct{}),
+		obj: p.DeepCopy(), netns: netns, hostIf: hostIf(p.UID), ip: ip, done: make(chan struct{}),
 		stop: stopRequest{poke: make(chan struct{}, 1)}, refresh: make(chan struct{}, 1),
 	}
 	undo := func() {
@@ -204,6 +216,12 @@ func (n *Node) startPod(ctx context.Context, p *corev1.Pod) error {
 			undo()
 			close(rt.done)
 			n.queue.Add(p.UID) // for the pod object's deletion, or the entry's
+			// A new pod of the same name may be waiting for this one.
+			if obj, ok, _ := n.podCache.GetByKey(p.Namespace + "/" + p.Name); ok {
+				if np, _ := obj.(*corev1.Pod); np != nil && np.UID != p.UID {
+					n.queue.Add(np.UID)
+				}
+			}
 		}()
 		newPodRun(n, rt, log).run(ctx)
 		n.killLeftovers(rt)

@@ -21,8 +21,8 @@ import (
 // probeUserAgent is what the kubelet's HTTP prober sends.
 const probeUserAgent = "kube-probe/1.37"
 
-// runProbe runs a probe's handler once against a container of the pod at
-// host (its address), from the node, as the kubelet's prober does: an HTTP
+// runProbe runs a network probe's handler once against a container of the
+// pod at host (its address), from the node, as the kubelet's prober does: an HTTP
 // GET answered 200-399, a TCP connection accepted, or a gRPC health check
 // answered SERVING, within timeoutSeconds. A nil error is a success.
 func runProbe(ctx context.Context, host string, c corev1.Container, p *corev1.Probe) error {
@@ -37,9 +37,7 @@ func runProbe(ctx context.Context, host string, c corev1.Container, p *corev1.Pr
 	case p.GRPC != nil:
 		return grpcProbe(ctx, host, p.GRPC)
 	case p.Exec != nil:
-		// Containers have no filesystem of their own to run a command
-		// in; an exec probe is taken as passing (see doc.go).
-		return nil
+		return errors.New("node: an exec probe runs in its container (execProbe), not from the node")
 	}
 	return errors.New("node: probe has no handler")
 }

@@ -114,6 +114,7 @@ func TestRunProbe(t *testing.T) {
 		{"grpc closed", &corev1.Probe{TimeoutSeconds: 1, ProbeHandler: corev1.ProbeHandler{GRPC: &corev1.GRPCAction{Port: closedPort}}}, "node: grpc probe"},
 		{"grpc port 0", &corev1.Probe{ProbeHandler: corev1.ProbeHandler{GRPC: &corev1.GRPCAction{Port: 0}}}, "out of range"},
 		{"no handler", &corev1.Probe{}, "probe has no handler"},
+		{"exec is not from the node", &corev1.Probe{ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"true"}}}}, "an exec probe runs in its container"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			start := time.Now()

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -177,7 +178,10 @@ func testSidecarReadiness(t *testing.T, n *Node) {
 		Spec: corev1.PodSpec{
 			// The sidecar's /live fails 8 s after it starts.
 			InitContainers: []corev1.Container{sidecar(echoSidecar(corev1.EnvVar{Name: "ECHO_UNHEALTHY_AFTER", Value: "8s"}))},
-			Containers:     []corev1.Container{{Name: "app", Image: ToolsImage, Command: []string{"sleep", "3600"}}},
+			// The app's own readiness is an exec probe, run in the
+			// container with its environment.
+			Containers: []corev1.Container{{Name: "app", Image: ToolsImage, Command: []string{"sleep", "3600"}, Env: []corev1.EnvVar{{Name: "APP", Value: "on"}},
+				ReadinessProbe: &corev1.Probe{PeriodSeconds: 1, ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"sh", "-c", `test "$APP" = on`}}}}}},
 		},
 	}
 	createPod(t, cs, "echo", p) // waits for Ready
@@ -320,6 +324,62 @@ func testSidecarRestart(t *testing.T, n *Node) {
 		return nil
 	})
 	if err := cs.CoreV1().Pods("echo").Delete(ctx, p.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// testSameName: a pod created under the name of one still terminating
+// (a StatefulSet's) starts once the old one is gone, and keeps its
+// network: the old one's teardown does not remove the new one's
+// namespace, which has the same name.
+func testSameName(t *testing.T, n *Node, echo string) {
+	cs, ctx := n.cfg.Kube, t.Context()
+	slow := func() *corev1.Pod {
+		c := echoContainer()
+		// The app takes 2 s to stop after SIGTERM.
+		c.Name, c.Image, c.Command = "slow", ToolsImage, []string{"sh", "-c", `trap 'sleep 2; exit 0' TERM; while :; do sleep 0.1; done`}
+		c.ReadinessProbe, c.Env = nil, nil
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "same"}, Spec: corev1.PodSpec{Containers: []corev1.Container{c, echoContainer()}}}
+	}
+	createPod(t, cs, "echo", slow())
+	old, err := cs.CoreV1().Pods("echo").Get(ctx, "same", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cs.CoreV1().Pods("echo").Delete(ctx, "same", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// Force the object away while the agent still stops its processes,
+	// and create the new pod at once.
+	zero := int64(0)
+	if err := cs.CoreV1().Pods("echo").Delete(ctx, "same", metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
+		t.Fatal(err)
+	}
+	createPod(t, cs, "echo", slow())
+	n.mu.Lock()
+	oldRT := n.pods[old.UID]
+	n.mu.Unlock()
+	if oldRT != nil {
+		select {
+		case <-oldRT.done:
+		case <-time.After(30 * time.Second):
+			t.Fatal("the old pod did not finish")
+		}
+	}
+	ip := podIP(t, cs, "echo", "same")
+	if out, err := exec.Command("ip", "netns", "exec", NetnsName("echo", "same"), "ip", "-4", "addr", "show", "eth0").CombinedOutput(); err != nil || !strings.Contains(string(out), " "+ip+"/") {
+		t.Fatalf("the new pod's network namespace is not there, or not its: %s %v", out, err)
+	}
+	// The new pod answers from its network namespace, after the old
+	// pod's teardown.
+	waitFor(t, 5*time.Second, "new pod reachable", func() error {
+		out, err := exec.Command("ip", "netns", "exec", NetnsName("echo", "client"), echo, "get", "http://"+ip+":8080/").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "hello from same ") {
+			return fmt.Errorf("%q, %v", out, err)
+		}
+		return nil
+	})
+	if err := cs.CoreV1().Pods("echo").Delete(ctx, "same", metav1.DeleteOptions{GracePeriodSeconds: ptrTo(int64(3))}); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -175,6 +176,9 @@ func (n *Node) projectedFiles(ctx context.Context, rt *pod, vol string, pv *core
 	// Tokens make the volume due when they are; objects when they may
 	// have changed (writeAtomic compares with what is on disk).
 	due := what != volumesTokens
+	if !due && !rt.tokenDue(vol, pv) {
+		return nil, nil // not even the watched objects are read
+	}
 	for _, src := range pv.Sources {
 		switch {
 		case src.ServiceAccountToken != nil:
@@ -252,6 +256,21 @@ func (n *Node) projectedFiles(ctx context.Context, rt *pod, vol string, pv *core
 	return out, nil
 }
 
+// tokenDue reports whether a token of the projected volume vol is to be
+// requested (never yet, or past its refresh time).
+func (rt *pod) tokenDue(vol string, pv *corev1.ProjectedVolumeSource) bool {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	for _, src := range pv.Sources {
+		if t := src.ServiceAccountToken; t != nil {
+			if tok, ok := rt.tokens[vol+"/"+t.Path]; !ok || time.Now().After(tok.refreshAt) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 type token struct {
 	value     []byte
 	refreshAt time.Time
@@ -324,13 +343,20 @@ func writeAtomic(dir string, files map[string][]byte) (bool, error) {
 // mountScript is the shell run inside the pod's mount namespace (which
 // `ip netns exec` creates, private to the pod) before the container's
 // program: it bind-mounts each volume at its mountPath. A mountPath whose
-// parent does not exist on the node is made inside an empty tmpfs laid over
-// its nearest existing ancestor, so nothing is created on the node.
+// parent does not exist on the node is made in an overlay of its nearest
+// existing ancestor, whose writes go to a tmpfs: the container still sees
+// the ancestor's files (a Corefile under /etc/coredns leaves /etc/passwd
+// and /etc/resolv.conf in place), and nothing is created on the node. The
+// script works from the pod's folder on the node, by relative paths, so
+// that the volumes are bound from the node's own folders even when an
+// overlay covers the path they are reached by (a mountPath /tmp/cache
+// covers /tmp, which may hold the agent's folder).
 func (n *Node) mountScript(p *corev1.Pod, c corev1.Container) (string, error) {
 	// Covers first (a tmpfs laid later would hide earlier mounts), then
 	// the directories and bind mounts.
 	var covers, binds strings.Builder
 	covered := map[string]bool{}
+	root := filepath.Join(n.cfg.Dir, "pods", string(p.UID))
 	for _, m := range c.VolumeMounts {
 		if !filepath.IsAbs(m.MountPath) || strings.Contains(m.MountPath, "..") {
 			return "", fmt.Errorf("mountPath %q is not an absolute path", m.MountPath)
@@ -341,6 +367,14 @@ func (n *Node) mountScript(p *corev1.Pod, c corev1.Container) (string, error) {
 		}
 		if m.SubPath != "" {
 			src = filepath.Join(src, m.SubPath)
+		}
+		inVol, err := filepath.Rel(n.volumeDir(p, m.Name), src)
+		if err != nil || inVol == ".." || strings.HasPrefix(inVol, "../") {
+			return "", fmt.Errorf("volumeMount %q: subPath %q leaves the volume", m.Name, m.SubPath)
+		}
+		rel, err := filepath.Rel(root, src)
+		if err != nil {
+			return "", fmt.Errorf("volumeMount %q: subPath %q leaves the volume", m.Name, m.SubPath)
 		}
 		if _, err := os.Stat(m.MountPath); err != nil {
 			anc := filepath.Dir(m.MountPath)
@@ -358,23 +392,52 @@ func (n *Node) mountScript(p *corev1.Pod, c corev1.Container) (string, error) {
 				return "", fmt.Errorf("mountPath %q: only a path under an existing directory of the node can be made (the local cluster has no container filesystem)", m.MountPath)
 			}
 			if !covered[real] {
-				fmt.Fprintf(&covers, "mount -t tmpfs -o mode=0755 tmpfs %q\n", real)
+				stage := filepath.Join("covers", c.Name, strconv.Itoa(len(covered)))
+				if err := os.MkdirAll(filepath.Join(root, stage), 0o700); err != nil {
+					return "", fmt.Errorf("mountPath %q: %w", m.MountPath, err)
+				}
+				covers.WriteString(coverScript(real, stage, NetnsName(p.Namespace, p.Name)))
 				covered[real] = true
 			}
-			fmt.Fprintf(&binds, "mkdir -p %q\n", m.MountPath)
+			fmt.Fprintf(&binds, "mkdir -p %s\n", shellQuote(m.MountPath))
 		}
-		fmt.Fprintf(&binds, "mount --bind %q %q\n", src, m.MountPath)
+		fmt.Fprintf(&binds, "mount -c --bind %s %s\n", shellQuote(rel), shellQuote(m.MountPath))
 		if m.ReadOnly || isReadOnlyVolume(p, m.Name) {
-			fmt.Fprintf(&binds, "mount -o remount,bind,ro %q\n", m.MountPath)
+			fmt.Fprintf(&binds, "mount -o remount,bind,ro %s\n", shellQuote(m.MountPath))
 		}
 	}
 	var b strings.Builder
-	b.WriteString("set -e\n")
+	b.WriteString("set -e\nmesh_wd=$PWD\n")
+	fmt.Fprintf(&b, "cd %s\n", shellQuote(root))
 	b.WriteString(covers.String())
 	b.WriteString(binds.String())
+	b.WriteString(`cd "$mesh_wd"` + "\n")
 	b.WriteString(`exec "$@"` + "\n")
 	return b.String(), nil
 }
+
+// coverScript lays an overlay over dir, its writes going to a tmpfs at
+// stage (relative to the script's folder). Paths that overlay's options
+// cannot carry (a comma, colon or backslash) get an empty tmpfs instead, as
+// the agent did before.
+func coverScript(dir, stage, netns string) string {
+	if strings.ContainsAny(dir+stage, ",:\\") {
+		return fmt.Sprintf("mount -t tmpfs -o mode=0755 tmpfs %s\n", shellQuote(dir))
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "mount -t tmpfs -o mode=0700 tmpfs %[1]s\nmkdir %[1]s/u %[1]s/w\n", shellQuote(stage))
+	fmt.Fprintf(&b, "mount -c -t overlay overlay -o %s %s\n", shellQuote("lowerdir="+dir+",upperdir="+stage+"/u,workdir="+stage+"/w"), shellQuote(dir))
+	if dir == "/etc" {
+		// `ip netns exec` bound /etc/netns/<netns>/* (resolv.conf) over
+		// /etc's files; the overlay shows the files under those mounts.
+		fmt.Fprintf(&b, "for f in %s/*; do if [ -e \"$f\" ] && [ -e \"/etc/${f##*/}\" ]; then mount --bind \"$f\" \"/etc/${f##*/}\"; fi; done\n", shellQuote("/etc/netns/"+netns))
+	}
+	return b.String()
+}
+
+// shellQuote quotes s for sh: a pod's paths are its author's, and must not
+// run as commands on the node.
+func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
 func isReadOnlyVolume(p *corev1.Pod, name string) bool {
 	for _, v := range p.Spec.Volumes {
