@@ -19,5 +19,6 @@ func New() *cobra.Command {
 	kube := genericclioptions.NewConfigFlags(true)
 	kube.AddFlags(root.PersistentFlags())
 	root.AddCommand(auditCmd(), identityCmd(kube))
+	root.AddCommand(versionCmd(kube), policyCmd(kube))
 	return root
 }
