@@ -37,11 +37,11 @@ const IdentityPort = 15012
 // StartNode runs a node agent until the returned stop is called, and waits
 // for its bridge.
 func StartNode(c *cluster.Cluster, dir string, log *slog.Logger) (stop func(), err error) {
-	// kube-proxy's identity: the user the bootstrap policy binds to
-	// system:node-proxier.
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}
+	// kube-proxy's identity: the user the bootstrap policy binds to
+	// system:node-proxier.
 	proxyKubeconfig := filepath.Join(dir, "kube-proxy.kubeconfig")
 	if err := c.WriteKubeconfig(proxyKubeconfig, "system:kube-proxy", nil); err != nil {
 		return nil, err

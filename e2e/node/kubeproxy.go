@@ -17,9 +17,9 @@ import (
 	"time"
 )
 
-// The ranges kube-proxy's rules are confined to. They mirror
-// e2e/cluster's address plan (which imports this package's consumers, not
-// the other way round).
+// The ranges kube-proxy's rules are confined to: e2e/cluster's address
+// plan, repeated so that the agent does not depend on the control plane's
+// package (TestAddressPlan keeps them equal).
 const (
 	// PodCIDR is where pod IPs come from: kube-proxy's cluster CIDR, which
 	// tells pod traffic from the node's own.

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+
+	"github.com/mesh-dev/mesh/e2e/cluster"
 )
 
 // TestKubeProxyConfig pins what confines kube-proxy: its ranges, NodePorts
@@ -66,5 +68,21 @@ func TestKubeProxyConfig(t *testing.T) {
 	}
 	if _, err := kubeProxyConfig("/k", "n", "ipvs", 1, 2); err == nil || !strings.HasPrefix(err.Error(), "node: ") {
 		t.Fatalf("mode ipvs (it sets ip_forward) accepted: %v", err)
+	}
+}
+
+// TestAddressPlan: the agent's copy of the cluster's address plan is the
+// cluster's.
+func TestAddressPlan(t *testing.T) {
+	for _, c := range [][3]string{
+		{"NodeIP", NodeIP, cluster.NodeAddress},
+		{"PodCIDR", PodCIDR, cluster.PodCIDR},
+		{"ServiceCIDR", ServiceCIDR, cluster.ServiceCIDR},
+		{"ClusterDNS", ClusterDNS, cluster.ClusterDNS},
+		{"ClusterDomain", ClusterDomain, cluster.ClusterDomain},
+	} {
+		if c[1] != c[2] {
+			t.Errorf("node.%s = %s, cluster's is %s", c[0], c[1], c[2])
+		}
 	}
 }
