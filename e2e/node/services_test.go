@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -258,33 +259,48 @@ func testDNS(t *testing.T, ns, clusterIP string) {
 		t.Errorf("a Service that does not exist resolves: %s", out)
 	}
 
-	// Straight to the kube-dns ClusterIP, UDP, through kube-proxy.
+	// Straight to the kube-dns ClusterIP, through kube-proxy, over UDP
+	// and TCP.
 	for _, tc := range []struct {
-		name  string
-		rcode dnsmessage.RCode
-		want  string
+		network string
+		name    string
+		rcode   dnsmessage.RCode
+		want    string
 	}{
-		{"echo." + ns + ".svc.cluster.local.", dnsmessage.RCodeSuccess, clusterIP},
-		{"kubernetes.default.svc.cluster.local.", dnsmessage.RCodeSuccess, "198.18.192.1"},
-		{"nosuch." + ns + ".svc.cluster.local.", dnsmessage.RCodeNameError, ""},
-		{"example.com.", dnsmessage.RCodeRefused, ""},
-		{"echo." + ns + ".svc.cluster.local.example.com.", dnsmessage.RCodeRefused, ""},
-		{"1.0.0.127.in-addr.arpa.", dnsmessage.RCodeRefused, ""},
+		{"udp", "echo." + ns + ".svc.cluster.local.", dnsmessage.RCodeSuccess, clusterIP},
+		{"tcp", "echo." + ns + ".svc.cluster.local.", dnsmessage.RCodeSuccess, clusterIP},
+		{"udp", "kubernetes.default.svc.cluster.local.", dnsmessage.RCodeSuccess, "198.18.192.1"},
+		{"udp", "nosuch." + ns + ".svc.cluster.local.", dnsmessage.RCodeNameError, ""},
+		{"udp", "example.com.", dnsmessage.RCodeRefused, ""},
+		{"tcp", "example.com.", dnsmessage.RCodeRefused, ""},
+		{"udp", "echo." + ns + ".svc.cluster.local.example.com.", dnsmessage.RCodeRefused, ""},
+		{"udp", "1.0.0.127.in-addr.arpa.", dnsmessage.RCodeRefused, ""},
 	} {
-		rcode, addrs, err := queryA(net.JoinHostPort(ClusterDNS, "53"), tc.name)
+		rcode, addrs, err := queryA(tc.network, net.JoinHostPort(ClusterDNS, "53"), tc.name)
 		if err != nil {
-			t.Errorf("query %s: %v", tc.name, err)
+			t.Errorf("query %s over %s: %v", tc.name, tc.network, err)
 			continue
 		}
 		if rcode != tc.rcode || (tc.want != "" && (len(addrs) != 1 || addrs[0] != tc.want)) || (tc.want == "" && len(addrs) > 0) {
-			t.Errorf("A %s = %v %v, want %v %q", tc.name, rcode, addrs, tc.rcode, tc.want)
+			t.Errorf("A %s over %s = %v %v, want %v %q", tc.name, tc.network, rcode, addrs, tc.rcode, tc.want)
+		}
+	}
+
+	// CoreDNS (dnsPolicy Default) keeps the node's resolver, not itself.
+	ents, err := os.ReadDir(netnsEtc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), NetnsName(metav1.NamespaceSystem, "coredns")) {
+			t.Errorf("CoreDNS's pod has a resolv.conf of its own: %s/%s", netnsEtc, e.Name())
 		}
 	}
 }
 
-// queryA sends one A query over UDP and returns the answer's code and
-// addresses.
-func queryA(server, name string) (dnsmessage.RCode, []string, error) {
+// queryA sends one A query over UDP or TCP and returns the answer's code
+// and addresses.
+func queryA(network, server, name string) (dnsmessage.RCode, []string, error) {
 	q := dnsmessage.Message{
 		Header:    dnsmessage.Header{ID: 4242, RecursionDesired: true},
 		Questions: []dnsmessage.Question{{Name: dnsmessage.MustNewName(name), Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET}},
@@ -293,25 +309,21 @@ func queryA(server, name string) (dnsmessage.RCode, []string, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	conn, err := net.DialTimeout("udp", server, 2*time.Second)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer conn.Close()
 	var last error
-	for range 5 { // UDP: a few tries, the first may race a rule sync
-		_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
-		if _, err := conn.Write(pkt); err != nil {
-			return 0, nil, err
+	for range 5 { // a few tries: the first may race a rule sync
+		conn, err := net.DialTimeout(network, server, 2*time.Second)
+		if err != nil {
+			last = err
+			continue
 		}
-		buf := make([]byte, 1500)
-		n, err := conn.Read(buf)
+		buf, err := exchange(conn, pkt)
+		conn.Close()
 		if err != nil {
 			last = err
 			continue
 		}
 		var m dnsmessage.Message
-		if err := m.Unpack(buf[:n]); err != nil {
+		if err := m.Unpack(buf); err != nil {
 			return 0, nil, err
 		}
 		if m.ID != q.ID {
@@ -326,6 +338,31 @@ func queryA(server, name string) (dnsmessage.RCode, []string, error) {
 		return m.RCode, addrs, nil
 	}
 	return 0, nil, fmt.Errorf("no answer from %s: %w", server, last)
+}
+
+// exchange sends a DNS message and reads the answer: as is over UDP, with
+// the two-byte length prefix over TCP (RFC 1035 4.2.2).
+func exchange(conn net.Conn, pkt []byte) ([]byte, error) {
+	_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
+	_, stream := conn.(*net.TCPConn)
+	if stream {
+		pkt = append([]byte{byte(len(pkt) >> 8), byte(len(pkt))}, pkt...)
+	}
+	if _, err := conn.Write(pkt); err != nil {
+		return nil, err
+	}
+	if !stream {
+		buf := make([]byte, 1500)
+		n, err := conn.Read(buf)
+		return buf[:n], err
+	}
+	var size [2]byte
+	if _, err := io.ReadFull(conn, size[:]); err != nil {
+		return nil, err
+	}
+	buf := make([]byte, int(size[0])<<8|int(size[1]))
+	_, err := io.ReadFull(conn, buf)
+	return buf, err
 }
 
 // testClusterIP: requests from an unmeshed pod to the Service's short name
