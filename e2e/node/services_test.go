@@ -139,6 +139,22 @@ func TestServicesAndDNS(t *testing.T) {
 	kubectl := prereq.Tool(t, "kubectl")
 	prereq.Command(t, "nft")
 	c := clustertest.Get(t)
+	// The machine's settings kube-proxy would change if let: conntrack's
+	// size and timeouts, and route_localnet for localhost NodePorts.
+	untouched := []string{
+		"net/netfilter/nf_conntrack_max", "net/netfilter/nf_conntrack_tcp_timeout_established",
+		"net/netfilter/nf_conntrack_tcp_timeout_close_wait", "net/netfilter/nf_conntrack_udp_timeout",
+		"net/netfilter/nf_conntrack_udp_timeout_stream", "net/netfilter/nf_conntrack_tcp_be_liberal",
+		"net/ipv4/conf/all/route_localnet", "net/ipv4/ip_forward",
+	}
+	before := map[string]string{}
+	for _, name := range untouched {
+		// Those of a conntrack module not loaded yet are the kernel's
+		// defaults when it loads: nothing to compare.
+		if b, err := os.ReadFile("/proc/sys/" + name); err == nil {
+			before[name] = strings.TrimSpace(string(b))
+		}
+	}
 	n := startServiceNode(t, c)
 	cs := c.Client()
 
@@ -167,6 +183,11 @@ func TestServicesAndDNS(t *testing.T) {
 		} {
 			if got := sysctl(t, name); got != want {
 				t.Errorf("%s = %s, want %s", name, got, want)
+			}
+		}
+		for name := range before {
+			if got := sysctl(t, name); got != before[name] {
+				t.Errorf("%s = %s with kube-proxy running, was %s", name, got, before[name])
 			}
 		}
 	})
