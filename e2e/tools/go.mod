@@ -1,6 +1,7 @@
 // Module tools pins the external programs that the local cluster and the
-// tests run: the Kubernetes control plane, kubectl and helm. It is a module of
-// its own so that mesh's go.mod never carries k8s.io/kubernetes.
+// tests run: the Kubernetes control plane, kube-proxy, kubectl, helm and
+// CoreDNS (./coredns). It is a module of its own so that mesh's go.mod never
+// carries k8s.io/kubernetes.
 module github.com/mesh-dev/mesh/e2e/tools
 
 go 1.26.0
