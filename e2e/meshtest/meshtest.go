@@ -34,8 +34,9 @@ import (
 // control-plane streams, on the node's address.
 const IdentityPort = 15012
 
-// StartNode runs a node agent until the returned stop is called, and waits
-// for its bridge.
+// StartNode runs a node agent, with kube-proxy and the API server's
+// forwarder, until the returned stop is called, and waits for its bridge
+// and its Services.
 func StartNode(c *cluster.Cluster, dir string, log *slog.Logger) (stop func(), err error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("node: %w", err)
@@ -67,6 +68,11 @@ func StartNode(c *cluster.Cluster, dir string, log *slog.Logger) (stop func(), e
 		nodes, err := c.Client().CoreV1().Nodes().List(context.Background(), metav1.ListOptions{})
 		if err != nil || len(nodes.Items) == 0 {
 			return fmt.Errorf("node not registered: %v", err)
+		}
+		select {
+		case <-n.ServicesReady():
+		default:
+			return fmt.Errorf("no kube-proxy rules yet")
 		}
 		return exec.Command("ip", "addr", "show", node.Bridge).Run()
 	}); err != nil {

@@ -86,3 +86,27 @@ func TestAddressPlan(t *testing.T) {
 		}
 	}
 }
+
+// TestSynced: kube-proxy counts as ready only once its IPv4 rules were
+// written; its /healthz says "healthy" long before.
+func TestSynced(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		body string
+		want bool
+	}{
+		{"starting: healthy, nothing synced", `{"lastUpdated":"2026-11-24T14:23:04Z","currentTime":"2026-11-24T14:23:04Z","nodeEligible":true,"healthy":true}`, false},
+		{"IPv4 synced", `{"healthy":true,"status":{"IPv4":{"lastUpdated":"2026-11-24T14:23:05Z","healthy":true},"IPv6":{"lastUpdated":"0001-01-01T00:00:00Z","healthy":true}}}`, true},
+		{"only IPv6 synced", `{"healthy":true,"status":{"IPv6":{"lastUpdated":"2026-11-24T14:23:05Z","healthy":true}}}`, false},
+		{"IPv4 zero time", `{"healthy":true,"status":{"IPv4":{"lastUpdated":"0001-01-01T00:00:00Z","healthy":true}}}`, false},
+		{"IPv4 unhealthy", `{"healthy":false,"status":{"IPv4":{"lastUpdated":"2026-11-24T14:23:05Z","healthy":false}}}`, false},
+		{"not JSON", `ok`, false},
+		{"empty", ``, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := synced([]byte(tc.body)); got != tc.want {
+				t.Fatalf("synced(%s) = %v, want %v", tc.body, got, tc.want)
+			}
+		})
+	}
+}

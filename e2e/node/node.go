@@ -75,6 +75,8 @@ type Node struct {
 
 	mu   sync.Mutex
 	pods map[types.UID]*pod
+
+	servicesUp chan struct{} // closed once Services work (services.go)
 }
 
 type pod struct {
@@ -113,7 +115,7 @@ func New(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Node{cfg: cfg, ipam: a, pods: map[types.UID]*pod{}, spawn: make(chan func())}, nil
+	return &Node{cfg: cfg, ipam: a, pods: map[types.UID]*pod{}, spawn: make(chan func()), servicesUp: make(chan struct{})}, nil
 }
 
 // ToolsImage runs its container's command from the node's PATH, for init

@@ -73,8 +73,10 @@ func startServiceNode(t *testing.T, c *cluster.Cluster) *Node {
 				t.Errorf("nftables table %s left after the agent stopped", table)
 			}
 		}
-		if out, _ := exec.Command("iptables-save").Output(); strings.Contains(string(out), "KUBE-") {
-			t.Errorf("kube-proxy's iptables chains left after the agent stopped:\n%s", out)
+		for _, save := range []string{"iptables-save", "ip6tables-save"} {
+			if out, _ := exec.Command(save).Output(); strings.Contains(string(out), "KUBE-") {
+				t.Errorf("kube-proxy's chains left after the agent stopped (%s):\n%s", save, out)
+			}
 		}
 		if ents, _ := os.ReadDir(netnsEtc); len(ents) > 0 {
 			for _, e := range ents {
@@ -104,8 +106,10 @@ func startServiceNode(t *testing.T, c *cluster.Cluster) *Node {
 		if err != nil {
 			return err
 		}
-		if exec.Command("nft", "list", "table", "inet", "mesh-e2e-node").Run() != nil {
-			return fmt.Errorf("no forward guard yet")
+		select {
+		case <-n.ServicesReady():
+		default:
+			return fmt.Errorf("Services not working yet")
 		}
 		for _, c := range node.Status.Conditions {
 			if c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue {
@@ -627,4 +631,42 @@ func TestDownServicesAfterCrash(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(netnsEtc, NetnsName("crash", "dns"))); !os.IsNotExist(err) {
 		t.Errorf("%s/%s left after Down: %v", netnsEtc, NetnsName("crash", "dns"), err)
 	}
+}
+
+// TestKubeProxyIptablesMode: the fallback mode, used where nftables mode
+// does not become healthy, serves ClusterIPs and DNS as well, and its
+// chains are gone after the agent stops (startServiceNode checks).
+func TestKubeProxyIptablesMode(t *testing.T) {
+	prereq.Root(t)
+	echo := prereq.Bin(t, "mesh-e2e-echo")
+	prereq.Tool(t, "kube-proxy")
+	prereq.Tool(t, "coredns")
+	prereq.Command(t, "iptables-save")
+	saved := kubeProxyModes
+	kubeProxyModes = []string{"iptables"}
+	t.Cleanup(func() { kubeProxyModes = saved })
+	c := clustertest.Get(t)
+	startServiceNode(t, c)
+	cs := c.Client()
+	out, err := exec.Command("iptables-save", "-t", "nat").Output()
+	if err != nil || !strings.Contains(string(out), ":KUBE-SERVICES") {
+		t.Fatalf("no KUBE-SERVICES chain in the nat table with kube-proxy in iptables mode (%v):\n%s", err, out)
+	}
+	if exec.Command("nft", "list", "table", "ip", "kube-proxy").Run() == nil {
+		t.Fatal("kube-proxy in iptables mode made the nftables table ip kube-proxy")
+	}
+	waitFor(t, 2*time.Minute, "CoreDNS available", func() error {
+		d, err := cs.AppsV1().Deployments(metav1.NamespaceSystem).Get(t.Context(), "coredns", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if d.Status.AvailableReplicas < 1 {
+			return fmt.Errorf("not available: %+v", d.Status)
+		}
+		return nil
+	})
+	const ns = "ipt"
+	names := deployEcho(t, cs, ns, 2)
+	createPod(t, cs, ns, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "client"}, Spec: corev1.PodSpec{Containers: []corev1.Container{echoContainer()}}})
+	testClusterIP(t, ns, echo, names)
 }
