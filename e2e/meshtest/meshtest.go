@@ -34,14 +34,15 @@ import (
 // control-plane streams, on the node's address.
 const IdentityPort = 15012
 
-// StartNode runs a node agent until the returned stop is called, and waits
-// for its bridge.
+// StartNode runs a node agent, with kube-proxy and the API server's
+// forwarder, until the returned stop is called, and waits for its bridge
+// and its Services.
 func StartNode(c *cluster.Cluster, dir string, log *slog.Logger) (stop func(), err error) {
-	// kube-proxy's identity: the user the bootstrap policy binds to
-	// system:node-proxier.
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}
+	// kube-proxy's identity: the user the bootstrap policy binds to
+	// system:node-proxier.
 	proxyKubeconfig := filepath.Join(dir, "kube-proxy.kubeconfig")
 	if err := c.WriteKubeconfig(proxyKubeconfig, "system:kube-proxy", nil); err != nil {
 		return nil, err
@@ -67,6 +68,11 @@ func StartNode(c *cluster.Cluster, dir string, log *slog.Logger) (stop func(), e
 		nodes, err := c.Client().CoreV1().Nodes().List(context.Background(), metav1.ListOptions{})
 		if err != nil || len(nodes.Items) == 0 {
 			return fmt.Errorf("node not registered: %v", err)
+		}
+		select {
+		case <-n.ServicesReady():
+		default:
+			return fmt.Errorf("no kube-proxy rules yet")
 		}
 		return exec.Command("ip", "addr", "show", node.Bridge).Run()
 	}); err != nil {

@@ -5,7 +5,11 @@
 // Each pod gets a network namespace (visible to `ip netns` as
 // pod-<namespace>-<name>), a veth into the bridge mesh0 whose host side is
 // 198.18.0.1/16, and an address from 198.18.0.0/17 that is never reused
-// while in use. Nothing is routed outside 198.18.0.0/16 and there is no NAT.
+// while in use. Nothing is routed outside 198.18.0.0/16: forwarding is on
+// for the bridge alone, behind a guard that keeps routed traffic on it.
+// With Config.KubeProxyKubeconfig the agent runs kube-proxy (Services'
+// NAT), relays the API server to the node's address, and points pods'
+// resolv.conf at the cluster DNS.
 // Images are local binaries (see Node.Image): the chart's
 // ghcr.io/mesh-dev/mesh-<x> is bin/mesh-<x>, mesh-e2e/<x> is
 // bin/mesh-e2e-<x> or else the pinned tool <x>, mesh/<x> is bin/<x>.

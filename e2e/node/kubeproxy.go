@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -17,9 +18,9 @@ import (
 	"time"
 )
 
-// The ranges kube-proxy's rules are confined to. They mirror
-// e2e/cluster's address plan (which imports this package's consumers, not
-// the other way round).
+// The ranges kube-proxy's rules are confined to: e2e/cluster's address
+// plan, repeated so that the agent does not depend on the control plane's
+// package (TestAddressPlan keeps them equal).
 const (
 	// PodCIDR is where pod IPs come from: kube-proxy's cluster CIDR, which
 	// tells pod traffic from the node's own.
@@ -150,7 +151,8 @@ func (n *Node) runKubeProxy(ctx context.Context, bin, mode string) (*kubeProxy, 
 		return nil, fmt.Errorf("node: start kube-proxy: %w", err)
 	}
 	go func() { _ = kp.cmd.Wait(); close(kp.exited) }()
-	// Healthy means its first full sync of the rules is done.
+	// Ready once /healthz says the IPv4 rules were synced (it answers 200
+	// from the start, before any sync).
 	url := fmt.Sprintf("http://127.0.0.1:%d/healthz", ports[0])
 	hc := &http.Client{Timeout: time.Second}
 	deadline := time.Now().Add(30 * time.Second)
@@ -165,8 +167,9 @@ func (n *Node) runKubeProxy(ctx context.Context, bin, mode string) (*kubeProxy, 
 		case <-time.After(200 * time.Millisecond):
 		}
 		if resp, err := hc.Get(url); err == nil {
+			body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
+			if resp.StatusCode == http.StatusOK && synced(body) {
 				return kp, nil
 			}
 		}
@@ -175,6 +178,23 @@ func (n *Node) runKubeProxy(ctx context.Context, bin, mode string) (*kubeProxy, 
 			return nil, fmt.Errorf("node: kube-proxy (%s mode) not healthy within 30s; last lines of %s:\n%s", mode, kp.logPath, tailFile(kp.logPath, 20))
 		}
 	}
+}
+
+// synced reports whether a /healthz answer of kube-proxy says its IPv4
+// rules have been written at least once.
+func synced(healthz []byte) bool {
+	var h struct {
+		Healthy bool `json:"healthy"`
+		Status  map[string]struct {
+			LastUpdated time.Time `json:"lastUpdated"`
+			Healthy     bool      `json:"healthy"`
+		} `json:"status"`
+	}
+	if json.Unmarshal(healthz, &h) != nil {
+		return false
+	}
+	v4, ok := h.Status["IPv4"]
+	return h.Healthy && ok && v4.Healthy && !v4.LastUpdated.IsZero()
 }
 
 // stop ends kube-proxy and removes every rule it made.
@@ -190,17 +210,42 @@ func (kp *kubeProxy) stop() error {
 }
 
 // cleanup removes kube-proxy's rules: its own --cleanup for the iptables
-// chains, and the nftables tables by name (which --cleanup leaves when it
-// thinks another kube-proxy may own them).
+// chains, KUBE-FIREWALL (which it makes but leaves to the kubelet it
+// thinks is there), and the nftables tables by name.
 func (kp *kubeProxy) cleanup() error {
 	var errs []error
 	if kp.mode == "iptables" {
 		if out, err := exec.Command(kp.bin, "--cleanup", "--config="+kp.config).CombinedOutput(); err != nil {
 			errs = append(errs, fmt.Errorf("node: kube-proxy --cleanup: %w: %s", err, bytes.TrimSpace(out)))
 		}
+		errs = append(errs, removeKubeFirewall())
 	}
 	if err := deleteNftTables(kubeProxyTables...); err != nil {
 		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// removeKubeFirewall removes the filter table's KUBE-FIREWALL chain and
+// its jumps from INPUT and OUTPUT, for IPv4 and IPv6, where they exist.
+func removeKubeFirewall() error {
+	var errs []error
+	for _, ipt := range []string{"iptables", "ip6tables"} {
+		if _, err := exec.LookPath(ipt); err != nil || exec.Command(ipt, "-w", "-t", "filter", "-nL", "KUBE-FIREWALL").Run() != nil {
+			continue
+		}
+		for _, from := range []string{"INPUT", "OUTPUT"} {
+			for range 8 { // one jump each, unless something added more
+				if exec.Command(ipt, "-w", "-t", "filter", "-D", from, "-j", "KUBE-FIREWALL").Run() != nil {
+					break
+				}
+			}
+		}
+		for _, args := range [][]string{{"-F", "KUBE-FIREWALL"}, {"-X", "KUBE-FIREWALL"}} {
+			if out, err := exec.Command(ipt, append([]string{"-w", "-t", "filter"}, args...)...).CombinedOutput(); err != nil {
+				errs = append(errs, fmt.Errorf("node: %s %s: %w: %s", ipt, strings.Join(args, " "), err, bytes.TrimSpace(out)))
+			}
+		}
 	}
 	return errors.Join(errs...)
 }

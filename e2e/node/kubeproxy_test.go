@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+
+	"github.com/mesh-dev/mesh/e2e/cluster"
 )
 
 // TestKubeProxyConfig pins what confines kube-proxy: its ranges, NodePorts
@@ -66,5 +68,45 @@ func TestKubeProxyConfig(t *testing.T) {
 	}
 	if _, err := kubeProxyConfig("/k", "n", "ipvs", 1, 2); err == nil || !strings.HasPrefix(err.Error(), "node: ") {
 		t.Fatalf("mode ipvs (it sets ip_forward) accepted: %v", err)
+	}
+}
+
+// TestAddressPlan: the agent's copy of the cluster's address plan is the
+// cluster's.
+func TestAddressPlan(t *testing.T) {
+	for _, c := range [][3]string{
+		{"NodeIP", NodeIP, cluster.NodeAddress},
+		{"PodCIDR", PodCIDR, cluster.PodCIDR},
+		{"ServiceCIDR", ServiceCIDR, cluster.ServiceCIDR},
+		{"ClusterDNS", ClusterDNS, cluster.ClusterDNS},
+		{"ClusterDomain", ClusterDomain, cluster.ClusterDomain},
+	} {
+		if c[1] != c[2] {
+			t.Errorf("node.%s = %s, cluster's is %s", c[0], c[1], c[2])
+		}
+	}
+}
+
+// TestSynced: kube-proxy counts as ready only once its IPv4 rules were
+// written; its /healthz says "healthy" long before.
+func TestSynced(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		body string
+		want bool
+	}{
+		{"starting: healthy, nothing synced", `{"lastUpdated":"2026-11-24T14:23:04Z","currentTime":"2026-11-24T14:23:04Z","nodeEligible":true,"healthy":true}`, false},
+		{"IPv4 synced", `{"healthy":true,"status":{"IPv4":{"lastUpdated":"2026-11-24T14:23:05Z","healthy":true},"IPv6":{"lastUpdated":"0001-01-01T00:00:00Z","healthy":true}}}`, true},
+		{"only IPv6 synced", `{"healthy":true,"status":{"IPv6":{"lastUpdated":"2026-11-24T14:23:05Z","healthy":true}}}`, false},
+		{"IPv4 zero time", `{"healthy":true,"status":{"IPv4":{"lastUpdated":"0001-01-01T00:00:00Z","healthy":true}}}`, false},
+		{"IPv4 unhealthy", `{"healthy":false,"status":{"IPv4":{"lastUpdated":"2026-11-24T14:23:05Z","healthy":false}}}`, false},
+		{"not JSON", `ok`, false},
+		{"empty", ``, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := synced([]byte(tc.body)); got != tc.want {
+				t.Fatalf("synced(%s) = %v, want %v", tc.body, got, tc.want)
+			}
+		})
 	}
 }

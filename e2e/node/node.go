@@ -84,6 +84,8 @@ type Node struct {
 
 	mu   sync.Mutex
 	pods map[types.UID]*pod
+
+	servicesUp chan struct{} // closed once Services work (services.go)
 }
 
 type pod struct {
@@ -123,7 +125,7 @@ func New(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Node{cfg: cfg, ipam: a, pods: map[types.UID]*pod{}, spawn: make(chan func())}, nil
+	return &Node{cfg: cfg, ipam: a, pods: map[types.UID]*pod{}, spawn: make(chan func()), servicesUp: make(chan struct{})}, nil
 }
 
 // Run registers the node, runs the pods scheduled to it until ctx ends,

@@ -36,20 +36,26 @@ func bridgeForwarding() string {
 	return "/proc/sys/net/ipv4/conf/" + Bridge + "/forwarding"
 }
 
+// ServicesReady is closed once the agent's Services work: kube-proxy has
+// synced its rules and the API server's forwarder listens (at once when
+// the Config asks for neither).
+func (n *Node) ServicesReady() <-chan struct{} { return n.servicesUp }
+
 // startServices makes Services work for the node's pods: the forward
 // guard, forwarding on the bridge, the API server's forwarder, and
 // kube-proxy. The returned stop undoes all of it.
-func (n *Node) startServices(ctx context.Context) (stop func(), err error) {
+func (n *Node) startServices(ctx context.Context) (func(), error) {
 	var undo []func() error
-	stop = func() {
+	stop := func() {
 		for i := len(undo) - 1; i >= 0; i-- {
 			if err := undo[i](); err != nil {
 				n.cfg.Logger.Warn("node: stop services", "err", err)
 			}
 		}
 	}
+	ok := false
 	defer func() {
-		if err != nil {
+		if !ok {
 			stop()
 		}
 	}()
@@ -64,6 +70,8 @@ func (n *Node) startServices(ctx context.Context) (stop func(), err error) {
 		undo = append(undo, func() error { cancel(); <-done; return nil })
 	}
 	if n.cfg.KubeProxyKubeconfig == "" {
+		ok = true
+		close(n.servicesUp)
 		return stop, nil
 	}
 	if _, err := exec.LookPath("nft"); err != nil {
@@ -92,6 +100,8 @@ func (n *Node) startServices(ctx context.Context) (stop func(), err error) {
 		return nil, err
 	}
 	undo = append(undo, kp.stop)
+	ok = true
+	close(n.servicesUp)
 	return stop, nil
 }
 
@@ -108,7 +118,7 @@ func nft(ruleset string) error {
 // downServices removes what startServices left when its agent died: the
 // tables of kube-proxy and of the guard, and the pods' resolv.conf files.
 func downServices() error {
-	errs := []error{deleteNftTables(append([]string{guardTable}, kubeProxyTables...)...), removeAllResolvConfs()}
+	errs := []error{deleteNftTables(append([]string{guardTable}, kubeProxyTables...)...), removeKubeFirewall(), removeAllResolvConfs()}
 	return errors.Join(errs...)
 }
 

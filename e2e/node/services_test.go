@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -72,8 +73,10 @@ func startServiceNode(t *testing.T, c *cluster.Cluster) *Node {
 				t.Errorf("nftables table %s left after the agent stopped", table)
 			}
 		}
-		if out, _ := exec.Command("iptables-save").Output(); strings.Contains(string(out), "KUBE-") {
-			t.Errorf("kube-proxy's iptables chains left after the agent stopped:\n%s", out)
+		for _, save := range []string{"iptables-save", "ip6tables-save"} {
+			if out, _ := exec.Command(save).Output(); strings.Contains(string(out), "KUBE-") {
+				t.Errorf("kube-proxy's chains left after the agent stopped (%s):\n%s", save, out)
+			}
 		}
 		if ents, _ := os.ReadDir(netnsEtc); len(ents) > 0 {
 			for _, e := range ents {
@@ -103,8 +106,10 @@ func startServiceNode(t *testing.T, c *cluster.Cluster) *Node {
 		if err != nil {
 			return err
 		}
-		if exec.Command("nft", "list", "table", "inet", "mesh-e2e-node").Run() != nil {
-			return fmt.Errorf("no forward guard yet")
+		select {
+		case <-n.ServicesReady():
+		default:
+			return fmt.Errorf("Services not working yet")
 		}
 		for _, c := range node.Status.Conditions {
 			if c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue {
@@ -138,6 +143,22 @@ func TestServicesAndDNS(t *testing.T) {
 	kubectl := prereq.Tool(t, "kubectl")
 	prereq.Command(t, "nft")
 	c := clustertest.Get(t)
+	// The machine's settings kube-proxy would change if let: conntrack's
+	// size and timeouts, and route_localnet for localhost NodePorts.
+	untouched := []string{
+		"net/netfilter/nf_conntrack_max", "net/netfilter/nf_conntrack_tcp_timeout_established",
+		"net/netfilter/nf_conntrack_tcp_timeout_close_wait", "net/netfilter/nf_conntrack_udp_timeout",
+		"net/netfilter/nf_conntrack_udp_timeout_stream", "net/netfilter/nf_conntrack_tcp_be_liberal",
+		"net/ipv4/conf/all/route_localnet", "net/ipv4/ip_forward",
+	}
+	before := map[string]string{}
+	for _, name := range untouched {
+		// Those of a conntrack module not loaded yet are the kernel's
+		// defaults when it loads: nothing to compare.
+		if b, err := os.ReadFile("/proc/sys/" + name); err == nil {
+			before[name] = strings.TrimSpace(string(b))
+		}
+	}
 	n := startServiceNode(t, c)
 	cs := c.Client()
 
@@ -166,6 +187,11 @@ func TestServicesAndDNS(t *testing.T) {
 		} {
 			if got := sysctl(t, name); got != want {
 				t.Errorf("%s = %s, want %s", name, got, want)
+			}
+		}
+		for name := range before {
+			if got := sysctl(t, name); got != before[name] {
+				t.Errorf("%s = %s with kube-proxy running, was %s", name, got, before[name])
 			}
 		}
 	})
@@ -258,33 +284,48 @@ func testDNS(t *testing.T, ns, clusterIP string) {
 		t.Errorf("a Service that does not exist resolves: %s", out)
 	}
 
-	// Straight to the kube-dns ClusterIP, UDP, through kube-proxy.
+	// Straight to the kube-dns ClusterIP, through kube-proxy, over UDP
+	// and TCP.
 	for _, tc := range []struct {
-		name  string
-		rcode dnsmessage.RCode
-		want  string
+		network string
+		name    string
+		rcode   dnsmessage.RCode
+		want    string
 	}{
-		{"echo." + ns + ".svc.cluster.local.", dnsmessage.RCodeSuccess, clusterIP},
-		{"kubernetes.default.svc.cluster.local.", dnsmessage.RCodeSuccess, "198.18.192.1"},
-		{"nosuch." + ns + ".svc.cluster.local.", dnsmessage.RCodeNameError, ""},
-		{"example.com.", dnsmessage.RCodeRefused, ""},
-		{"echo." + ns + ".svc.cluster.local.example.com.", dnsmessage.RCodeRefused, ""},
-		{"1.0.0.127.in-addr.arpa.", dnsmessage.RCodeRefused, ""},
+		{"udp", "echo." + ns + ".svc.cluster.local.", dnsmessage.RCodeSuccess, clusterIP},
+		{"tcp", "echo." + ns + ".svc.cluster.local.", dnsmessage.RCodeSuccess, clusterIP},
+		{"udp", "kubernetes.default.svc.cluster.local.", dnsmessage.RCodeSuccess, "198.18.192.1"},
+		{"udp", "nosuch." + ns + ".svc.cluster.local.", dnsmessage.RCodeNameError, ""},
+		{"udp", "example.com.", dnsmessage.RCodeRefused, ""},
+		{"tcp", "example.com.", dnsmessage.RCodeRefused, ""},
+		{"udp", "echo." + ns + ".svc.cluster.local.example.com.", dnsmessage.RCodeRefused, ""},
+		{"udp", "1.0.0.127.in-addr.arpa.", dnsmessage.RCodeRefused, ""},
 	} {
-		rcode, addrs, err := queryA(net.JoinHostPort(ClusterDNS, "53"), tc.name)
+		rcode, addrs, err := queryA(tc.network, net.JoinHostPort(ClusterDNS, "53"), tc.name)
 		if err != nil {
-			t.Errorf("query %s: %v", tc.name, err)
+			t.Errorf("query %s over %s: %v", tc.name, tc.network, err)
 			continue
 		}
 		if rcode != tc.rcode || (tc.want != "" && (len(addrs) != 1 || addrs[0] != tc.want)) || (tc.want == "" && len(addrs) > 0) {
-			t.Errorf("A %s = %v %v, want %v %q", tc.name, rcode, addrs, tc.rcode, tc.want)
+			t.Errorf("A %s over %s = %v %v, want %v %q", tc.name, tc.network, rcode, addrs, tc.rcode, tc.want)
+		}
+	}
+
+	// CoreDNS (dnsPolicy Default) keeps the node's resolver, not itself.
+	ents, err := os.ReadDir(netnsEtc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), NetnsName(metav1.NamespaceSystem, "coredns")) {
+			t.Errorf("CoreDNS's pod has a resolv.conf of its own: %s/%s", netnsEtc, e.Name())
 		}
 	}
 }
 
-// queryA sends one A query over UDP and returns the answer's code and
-// addresses.
-func queryA(server, name string) (dnsmessage.RCode, []string, error) {
+// queryA sends one A query over UDP or TCP and returns the answer's code
+// and addresses.
+func queryA(network, server, name string) (dnsmessage.RCode, []string, error) {
 	q := dnsmessage.Message{
 		Header:    dnsmessage.Header{ID: 4242, RecursionDesired: true},
 		Questions: []dnsmessage.Question{{Name: dnsmessage.MustNewName(name), Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET}},
@@ -293,25 +334,21 @@ func queryA(server, name string) (dnsmessage.RCode, []string, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	conn, err := net.DialTimeout("udp", server, 2*time.Second)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer conn.Close()
 	var last error
-	for range 5 { // UDP: a few tries, the first may race a rule sync
-		_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
-		if _, err := conn.Write(pkt); err != nil {
-			return 0, nil, err
+	for range 5 { // a few tries: the first may race a rule sync
+		conn, err := net.DialTimeout(network, server, 2*time.Second)
+		if err != nil {
+			last = err
+			continue
 		}
-		buf := make([]byte, 1500)
-		n, err := conn.Read(buf)
+		buf, err := exchange(conn, pkt)
+		conn.Close()
 		if err != nil {
 			last = err
 			continue
 		}
 		var m dnsmessage.Message
-		if err := m.Unpack(buf[:n]); err != nil {
+		if err := m.Unpack(buf); err != nil {
 			return 0, nil, err
 		}
 		if m.ID != q.ID {
@@ -326,6 +363,31 @@ func queryA(server, name string) (dnsmessage.RCode, []string, error) {
 		return m.RCode, addrs, nil
 	}
 	return 0, nil, fmt.Errorf("no answer from %s: %w", server, last)
+}
+
+// exchange sends a DNS message and reads the answer: as is over UDP, with
+// the two-byte length prefix over TCP (RFC 1035 4.2.2).
+func exchange(conn net.Conn, pkt []byte) ([]byte, error) {
+	_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
+	_, stream := conn.(*net.TCPConn)
+	if stream {
+		pkt = append([]byte{byte(len(pkt) >> 8), byte(len(pkt))}, pkt...)
+	}
+	if _, err := conn.Write(pkt); err != nil {
+		return nil, err
+	}
+	if !stream {
+		buf := make([]byte, 1500)
+		n, err := conn.Read(buf)
+		return buf[:n], err
+	}
+	var size [2]byte
+	if _, err := io.ReadFull(conn, size[:]); err != nil {
+		return nil, err
+	}
+	buf := make([]byte, int(size[0])<<8|int(size[1]))
+	_, err := io.ReadFull(conn, buf)
+	return buf, err
 }
 
 // testClusterIP: requests from an unmeshed pod to the Service's short name
@@ -569,4 +631,42 @@ func TestDownServicesAfterCrash(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(netnsEtc, NetnsName("crash", "dns"))); !os.IsNotExist(err) {
 		t.Errorf("%s/%s left after Down: %v", netnsEtc, NetnsName("crash", "dns"), err)
 	}
+}
+
+// TestKubeProxyIptablesMode: the fallback mode, used where nftables mode
+// does not become healthy, serves ClusterIPs and DNS as well, and its
+// chains are gone after the agent stops (startServiceNode checks).
+func TestKubeProxyIptablesMode(t *testing.T) {
+	prereq.Root(t)
+	echo := prereq.Bin(t, "mesh-e2e-echo")
+	prereq.Tool(t, "kube-proxy")
+	prereq.Tool(t, "coredns")
+	prereq.Command(t, "iptables-save")
+	saved := kubeProxyModes
+	kubeProxyModes = []string{"iptables"}
+	t.Cleanup(func() { kubeProxyModes = saved })
+	c := clustertest.Get(t)
+	startServiceNode(t, c)
+	cs := c.Client()
+	out, err := exec.Command("iptables-save", "-t", "nat").Output()
+	if err != nil || !strings.Contains(string(out), ":KUBE-SERVICES") {
+		t.Fatalf("no KUBE-SERVICES chain in the nat table with kube-proxy in iptables mode (%v):\n%s", err, out)
+	}
+	if exec.Command("nft", "list", "table", "ip", "kube-proxy").Run() == nil {
+		t.Fatal("kube-proxy in iptables mode made the nftables table ip kube-proxy")
+	}
+	waitFor(t, 2*time.Minute, "CoreDNS available", func() error {
+		d, err := cs.AppsV1().Deployments(metav1.NamespaceSystem).Get(t.Context(), "coredns", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if d.Status.AvailableReplicas < 1 {
+			return fmt.Errorf("not available: %+v", d.Status)
+		}
+		return nil
+	})
+	const ns = "ipt"
+	names := deployEcho(t, cs, ns, 2)
+	createPod(t, cs, ns, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "client"}, Spec: corev1.PodSpec{Containers: []corev1.Container{echoContainer()}}})
+	testClusterIP(t, ns, echo, names)
 }

@@ -1,6 +1,7 @@
 // Module tools pins the external programs that the local cluster and the
-// tests run: the Kubernetes control plane, kubectl and helm. It is a module of
-// its own so that mesh's go.mod never carries k8s.io/kubernetes.
+// tests run: the Kubernetes control plane, kube-proxy, kubectl, helm and
+// CoreDNS (./coredns). It is a module of its own so that mesh's go.mod never
+// carries k8s.io/kubernetes.
 module github.com/mesh-dev/mesh/e2e/tools
 
 go 1.26.0
@@ -8,6 +9,7 @@ go 1.26.0
 godebug default=go1.26
 
 require (
+	github.com/coredns/coredns v1.15.0
 	helm.sh/helm/v3 v3.22.0
 	k8s.io/kubernetes v1.37.2
 )
@@ -43,7 +45,6 @@ require (
 	github.com/containerd/log v0.1.0 // indirect
 	github.com/containerd/ttrpc v1.2.9 // indirect
 	github.com/coredns/caddy v1.1.4 // indirect
-	github.com/coredns/coredns v1.15.0 // indirect
 	github.com/coreos/go-oidc v2.5.0+incompatible // indirect
 	github.com/coreos/go-semver v0.3.1 // indirect
 	github.com/coreos/go-systemd/v22 v22.7.0 // indirect
