@@ -15,6 +15,15 @@ declare -A need=(
   [nsenter]=util-linux
 )
 
+# The local cluster's kube-proxy needs bridged pod traffic to pass through
+# netfilter, so that a Service's replies between two pods on the bridge are
+# un-NATed (br_netfilter's default is 1; some machines turn it off).
+bnf=/proc/sys/net/bridge/bridge-nf-call-iptables
+if [ -w "$bnf" ] && [ "$(cat "$bnf")" != 1 ]; then
+  echo "deps: setting net.bridge.bridge-nf-call-iptables=1 (kube-proxy on the local cluster's bridge needs it)" >&2
+  echo 1 > "$bnf"
+fi
+
 missing=()
 for cmd in "${!need[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || [ -x "/sbin/$cmd" ] || missing+=("${need[$cmd]}")

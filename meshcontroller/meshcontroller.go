@@ -39,6 +39,7 @@ import (
 	"github.com/mesh-dev/mesh/controlplane/trustbundle"
 	"github.com/mesh-dev/mesh/identity"
 	"github.com/mesh-dev/mesh/internal/logconfig"
+	"github.com/mesh-dev/mesh/version"
 	"github.com/mesh-dev/mesh/webhook"
 )
 
@@ -53,10 +54,9 @@ type options struct {
 	log                                                             logconfig.Config
 }
 
-// Version is mesh's release: the proxy image's default tag and the value
-// of mesh.dev/injected. Release builds set it with
-// -ldflags "-X github.com/mesh-dev/mesh/meshcontroller.Version=...".
-var Version = "0.1.0"
+// Version is mesh's release (package version), kept here for the
+// controller's callers.
+var Version = version.Version
 
 // New returns the mesh-controller command.
 func New() *cobra.Command {

@@ -25,7 +25,7 @@ import (
 
 	"github.com/mesh-dev/mesh/authz"
 	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
-	controlplanev1 "github.com/mesh-dev/mesh/controlplane/api/v1"
+	"github.com/mesh-dev/mesh/controlplane/client"
 	"github.com/mesh-dev/mesh/controlplane/inventory"
 	"github.com/mesh-dev/mesh/identity"
 )
@@ -163,7 +163,7 @@ func decide(ctx context.Context, mesh meshConfig, factory informers.SharedInform
 	if err != nil {
 		return nil, fmt.Errorf("policy check: %w", err)
 	}
-	t, err := proxyTable(mesh.TrustDomain, req.ToNamespace, req.To, pol)
+	t, err := client.CompilePolicy(mesh.TrustDomain, req.ToNamespace, req.To, pol)
 	if err != nil {
 		return nil, err
 	}
@@ -181,23 +181,6 @@ func decide(ctx context.Context, mesh meshConfig, factory informers.SharedInform
 	}
 	v.Warnings = append(v.Warnings, pol.Warnings...)
 	return v, nil
-}
-
-// proxyTable compiles a pushed policy as mesh-proxy does
-// (meshproxy.policyTable): the entries as sent, for the workload alone.
-func proxyTable(td spiffeid.TrustDomain, ns, pod string, p *controlplanev1.Policy) (*authz.Table, error) {
-	mode, err := authz.ParseDefaultMode(p.GetDefaultMode())
-	if err != nil {
-		return nil, fmt.Errorf("policy check: %w", err)
-	}
-	policies := make([]v1alpha1.AuthorizationPolicy, len(p.GetPolicies()))
-	for i, b := range p.GetPolicies() {
-		if err := json.Unmarshal(b, &policies[i]); err != nil {
-			return nil, fmt.Errorf("policy check: pushed policy entry %d: %w", i, err)
-		}
-	}
-	return authz.Compile(authz.Input{TrustDomain: td, MeshDefault: mode, Policies: policies,
-		Workload: authz.Workload{Namespace: ns, Pod: pod}})
 }
 
 // destinationPort reads --port: a number, or the name of one of the

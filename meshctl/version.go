@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mesh-dev/mesh/version"
 	"github.com/spf13/cobra"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -17,10 +18,8 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-// Version is meshctl's release. It is meshcontroller.Version's twin (a
-// test keeps them equal) so that meshctl does not link the controller;
-// release builds set both with -ldflags -X.
-var Version = "0.1.0"
+// Version is meshctl's release: mesh's (package version).
+var Version = version.Version
 
 // controllerSelector finds the controller's pods and Deployment, as the
 // chart labels them.

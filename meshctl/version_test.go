@@ -11,17 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
-
-	"github.com/mesh-dev/mesh/meshcontroller"
 )
-
-// meshctl keeps its own copy of the release so that it does not link the
-// controller: the two must not drift.
-func TestVersionIsTheControllers(t *testing.T) {
-	if Version != meshcontroller.Version {
-		t.Errorf("meshctl.Version %q, meshcontroller.Version %q", Version, meshcontroller.Version)
-	}
-}
 
 func TestImageTag(t *testing.T) {
 	for _, tc := range []struct{ ref, tag string }{
