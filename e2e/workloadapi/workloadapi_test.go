@@ -31,6 +31,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/mesh-dev/mesh/controlplane/trustbundle"
+	"github.com/mesh-dev/mesh/authz/api/v1alpha1/crdtest"
 	"github.com/mesh-dev/mesh/e2e/clustertest"
 	"github.com/mesh-dev/mesh/e2e/meshtest"
 	"github.com/mesh-dev/mesh/e2e/node"
@@ -66,6 +67,10 @@ func TestWorkloadAPI(t *testing.T) {
 	c := clustertest.Get(t)
 	ctx := t.Context()
 	cs := c.Client()
+	// The controller pushes a policy only once its policy informer has
+	// synced, and a proxy without one is not ready: the app containers
+	// start after the sidecar is.
+	crdtest.Install(t, c)
 	dir := t.TempDir()
 	nodeDir := filepath.Join(dir, "node")
 	stopNode, err := meshtest.StartNode(c, nodeDir, slog.New(slog.NewTextHandler(io.Discard, nil)))

@@ -151,11 +151,19 @@ func (s *Source) run(ctx context.Context) {
 // life, jittered by ±10% of that so a fleet does not renew in step.
 func (s *Source) renewIn() time.Duration {
 	s.mu.RLock()
-	leaf := s.svid.Certificates[0]
+	leaf, installed := s.svid.Certificates[0], s.renewed
 	s.mu.RUnlock()
-	life := leaf.NotAfter.Sub(leaf.NotBefore)
+	// Counted from when the SVID arrived, not from NotBefore: the CA
+	// backdates NotBefore (30 s) for clock skew, and with a short SVID
+	// (tests, 30 s) half the backdated life is already over on arrival,
+	// which made the source renew in a loop until rate-limited.
+	start := leaf.NotBefore
+	if installed.After(start) {
+		start = installed
+	}
+	life := leaf.NotAfter.Sub(start)
 	jitter := time.Duration((mathrand.Float64()*0.2 - 0.1) * float64(life/2))
-	at := leaf.NotBefore.Add(life/2 + jitter)
+	at := start.Add(life/2 + jitter)
 	return max(at.Sub(s.cfg.Now()), 0)
 }
 
@@ -188,7 +196,7 @@ func (s *Source) renew(ctx context.Context) error {
 		s.mu.Unlock()
 		return errors.New("source: closed")
 	}
-	s.svid, s.bundle, s.renewed = svid, bundle, time.Now()
+	s.svid, s.bundle, s.renewed = svid, bundle, s.cfg.Now()
 	close(s.updated)
 	s.updated = make(chan struct{})
 	s.mu.Unlock()
