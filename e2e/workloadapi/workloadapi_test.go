@@ -30,8 +30,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/mesh-dev/mesh/controlplane/trustbundle"
 	"github.com/mesh-dev/mesh/authz/api/v1alpha1/crdtest"
+	"github.com/mesh-dev/mesh/controlplane/trustbundle"
 	"github.com/mesh-dev/mesh/e2e/clustertest"
 	"github.com/mesh-dev/mesh/e2e/meshtest"
 	"github.com/mesh-dev/mesh/e2e/node"
