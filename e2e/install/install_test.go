@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -95,6 +96,7 @@ func TestInstall(t *testing.T) {
 		return
 	}
 	t.Run("outsider-refused", e.testOutsider)
+	t.Run("serial-on-the-wire", e.testSerialOnTheWire)
 	t.Run("policy-and-status", e.testPolicy)
 	t.Run("job-with-sidecar-completes", e.testJob)
 	t.Run("leader-killed-under-traffic", e.testKillLeader)
@@ -377,6 +379,42 @@ func (e *env) testOutsider(t *testing.T) {
 	if meshctl.ExitCode(err) != 1 || !strings.Contains(out, "not meshed") {
 		t.Errorf("meshctl identity show of an unmeshed pod: %v (exit %d): %s", err, meshctl.ExitCode(err), out)
 	}
+}
+
+// testSerialOnTheWire: the serial meshctl identity show reports is the
+// serial of the certificate the pod's proxy presents on the wire, read
+// with openssl s_client from another pod's network namespace (the
+// handshake then fails: the outsider has no client certificate).
+func (e *env) testSerialOnTheWire(t *testing.T) {
+	prereq.Command(t, "openssl")
+	ctx := t.Context()
+	pods, err := e.cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=server"})
+	if err != nil || len(pods.Items) == 0 {
+		t.Fatalf("server pods: %v", err)
+	}
+	p := pods.Items[0]
+	out, err := e.meshctl(t, "identity", "show", "-n", ns, "pod/"+p.Name, "-o", "json")
+	if err != nil {
+		t.Fatalf("meshctl identity show: %v\n%s", err, out)
+	}
+	var id meshctl.PodIdentity
+	if err := json.Unmarshal([]byte(out), &id); err != nil {
+		t.Fatal(err)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	sh := fmt.Sprintf("openssl s_client -connect %s:8080 -alpn mesh/1 </dev/null 2>/dev/null | openssl x509 -noout -serial", p.Status.PodIP)
+	wire, err := exec.CommandContext(cctx, "ip", "netns", "exec", node.NetnsName("plain", "outsider"), "sh", "-c", sh).CombinedOutput()
+	if err != nil {
+		t.Fatalf("openssl s_client: %v\n%s", err, wire)
+	}
+	hex, ok := strings.CutPrefix(strings.TrimSpace(string(wire)), "serial=")
+	got, ok2 := new(big.Int).SetString(hex, 16)
+	want, ok3 := new(big.Int).SetString(id.SerialNumber, 16)
+	if !ok || !ok2 || !ok3 || got.Cmp(want) != 0 {
+		t.Fatalf("on the wire %q, meshctl %q", wire, id.SerialNumber)
+	}
+	t.Logf("pod %s serves serial %s on the wire, as meshctl says", p.Name, id.SerialNumber)
 }
 
 const policy = `apiVersion: security.mesh.dev/v1alpha1
