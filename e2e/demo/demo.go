@@ -226,7 +226,7 @@ func (d *demo) run(ctx context.Context) error {
 		return err
 	}
 	d.note("the record:\n%s", rec)
-	if _, err := d.waitVerified(ctx, logPath); err != nil {
+	if err := d.waitVerified(ctx, logPath); err != nil {
 		return err
 	}
 
@@ -331,29 +331,30 @@ func (d *demo) findAudit(ctx context.Context, path string) (string, string, erro
 
 // waitVerified runs meshctl audit verify once the log's last record is
 // anchored by a signed checkpoint (the proxy signs within its checkpoint
-// interval).
-func (d *demo) waitVerified(ctx context.Context, logPath string) (string, error) {
+// interval), and shows the run that passed.
+func (d *demo) waitVerified(ctx context.Context, logPath string) error {
 	bundle := filepath.Join(d.cfg.Dir, "trust-bundle.pem")
+	args := []string{"audit", "verify", "--bundle", bundle, "--strict", logPath}
 	var lastErr error
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(time.Second) {
 		cm, err := d.cs.CoreV1().ConfigMaps("shop").Get(ctx, trustbundle.ConfigMapName, metav1.GetOptions{})
-		if err == nil {
-			if err := os.WriteFile(bundle, []byte(cm.Data[trustbundle.Key]), 0o644); err != nil {
-				return "", err
-			}
-			cmd := exec.CommandContext(ctx, filepath.Join(prereq.BinDir(), "meshctl"), "audit", "verify", "--bundle", bundle, "--strict", logPath)
-			if out, err := cmd.CombinedOutput(); err == nil {
-				return d.meshctl(ctx, "audit", "verify", "--bundle", bundle, "--strict", logPath)
-			} else {
-				lastErr = fmt.Errorf("%w: %s", err, out)
-			}
-		} else {
+		if err != nil {
 			lastErr = err
+			continue
 		}
-		time.Sleep(time.Second)
+		if err := os.WriteFile(bundle, []byte(cm.Data[trustbundle.Key]), 0o644); err != nil {
+			return fmt.Errorf("demo: %w", err)
+		}
+		out, err := exec.CommandContext(ctx, filepath.Join(prereq.BinDir(), "meshctl"), args...).CombinedOutput()
+		if err != nil {
+			lastErr = fmt.Errorf("%w: %s", err, out)
+			continue
+		}
+		fmt.Fprintf(d.out, "$ meshctl %s\n", strings.Join(args, " "))
+		indenter{d.out}.Write(out)
+		return nil
 	}
-	return "", fmt.Errorf("demo: audit log %s did not verify: %w", logPath, lastErr)
+	return fmt.Errorf("demo: audit log %s did not verify: %w", logPath, lastErr)
 }
 
 // waitEnforced waits until every policy of the demo reports that all the

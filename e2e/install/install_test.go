@@ -197,7 +197,7 @@ func (e *env) controllers(t *testing.T) []corev1.Pod {
 	return out
 }
 
-func app(name string, replicas int32, c corev1.Container, restart corev1.RestartPolicy) corev1.PodTemplateSpec {
+func app(name string, c corev1.Container, restart corev1.RestartPolicy) corev1.PodTemplateSpec {
 	uid := int64(1000)
 	c.SecurityContext = &corev1.SecurityContext{RunAsUser: &uid, RunAsNonRoot: ptr(true)}
 	c.Env = append(c.Env, corev1.EnvVar{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}})
@@ -240,8 +240,8 @@ func (e *env) testApp(t *testing.T) {
 		}
 	}
 	for _, d := range []*appsv1.Deployment{
-		deployment("server", 2, app("server", 2, echo(true), corev1.RestartPolicyAlways)),
-		deployment("client", 1, app("client", 1, echo(true), corev1.RestartPolicyAlways)),
+		deployment("server", 2, app("server", echo(true), corev1.RestartPolicyAlways)),
+		deployment("client", 1, app("client", echo(true), corev1.RestartPolicyAlways)),
 	} {
 		if _, err := e.cs.AppsV1().Deployments(ns).Create(ctx, d, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
@@ -474,7 +474,7 @@ func (e *env) testJob(t *testing.T) {
 		ObjectMeta: metav1.ObjectMeta{Name: "migrate", Namespace: ns},
 		Spec: batchv1.JobSpec{
 			BackoffLimit: ptr(int32(2)),
-			Template:     app("migrate", 1, c, corev1.RestartPolicyNever),
+			Template:     app("migrate", c, corev1.RestartPolicyNever),
 		},
 	}
 	if _, err := e.cs.BatchV1().Jobs(ns).Create(ctx, job, metav1.CreateOptions{}); err != nil {
