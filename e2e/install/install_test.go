@@ -11,8 +11,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"log/slog"
 	"math/big"
 	"os"
 	"os/exec"
@@ -33,6 +31,7 @@ import (
 	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
 	"github.com/mesh-dev/mesh/e2e/cluster"
 	"github.com/mesh-dev/mesh/e2e/clustertest"
+	"github.com/mesh-dev/mesh/e2e/helminstall"
 	"github.com/mesh-dev/mesh/e2e/meshtest"
 	"github.com/mesh-dev/mesh/e2e/node"
 	"github.com/mesh-dev/mesh/e2e/prereq"
@@ -42,7 +41,7 @@ import (
 func TestMain(m *testing.M) { os.Exit(clustertest.Run(m)) }
 
 const (
-	system   = "mesh-system"
+	system   = helminstall.Namespace
 	ns       = "shop"
 	serverID = "spiffe://cluster.local/ns/shop/sa/server"
 	clientID = "spiffe://cluster.local/ns/shop/sa/client"
@@ -52,9 +51,9 @@ const (
 )
 
 type env struct {
+	*helminstall.Mesh
 	c      *cluster.Cluster
 	cs     kubernetes.Interface
-	chart  string
 	client string // the client pod's name
 }
 
@@ -62,30 +61,10 @@ type env struct {
 // the outsider refused, policies and their status, a Job with a sidecar,
 // the leader killed under traffic, helm upgrade and helm uninstall.
 func TestInstall(t *testing.T) {
-	prereq.Root(t)
 	prereq.Command(t, "tcpdump")
-	for _, b := range []string{"mesh-controller", "mesh-proxy", "mesh-e2e-echo", "meshctl"} {
-		prereq.Bin(t, b)
-	}
-	for _, tool := range []string{"helm", "kubectl", "kube-proxy", "coredns"} {
-		prereq.Tool(t, tool)
-	}
 	c := clustertest.Get(t)
-	chart, err := filepath.Abs("../../charts/mesh")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &env{c: c, cs: c.Client(), chart: chart}
-	stopNode, err := meshtest.StartNode(c, filepath.Join(t.TempDir(), "node"), slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(stopNode)
-	t.Cleanup(func() {
-		if t.Failed() {
-			e.dumpControllers(t)
-		}
-	})
+	m := helminstall.Start(t, c)
+	e := &env{Mesh: m, c: c, cs: m.Kube}
 
 	t.Run("install", e.testInstall)
 	if t.Failed() {
@@ -104,27 +83,9 @@ func TestInstall(t *testing.T) {
 	t.Run("uninstall-leaves-no-webhook", e.testUninstall)
 }
 
-// run runs one of the pinned tools (helm, kubectl) against the cluster.
-func (e *env) run(t *testing.T, tool string, args ...string) string {
-	t.Helper()
-	out, err := e.try(t.Context(), tool, args...)
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", tool, strings.Join(args, " "), err, out)
-	}
-	return out
-}
-
-func (e *env) try(ctx context.Context, tool string, args ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, filepath.Join(prereq.ToolsDir(), tool), args...)
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+e.c.KubeconfigPath(), "HELM_CACHE_HOME="+filepath.Join(e.c.Dir(), "helm-cache"),
-		"HELM_CONFIG_HOME="+filepath.Join(e.c.Dir(), "helm-config"), "HELM_DATA_HOME="+filepath.Join(e.c.Dir(), "helm-data"))
-	out, err := cmd.CombinedOutput()
-	return string(out), err
-}
-
 func (e *env) testInstall(t *testing.T) {
 	ctx := t.Context()
-	if out := e.run(t, "helm", "lint", e.chart); !strings.Contains(out, "0 chart(s) failed") || strings.Contains(out, "[WARNING]") {
+	if out := e.MustRun(t, "helm", "lint", e.Chart); !strings.Contains(out, "0 chart(s) failed") || strings.Contains(out, "[WARNING]") {
 		t.Fatalf("helm lint:\n%s", out)
 	}
 	// A bad value fails the install with the schema's message, and
@@ -133,7 +94,7 @@ func (e *env) testInstall(t *testing.T) {
 		{"identity.svidTTL=banana", "at '/identity/svidTTL': 'banana' does not match pattern"},
 		{"trustDomain=123", "at '/trustDomain': got number, want string"},
 	} {
-		out, err := e.try(ctx, "helm", "install", "mesh", e.chart, "-n", system, "--create-namespace", "--set", bad.set)
+		out, err := e.Run(ctx, "", "helm", "install", "mesh", e.Chart, "-n", system, "--create-namespace", "--set", bad.set)
 		if err == nil || !strings.Contains(out, "values don't meet the specifications of the schema") || !strings.Contains(out, bad.want) {
 			t.Fatalf("helm install --set %s: %v\n%s", bad.set, err, out)
 		}
@@ -141,9 +102,7 @@ func (e *env) testInstall(t *testing.T) {
 	if _, err := e.cs.AppsV1().Deployments(system).Get(ctx, "mesh-controller", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 		t.Fatalf("a refused install left the controller Deployment: %v", err)
 	}
-	start := time.Now()
-	e.run(t, "helm", "install", "mesh", e.chart, "-n", system, "--create-namespace", "--wait", "--timeout", "4m")
-	t.Logf("helm install --wait: %s", time.Since(start).Round(time.Second))
+	e.Install(t)
 	dep, err := e.cs.AppsV1().Deployments(system).Get(ctx, "mesh-controller", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -184,17 +143,11 @@ func (e *env) testInstall(t *testing.T) {
 // controllers are the controller's running pods.
 func (e *env) controllers(t *testing.T) []corev1.Pod {
 	t.Helper()
-	list, err := e.cs.CoreV1().Pods(system).List(t.Context(), metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=mesh-controller"})
+	pods, err := e.Controllers(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []corev1.Pod
-	for _, p := range list.Items {
-		if p.DeletionTimestamp == nil {
-			out = append(out, p)
-		}
-	}
-	return out
+	return pods
 }
 
 func app(name string, c corev1.Container, restart corev1.RestartPolicy) corev1.PodTemplateSpec {
@@ -254,7 +207,7 @@ func (e *env) testApp(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, d := range []string{"server", "client"} {
-		e.run(t, "kubectl", "rollout", "status", "-n", ns, "deployment/"+d, "--timeout", "3m")
+		e.MustRun(t, "kubectl", "rollout", "status", "-n", ns, "deployment/"+d, "--timeout", "3m")
 	}
 	pods, err := e.cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
 	if err != nil {
@@ -433,7 +386,7 @@ spec:
 // proxies, and it decides requests.
 func (e *env) testPolicy(t *testing.T) {
 	ctx := t.Context()
-	e.apply(t, policy)
+	e.Apply(t, policy)
 	policies, err := v1alpha1.NewClient(e.c.RESTConfig())
 	if err != nil {
 		t.Fatal(err)
@@ -459,7 +412,7 @@ func (e *env) testPolicy(t *testing.T) {
 	// The validating webhook refuses a bad policy with the reason.
 	bad := strings.Replace(policy, "name: server,", "name: bad,", 1)
 	bad = strings.Replace(bad, `"spiffe://cluster.local/ns/shop/sa/client"`, `"spiffe://cluster.local/ns/*/sa/client"`, 1)
-	if out, err := e.kubectl(ctx, bad, "apply", "-f", "-"); err == nil || !strings.Contains(out, "wildcard") {
+	if out, err := e.Run(ctx, bad, "kubectl", "apply", "-f", "-"); err == nil || !strings.Contains(out, "wildcard") {
 		t.Errorf("a policy with a bad wildcard was not refused with the reason: %v: %s", err, out)
 	}
 }
@@ -572,7 +525,7 @@ func (e *env) testKillLeader(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	e.run(t, "kubectl", "rollout", "status", "-n", system, "deployment/mesh-controller", "--timeout", "2m")
+	e.MustRun(t, "kubectl", "rollout", "status", "-n", system, "deployment/mesh-controller", "--timeout", "2m")
 }
 
 // testUpgrade: helm upgrade with a changed value rolls the controller.
@@ -581,8 +534,8 @@ func (e *env) testUpgrade(t *testing.T) {
 	for _, p := range e.controllers(t) {
 		before[p.Name] = true
 	}
-	e.run(t, "helm", "upgrade", "mesh", e.chart, "-n", system, "--reuse-values", "--set", "identity.svidTTL=30m", "--wait", "--timeout", "4m")
-	e.run(t, "kubectl", "rollout", "status", "-n", system, "deployment/mesh-controller", "--timeout", "2m")
+	e.MustRun(t, "helm", "upgrade", "mesh", e.Chart, "-n", system, "--reuse-values", "--set", "identity.svidTTL=30m", "--wait", "--timeout", "4m")
+	e.MustRun(t, "kubectl", "rollout", "status", "-n", system, "deployment/mesh-controller", "--timeout", "2m")
 	if err := meshtest.WaitFor(t.Context(), time.Minute, func() error {
 		pods := e.controllers(t)
 		if len(pods) != 2 {
@@ -601,15 +554,15 @@ func (e *env) testUpgrade(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The mesh still works on the new controllers: a new pod gets an SVID.
-	e.run(t, "kubectl", "rollout", "restart", "-n", ns, "deployment/client")
-	e.run(t, "kubectl", "rollout", "status", "-n", ns, "deployment/client", "--timeout", "3m")
+	e.MustRun(t, "kubectl", "rollout", "restart", "-n", ns, "deployment/client")
+	e.MustRun(t, "kubectl", "rollout", "status", "-n", ns, "deployment/client", "--timeout", "3m")
 }
 
 // testUninstall: helm uninstall leaves no webhook configuration behind,
 // so pod creation is never blocked by a webhook nobody serves.
 func (e *env) testUninstall(t *testing.T) {
 	ctx := t.Context()
-	e.run(t, "helm", "uninstall", "mesh", "-n", system, "--wait", "--timeout", "2m")
+	e.MustRun(t, "helm", "uninstall", "mesh", "-n", system, "--wait", "--timeout", "2m")
 	m, err := e.cs.AdmissionregistrationV1().MutatingWebhookConfigurations().List(ctx, metav1.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -639,28 +592,14 @@ type load struct {
 	Errors   []string       `json:"errors"`
 }
 
-func (e *env) apply(t *testing.T, yaml string) {
-	t.Helper()
-	if out, err := e.kubectl(t.Context(), yaml, "apply", "-f", "-"); err != nil {
-		t.Fatalf("kubectl apply: %v\n%s", err, out)
-	}
-}
-
-func (e *env) kubectl(ctx context.Context, stdin string, args ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, filepath.Join(prereq.ToolsDir(), "kubectl"), append([]string{"--kubeconfig", e.c.KubeconfigPath()}, args...)...)
-	cmd.Stdin = strings.NewReader(stdin)
-	out, err := cmd.CombinedOutput()
-	return string(out), err
-}
-
+// meshctl runs meshctl, its exit status as a meshctl.ExitError.
 func (e *env) meshctl(t *testing.T, args ...string) (string, error) {
 	t.Helper()
-	cmd := exec.CommandContext(t.Context(), filepath.Join(prereq.BinDir(), "meshctl"), append([]string{"--kubeconfig", e.c.KubeconfigPath()}, args...)...)
-	out, err := cmd.CombinedOutput()
-	if ee, ok := err.(*exec.ExitError); ok {
-		return string(out), &meshctl.ExitError{Code: ee.ExitCode(), Err: err}
+	out, code, err := e.Meshctl(t.Context(), args...)
+	if err == nil && code != 0 {
+		err = &meshctl.ExitError{Code: code, Err: fmt.Errorf("exit status %d", code)}
 	}
-	return string(out), err
+	return out, err
 }
 
 func (e *env) inPod(ctx context.Context, pod string, args ...string) (string, error) {
@@ -689,18 +628,6 @@ func (e *env) podIP(t *testing.T, name string) string {
 		t.Fatal(err)
 	}
 	return p.Status.PodIP
-}
-
-func (e *env) dumpControllers(t *testing.T) {
-	ctx := context.Background()
-	pods, err := e.cs.CoreV1().Pods(system).List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return
-	}
-	for _, p := range pods.Items {
-		out, _ := e.try(ctx, "kubectl", "logs", "-n", system, p.Name, "--tail", "40")
-		t.Logf("controller pod %s (%s):\n%s", p.Name, p.Status.Phase, out)
-	}
 }
 
 func ptr[T any](v T) *T { return &v }
