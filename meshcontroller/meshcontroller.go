@@ -34,6 +34,7 @@ import (
 	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
 	"github.com/mesh-dev/mesh/ca"
 	"github.com/mesh-dev/mesh/controlplane"
+	"github.com/mesh-dev/mesh/controlplane/castatus"
 	"github.com/mesh-dev/mesh/controlplane/inventory"
 	"github.com/mesh-dev/mesh/controlplane/policystatus"
 	"github.com/mesh-dev/mesh/controlplane/trustbundle"
@@ -199,11 +200,16 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
+	caStatus, err := castatus.New(castatus.Config{Kube: kube, Informers: factory, CA: authority, Namespace: o.namespace, Replica: o.replica, Logger: log})
+	if err != nil {
+		return err
+	}
 	secretFactory := informers.NewSharedInformerFactoryWithOptions(kube, 0, informers.WithNamespace(o.namespace),
 		informers.WithTweakListOptions(func(lo *metav1.ListOptions) { lo.FieldSelector = "metadata.name=" + o.caSecret }))
 	if _, err := secretFactory.Core().V1().Secrets().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		// Another replica rotated the issuer, or meshctl took a root
-		// rotation step: load it, and the bundle streams push it.
+		// Another replica rotated the issuer, or the leader took a
+		// rotation step meshctl asked for: load it, and the bundle
+		// streams push it.
 		UpdateFunc: func(_, _ any) { reloadCA(ctx, authority, log) },
 		AddFunc:    func(any) { reloadCA(ctx, authority, log) },
 	}); err != nil {
@@ -215,7 +221,7 @@ func run(ctx context.Context, o options) error {
 			return err
 		}
 	}
-	leader := prometheus.NewGauge(prometheus.GaugeOpts{Name: "mesh_controller_leader", Help: "1 while this replica holds the leader Lease (issuer rotation, policy status, trust-bundle ConfigMaps), else 0."})
+	leader := prometheus.NewGauge(prometheus.GaugeOpts{Name: "mesh_controller_leader", Help: "1 while this replica holds the leader Lease (issuer rotation, policy status, trust-bundle ConfigMaps, CA status and rotation requests), else 0."})
 	if err := reg.Register(leader); err != nil {
 		return err
 	}
@@ -257,8 +263,9 @@ func run(ctx context.Context, o options) error {
 		g.Go(func() error { return hookServer.Run(gctx, hookLis) })
 	}
 	g.Go(func() error {
-		// What must happen once: issuer rotation, policy status and the
-		// trust-bundle ConfigMaps. Losing the Lease ends the process (as
+		// What must happen once: issuer rotation, policy status, the
+		// trust-bundle ConfigMaps, and the CA status with the rotation
+		// steps operators ask for. Losing the Lease ends the process (as
 		// cert-manager does): another replica has it, and a clean restart
 		// is simpler than stopping each part halfway.
 		return lead(gctx, kube, o, log, leader, func(lctx context.Context) error {
@@ -266,6 +273,7 @@ func run(ctx context.Context, o options) error {
 			lg.Go(func() error { return authority.Run(lctx, time.Minute) })
 			lg.Go(func() error { return statusWriter.Run(lctx) })
 			lg.Go(func() error { return bundles.Run(lctx) })
+			lg.Go(func() error { return caStatus.Run(lctx) })
 			return lg.Wait()
 		})
 	})

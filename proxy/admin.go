@@ -33,6 +33,10 @@ type IdentityInfo struct {
 	// BundleRoots are the SHA-256 fingerprints of the trust bundle's roots
 	// the proxy verifies peers with.
 	BundleRoots []string `json:"bundleRoots"`
+	// SignedByRoot is the fingerprint of the bundle root the SVID's chain
+	// verifies to; empty if none does (meshctl ca rotate waits for every
+	// proxy to serve an SVID under the new root before retiring the old).
+	SignedByRoot string `json:"signedByRoot"`
 	// LastRenewal is when the proxy installed this SVID; zero if unknown.
 	LastRenewal time.Time `json:"lastRenewal,omitzero"`
 	// Ready is the proxy's readiness: SVID, policy and destinations.
@@ -88,8 +92,12 @@ func (p *Proxy) AdminHandler() http.Handler {
 			info.LastRenewal = r.LastRenewal()
 		}
 		if b, err := p.cfg.Identity.GetX509BundleForTrustDomain(p.cfg.TrustDomain); err == nil {
+			top := svid.Certificates[len(svid.Certificates)-1]
 			for _, r := range b.X509Authorities() {
 				info.BundleRoots = append(info.BundleRoots, ca.Fingerprint(r))
+				if info.SignedByRoot == "" && top.CheckSignatureFrom(r) == nil {
+					info.SignedByRoot = ca.Fingerprint(r)
+				}
 			}
 		}
 		w.Header().Set("Content-Type", "application/json")

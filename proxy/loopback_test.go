@@ -302,8 +302,11 @@ func TestAdmin(t *testing.T) {
 		info.TrustDomain != serverID.TrustDomain().Name() || info.KeyType != "ECDSA P-256" || !info.Ready || !info.NotAfter.Equal(svid.Certificates[0].NotAfter) {
 		t.Fatalf("/identity = %+v", info)
 	}
+	if info.SignedByRoot != info.BundleRoots[0] {
+		t.Fatalf("/identity signedByRoot = %q, want the only root %q", info.SignedByRoot, info.BundleRoots[0])
+	}
 	// The documented JSON names (docs/meshctl.md) are an interface.
-	for _, k := range []string{`"spiffeID"`, `"serialNumber"`, `"notBefore"`, `"notAfter"`, `"issuer"`, `"trustDomain"`, `"bundleRoots"`, `"keyType"`, `"ready"`} {
+	for _, k := range []string{`"spiffeID"`, `"serialNumber"`, `"notBefore"`, `"notAfter"`, `"issuer"`, `"trustDomain"`, `"bundleRoots"`, `"signedByRoot"`, `"keyType"`, `"ready"`} {
 		if !strings.Contains(b, k) {
 			t.Errorf("/identity lacks %s: %s", k, b)
 		}
