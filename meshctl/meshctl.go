@@ -20,5 +20,6 @@ func New() *cobra.Command {
 	kube.AddFlags(root.PersistentFlags())
 	root.AddCommand(auditCmd(), identityCmd(kube))
 	root.AddCommand(versionCmd(kube), policyCmd(kube))
+	root.AddCommand(checkCmd(kube))
 	return root
 }
