@@ -82,7 +82,7 @@ func checkClockSkew(ctx context.Context, e *checkEnv) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("reading the API server's Date: %w", err)
 	}
-	low := date.Sub(after)                     // least skew possible
+	low := date.Sub(after)                    // least skew possible
 	high := date.Add(time.Second).Sub(before) // most skew possible
 	tol := e.opts.maxClockSkew
 	mid := (low + high) / 2
