@@ -23,7 +23,8 @@ import (
 type checker struct {
 	// description says what holds when the check passes.
 	description string
-	// hint says what to do when it fails.
+	// hint says what to do when it fails; MESH_NAMESPACE in it is
+	// replaced by --mesh-namespace.
 	hint string
 	// warning makes a failure a warning: shown, but not a reason to exit 1.
 	warning bool
@@ -148,7 +149,8 @@ func runOne(ctx context.Context, e *checkEnv, c checker, deadline time.Time, ret
 			r.Result, r.Hint = ResultSuccess, ""
 			return r
 		}
-		r.Detail, r.Hint = err.Error(), c.hint
+		// Hints name the mesh's namespace as it was given.
+		r.Detail, r.Hint = err.Error(), strings.ReplaceAll(c.hint, "MESH_NAMESPACE", e.meshNS)
 		var w warnError
 		if c.warning || errors.As(err, &w) {
 			// Warnings are not waited for: they need not clear for the

@@ -1,0 +1,269 @@
+// Package check_test runs `meshctl check` against a helm-installed mesh
+// on the local cluster: `--pre` on the fresh cluster, then the checks with
+// an injected application, with the controller scaled to 0 (they must
+// fail, naming the controller and the webhook) and back (they must pass).
+package check_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/mesh-dev/mesh/e2e/clustertest"
+	"github.com/mesh-dev/mesh/e2e/helminstall"
+	"github.com/mesh-dev/mesh/e2e/meshtest"
+	"github.com/mesh-dev/mesh/e2e/prereq"
+	"github.com/mesh-dev/mesh/meshctl"
+)
+
+func TestMain(m *testing.M) { os.Exit(clustertest.Run(m)) }
+
+const (
+	system = helminstall.Namespace
+	appNS  = "shop"
+)
+
+// TestCheck: check --pre, install, an injected app, check passes; the
+// controller at 0: check fails on the controller and webhook lines; back
+// to 2: check passes again.
+func TestCheck(t *testing.T) {
+	c := clustertest.Get(t)
+	m := helminstall.Start(t, c)
+	ctx := t.Context()
+
+	// Before install: every line passes.
+	out, code := runMeshctl(t, m, "check", "--pre")
+	t.Logf("meshctl check --pre:\n%s", out)
+	if code != 0 {
+		t.Fatalf("check --pre exited %d", code)
+	}
+	lines := checkLines(out)
+	if len(lines) < 10 {
+		t.Fatalf("check --pre printed %d check lines, want the API, sidecar, RBAC and conflict checks", len(lines))
+	}
+	for _, l := range lines {
+		if !strings.HasPrefix(l, "✔ ") {
+			t.Errorf("check --pre: %q does not pass", l)
+		}
+	}
+	for _, want := range []string{"✔ can reach the Kubernetes API", "✔ native sidecars work", "✔ can create CustomResourceDefinitions", "✔ can create Deployments in --mesh-namespace", "✔ no mesh webhook configurations exist yet"} {
+		if !hasLine(lines, want) {
+			t.Errorf("check --pre: no line %q", want)
+		}
+	}
+
+	m.Install(t)
+	deployApp(t, m)
+	// A policy the proxies must enforce: check waits for its status to
+	// count both.
+	m.Apply(t, `apiVersion: security.mesh.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: echo-from-shop, namespace: `+appNS+`}
+spec:
+  selector: {matchLabels: {app: echo}}
+  action: ALLOW
+  rules:
+    - from: [{namespaces: [`+appNS+`]}]
+`)
+
+	// Installed and meshed: every check passes, the data plane's on the
+	// app's pods.
+	out, code = runMeshctl(t, m, "check", "--wait", "2m")
+	t.Logf("meshctl check --wait 2m:\n%s", out)
+	if code != 0 {
+		t.Fatalf("check --wait 2m exited %d", code)
+	}
+	lines = checkLines(out)
+	for _, l := range lines {
+		if !strings.HasPrefix(l, "✔ ") {
+			t.Errorf("check: %q does not pass", l)
+		}
+	}
+	for _, want := range []string{
+		"✔ the controller Deployment has a ready replica (2/2 replicas ready)",
+		"✔ the policy webhook refuses an invalid AuthorizationPolicy (server-side dry run) (refused by the webhook)",
+		"✔ the injector adds the proxy to a pod (server-side dry run) (in namespace " + appNS + ")",
+		"✔ every meshed pod's proxy is ready and serves a valid SVID (2 pods)",
+		"✔ every proxy trusts every root of the CA (2 proxies, 1 root)",
+		"✔ every proxy enforces its policies' current generation (1 policy)",
+	} {
+		if !hasLine(lines, want) {
+			t.Errorf("check: no line %q", want)
+		}
+	}
+	rep := checkJSON(t, m)
+	if !rep.Success || rep.Pre || len(rep.Categories) != 6 {
+		t.Errorf("check -o json: success %t, pre %t, %d categories; want true, false, 6", rep.Success, rep.Pre, len(rep.Categories))
+	}
+
+	// The controller at 0: the controller and webhook lines fail.
+	scale(t, m, 0)
+	if err := meshtest.WaitFor(ctx, 2*time.Minute, func() error {
+		pods, err := m.Controllers(ctx)
+		if err != nil {
+			return err
+		}
+		if len(pods) > 0 {
+			return fmt.Errorf("%d controller pods left", len(pods))
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	out, code = runMeshctl(t, m, "check")
+	t.Logf("meshctl check with the controller at 0:\n%s", out)
+	if code != 1 {
+		t.Errorf("check with the controller at 0 exited %d, want 1", code)
+	}
+	lines = checkLines(out)
+	for _, want := range []string{
+		"✖ the controller Deployment has a ready replica: Deployment mesh-system/mesh-controller: 0/0 replicas ready",
+		"✖ the leader Lease is held by a live controller pod",
+		"✖ the policy webhook refuses an invalid AuthorizationPolicy (server-side dry run)",
+		"✖ the injector adds the proxy to a pod (server-side dry run)",
+	} {
+		if !hasLine(lines, want) {
+			t.Errorf("check with the controller at 0: no line starting %q", want)
+		}
+	}
+	if !strings.Contains(out, "    hint: kubectl -n "+system+" get deploy,pods") {
+		t.Errorf("check with the controller at 0: no hint naming the mesh namespace")
+	}
+	rep = checkJSON(t, m)
+	if rep.Success || resultOf(rep, "the controller Deployment has a ready replica") != meshctl.ResultError {
+		t.Errorf("check -o json with the controller at 0: success %t, controller %q", rep.Success, resultOf(rep, "the controller Deployment has a ready replica"))
+	}
+
+	// Back to 2: passes again once it is up.
+	scale(t, m, 2)
+	out, code = runMeshctl(t, m, "check", "--wait", "3m")
+	t.Logf("meshctl check --wait 3m after scaling back:\n%s", out)
+	if code != 0 {
+		t.Fatalf("check --wait 3m after scaling back exited %d", code)
+	}
+	for _, l := range checkLines(out) {
+		if !strings.HasPrefix(l, "✔ ") {
+			t.Errorf("check after scaling back: %q does not pass", l)
+		}
+	}
+}
+
+func runMeshctl(t *testing.T, m *helminstall.Mesh, args ...string) (string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	out, code, err := m.Meshctl(ctx, args...)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	return out, code
+}
+
+// checkLines are the output's check lines: those with a result mark.
+func checkLines(out string) []string {
+	var lines []string
+	for _, l := range strings.Split(out, "\n") {
+		for _, mark := range []string{"✔ ", "‼ ", "✖ "} {
+			if strings.HasPrefix(l, mark) {
+				lines = append(lines, l)
+			}
+		}
+	}
+	return lines
+}
+
+// hasLine reports whether a line starts with prefix.
+func hasLine(lines []string, prefix string) bool {
+	for _, l := range lines {
+		if strings.HasPrefix(l, prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+func checkJSON(t *testing.T, m *helminstall.Mesh) meshctl.CheckReport {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	// stdout alone (helminstall's Meshctl combines it with stderr, where
+	// the exit error goes); a failed check exits 1, which is not an error
+	// here.
+	cmd := exec.CommandContext(ctx, filepath.Join(prereq.BinDir(), "meshctl"), "--kubeconfig", m.Cluster.KubeconfigPath(), "check", "-o", "json")
+	out, err := cmd.Output()
+	var ee *exec.ExitError
+	if err != nil && !errors.As(err, &ee) {
+		t.Fatal(err)
+	}
+	var rep meshctl.CheckReport
+	if err := json.Unmarshal(out, &rep); err != nil {
+		t.Fatalf("check -o json: %v\n%s", err, out)
+	}
+	return rep
+}
+
+func resultOf(rep meshctl.CheckReport, desc string) string {
+	for _, c := range rep.Categories {
+		for _, r := range c.Checks {
+			if r.Description == desc {
+				return r.Result
+			}
+		}
+	}
+	return ""
+}
+
+func scale(t *testing.T, m *helminstall.Mesh, n int) {
+	t.Helper()
+	m.MustRun(t, "kubectl", "scale", "-n", system, "deployment/mesh-controller", fmt.Sprintf("--replicas=%d", n))
+}
+
+// deployApp runs two echo pods in a namespace labelled for injection.
+func deployApp(t *testing.T, m *helminstall.Mesh) {
+	t.Helper()
+	ctx := t.Context()
+	if _, err := m.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: appNS, Labels: map[string]string{"mesh.dev/inject": "enabled"}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Kube.CoreV1().ServiceAccounts(appNS).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "echo"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	uid := int64(1000)
+	replicas := int32(2)
+	d := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "echo", Namespace: appNS},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: &replicas,
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "echo"}},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "echo"}},
+				Spec: corev1.PodSpec{
+					ServiceAccountName: "echo", TerminationGracePeriodSeconds: new(int64(5)),
+					Containers: []corev1.Container{{
+						Name: "app", Image: "mesh-e2e/echo",
+						Ports:           []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}},
+						SecurityContext: &corev1.SecurityContext{RunAsUser: &uid, RunAsNonRoot: new(true)},
+						Env:             []corev1.EnvVar{{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}}},
+						ReadinessProbe:  &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/live", Port: intstr.FromInt32(8080)}}, PeriodSeconds: 1},
+					}},
+				},
+			},
+		},
+	}
+	if _, err := m.Kube.AppsV1().Deployments(appNS).Create(ctx, d, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	m.MustRun(t, "kubectl", "rollout", "status", "-n", appNS, "deployment/echo", "--timeout", "3m")
+}
