@@ -164,10 +164,12 @@ func runMeshctl(t *testing.T, m *helminstall.Mesh, args ...string) (string, int)
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()
+	start := time.Now()
 	out, code, err := m.Meshctl(ctx, args...)
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
+	t.Logf("meshctl %s: exit %d after %s", strings.Join(args, " "), code, time.Since(start).Round(100*time.Millisecond))
 	return out, code
 }
 
@@ -207,6 +209,7 @@ func checkJSON(t *testing.T, m *helminstall.Mesh) meshctl.CheckReport {
 	if err != nil && !errors.As(err, &ee) {
 		t.Fatal(err)
 	}
+	t.Logf("meshctl check -o json:\n%s", out)
 	var rep meshctl.CheckReport
 	if err := json.Unmarshal(out, &rep); err != nil {
 		t.Fatalf("check -o json: %v\n%s", err, out)
