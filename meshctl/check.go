@@ -221,13 +221,13 @@ func printCheckReport(w io.Writer, output string, rep CheckReport) error {
 	return err
 }
 
-// failedChecks names the failed checks, for the exit error.
+// failedChecks are the failed checks' descriptions.
 func failedChecks(rep CheckReport) []string {
 	var out []string
 	for _, cat := range rep.Categories {
 		for _, r := range cat.Checks {
 			if r.Result == ResultError {
-				out = append(out, cat.Name+": "+r.Description)
+				out = append(out, r.Description)
 			}
 		}
 	}
@@ -313,7 +313,7 @@ check failed (warnings allowed), 1 when one did, 2 on a usage error.`,
 				return err
 			}
 			if bad := failedChecks(rep); len(bad) > 0 {
-				return failed(fmt.Errorf("check: %d failed: %s", len(bad), strings.Join(bad, "; ")))
+				return failed(fmt.Errorf("check: %d %s failed", len(bad), plural(len(bad), "check", "checks")))
 			}
 			return nil
 		},

@@ -308,7 +308,11 @@ func checkPolicyWebhookRefuses(ctx context.Context, e *checkEnv) (string, error)
 		return "", errors.New("the invalid policy was accepted: the webhook did not check it (is policyValidation.failurePolicy Ignore and the controller down?)")
 	}
 	denial := fmt.Sprintf("admission webhook %q denied the request", policyWebhookName(ctx, e))
-	if !strings.Contains(err.Error(), denial) {
+	switch {
+	case strings.Contains(err.Error(), denial):
+	case strings.Contains(err.Error(), "failed calling webhook"):
+		return "", fmt.Errorf("the API server could not call the webhook: %w", err)
+	default:
 		return "", fmt.Errorf("refused, but not by the webhook: %w", err)
 	}
 	return "refused by the webhook", nil

@@ -364,6 +364,7 @@ func TestCheckWebhookConfigs(t *testing.T) {
 func TestCheckPolicyWebhook(t *testing.T) {
 	denied := apierrors.NewInvalid(schema.GroupKind{Group: "security.mesh.dev", Kind: "AuthorizationPolicy"}, "", nil)
 	denied.ErrStatus.Message = `admission webhook "policy.mesh.dev" denied the request: spec.rules[0].from[0].identities[0]: Invalid value: "not a spiffe id"`
+	forbidden := apierrors.NewForbidden(schema.GroupResource{Group: "security.mesh.dev", Resource: "authorizationpolicies"}, "", errors.New("no RBAC rule"))
 	unreachable := apierrors.NewInternalError(errors.New(`failed calling webhook "policy.mesh.dev": failed to call webhook: Post "https://mesh-webhook.mesh-system.svc:443/validate-policy?timeout=5s": no endpoints available for service "mesh-webhook"`))
 	for _, tc := range []struct {
 		name string
@@ -373,8 +374,9 @@ func TestCheckPolicyWebhook(t *testing.T) {
 		refusesD, acceptsD string
 	}{
 		{"webhook up", denied, nil, ResultSuccess, ResultSuccess, "refused by the webhook", ""},
-		{"webhook down, failurePolicy Fail", unreachable, unreachable, ResultError, ResultError, "refused, but not by the webhook: Internal error occurred: failed calling webhook", "no endpoints available"},
+		{"webhook down, failurePolicy Fail", unreachable, unreachable, ResultError, ResultError, "the API server could not call the webhook: Internal error occurred: failed calling webhook", "no endpoints available"},
 		{"webhook down, failurePolicy Ignore", nil, nil, ResultError, ResultSuccess, "the invalid policy was accepted", ""},
+		{"RBAC refuses first", forbidden, forbidden, ResultError, ResultError, "refused, but not by the webhook: authorizationpolicies.security.mesh.dev is forbidden", "refused: authorizationpolicies.security.mesh.dev is forbidden"},
 	} {
 		var dryRuns []bool
 		tweak := func(e *checkEnv, _ *fake.Clientset) {
