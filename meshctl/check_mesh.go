@@ -59,7 +59,7 @@ func meshCategories() []category {
 			},
 			{
 				description: "the policy webhook accepts a valid AuthorizationPolicy (server-side dry run)",
-				hint:        "the webhook refused a valid policy: check the controller's logs; you also need create on authorizationpolicies in MESH_NAMESPACE for this check",
+				hint:        "check the controller's pods, endpoints and logs; this check needs create on authorizationpolicies in MESH_NAMESPACE (a dry run stores nothing)",
 				run:         checkPolicyWebhookAccepts,
 			},
 			{
@@ -319,10 +319,14 @@ func checkPolicyWebhookRefuses(ctx context.Context, e *checkEnv) (string, error)
 }
 
 func checkPolicyWebhookAccepts(ctx context.Context, e *checkEnv) (string, error) {
-	if err := dryRunPolicy(ctx, e, true); err != nil {
-		return "", fmt.Errorf("refused: %w", err)
+	err := dryRunPolicy(ctx, e, true)
+	switch {
+	case err == nil:
+		return "", nil
+	case strings.Contains(err.Error(), "failed calling webhook"):
+		return "", fmt.Errorf("the API server could not call the webhook: %w", err)
 	}
-	return "", nil
+	return "", fmt.Errorf("refused: %w", err)
 }
 
 // checkInjector dry-runs a pod in a namespace labelled for injection; the

@@ -374,7 +374,7 @@ func TestCheckPolicyWebhook(t *testing.T) {
 		refusesD, acceptsD string
 	}{
 		{"webhook up", denied, nil, ResultSuccess, ResultSuccess, "refused by the webhook", ""},
-		{"webhook down, failurePolicy Fail", unreachable, unreachable, ResultError, ResultError, "the API server could not call the webhook: Internal error occurred: failed calling webhook", "no endpoints available"},
+		{"webhook down, failurePolicy Fail", unreachable, unreachable, ResultError, ResultError, "the API server could not call the webhook: Internal error occurred: failed calling webhook", "the API server could not call the webhook: Internal error occurred: failed calling webhook"},
 		{"webhook down, failurePolicy Ignore", nil, nil, ResultError, ResultSuccess, "the invalid policy was accepted", ""},
 		{"RBAC refuses first", forbidden, forbidden, ResultError, ResultError, "refused, but not by the webhook: authorizationpolicies.security.mesh.dev is forbidden", "refused: authorizationpolicies.security.mesh.dev is forbidden"},
 	} {
