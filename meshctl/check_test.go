@@ -689,3 +689,37 @@ func TestHintNamesMeshNamespace(t *testing.T) {
 		t.Errorf("hint %q", r.Hint)
 	}
 }
+
+// FuzzCRDFields: the CRD as the API server answers it is read field by
+// field from unstructured JSON; no shape of it may panic, and a version is
+// reported served only when the object says so.
+func FuzzCRDFields(f *testing.F) {
+	for _, seed := range []string{
+		`{"spec":{"versions":[{"name":"v1alpha1","served":true}]},"status":{"conditions":[{"type":"Established","status":"True"}]}}`,
+		`{"spec":{"versions":[{"name":"v1alpha1","served":"yes"},7,null,{"name":3,"served":true}]}}`,
+		`{"spec":{"versions":"v1alpha1"},"status":{"conditions":[null,"x",{"type":"Established","status":false,"message":7}]}}`,
+		`{"spec":null,"status":[]}`,
+		`{}`,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var obj map[string]any
+		if json.Unmarshal(b, &obj) != nil || obj == nil {
+			return
+		}
+		u := &unstructured.Unstructured{Object: obj}
+		for _, v := range crdVersions(u) {
+			if v == "" {
+				t.Errorf("an empty version from %s", b)
+			}
+		}
+		if crdServes(u, "v1alpha1") && !strings.Contains(string(b), "v1alpha1") {
+			t.Errorf("serves v1alpha1 from %s", b)
+		}
+		st, _ := crdCondition(u, "Established")
+		if st == "True" && !strings.Contains(string(b), `"True"`) {
+			t.Errorf("established from %s", b)
+		}
+	})
+}
