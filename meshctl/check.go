@@ -106,6 +106,11 @@ type checkEnv struct {
 	// serverDate asks the API server something and returns its Date
 	// header, with meshctl's clock just before and after the request.
 	serverDate func(ctx context.Context) (date, before, after time.Time, err error)
+
+	// ids is the last reading of the proxies' identities, at idsAt
+	// (readIdentities); the checks run one at a time.
+	ids   []PodIdentity
+	idsAt time.Time
 }
 
 // runChecks runs the categories in order. A failing check is retried

@@ -434,9 +434,26 @@ func meshedPods(ctx context.Context, e *checkEnv) ([]corev1.Pod, error) {
 // server.
 const proxyReads = 8
 
+// identitiesReused is how long one reading of the proxies serves the
+// data plane's checks: the checks that follow the first reuse it, a retry
+// under --wait (every 2 seconds) reads them again.
+const identitiesReused = time.Second
+
 // readIdentities reads every meshed pod's /identity, at most proxyReads
 // at a time; none is an empty list.
 func readIdentities(ctx context.Context, e *checkEnv) ([]PodIdentity, error) {
+	if e.ids != nil && e.now().Sub(e.idsAt) < identitiesReused {
+		return e.ids, nil
+	}
+	ids, err := readAllIdentities(ctx, e)
+	if err != nil {
+		return nil, err
+	}
+	e.ids, e.idsAt = ids, e.now()
+	return ids, nil
+}
+
+func readAllIdentities(ctx context.Context, e *checkEnv) ([]PodIdentity, error) {
 	pods, err := meshedPods(ctx, e)
 	if err != nil {
 		return nil, err

@@ -723,3 +723,33 @@ func FuzzCRDFields(f *testing.F) {
 		}
 	})
 }
+
+// The data plane's checks share one reading of the proxies; a retry reads
+// them again.
+func TestIdentitiesReused(t *testing.T) {
+	now := checkNow
+	e, cs, _ := env(t, []runtime.Object{meshedPod("a", corev1.PodRunning), meshedPod("b", corev1.PodRunning), caDoc(t, checkNow, 365*24*time.Hour, 30*24*time.Hour)}, nil)
+	e.now = func() time.Time { return now }
+	reads := 0
+	cs.PrependProxyReactor("pods", func(k8stesting.Action) (bool, rest.ResponseWrapper, error) {
+		reads++
+		return true, proxyAnswer{body: identityJSON(t, true, checkNow.Add(time.Hour), "sha256:aaaa")}, nil
+	})
+	for _, step := range []struct {
+		run   func(context.Context, *checkEnv) (string, error)
+		after time.Duration
+		reads int
+	}{
+		{checkProxiesReady, 0, 2},
+		{checkProxiesTrustRoots, 100 * time.Millisecond, 2},
+		{checkProxiesReady, checkRetryEvery, 4},
+	} {
+		now = now.Add(step.after)
+		if _, err := step.run(t.Context(), e); err != nil {
+			t.Fatal(err)
+		}
+		if reads != step.reads {
+			t.Errorf("after %s: %d reads of /identity, want %d", step.after, reads, step.reads)
+		}
+	}
+}
