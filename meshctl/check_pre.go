@@ -44,13 +44,17 @@ var chartResources = []chartResource{
 func preCategories() []category {
 	var rbac []checker
 	for _, r := range chartResources {
-		desc := "can create " + r.kind
+		desc, canI := "can create "+r.kind, "kubectl auth can-i create "+r.resource
+		if r.group != "" {
+			canI += "." + r.group
+		}
 		if r.namespaced {
 			desc += " in --mesh-namespace"
+			canI += " -n MESH_NAMESPACE"
 		}
 		rbac = append(rbac, checker{
 			description: desc,
-			hint:        "installing mesh needs cluster-admin or a role granting create on what the chart creates (docs/meshctl.md lists it): kubectl auth can-i create " + r.resource,
+			hint:        "installing mesh needs cluster-admin or a role granting create on what the chart creates (docs/meshctl.md lists it): " + canI,
 			run:         canCreate(r),
 		})
 	}

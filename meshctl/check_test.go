@@ -753,3 +753,28 @@ func TestIdentitiesReused(t *testing.T) {
 		}
 	}
 }
+
+func TestPreHints(t *testing.T) {
+	want := map[string]string{
+		"can create CustomResourceDefinitions":       "kubectl auth can-i create customresourcedefinitions.apiextensions.k8s.io",
+		"can create Deployments in --mesh-namespace": "kubectl auth can-i create deployments.apps -n mesh",
+		"can create Services in --mesh-namespace":    "kubectl auth can-i create services -n mesh",
+	}
+	e := &checkEnv{now: time.Now, meshNS: "mesh"}
+	for _, cat := range preCategories() {
+		for _, c := range cat.checkers {
+			w, ok := want[c.description]
+			if !ok {
+				continue
+			}
+			delete(want, c.description)
+			c.run = func(context.Context, *checkEnv) (string, error) { return "", errors.New("no") }
+			if r := runOne(t.Context(), e, c, time.Time{}, time.Millisecond, time.Second); !strings.HasSuffix(r.Hint, w) {
+				t.Errorf("%s: hint %q, want it to end %q", c.description, r.Hint, w)
+			}
+		}
+	}
+	if len(want) > 0 {
+		t.Errorf("no checks %v", want)
+	}
+}
