@@ -9,14 +9,15 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
 
 	"github.com/mesh-dev/mesh/authz/audit"
 	"github.com/mesh-dev/mesh/identity"
 )
 
-func auditCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "audit", Short: "Work with authorization audit logs"}
-	cmd.AddCommand(auditVerifyCmd())
+func auditCmd(kube *genericclioptions.ConfigFlags) *cobra.Command {
+	cmd := &cobra.Command{Use: "audit", Short: "Read and verify authorization audit logs"}
+	cmd.AddCommand(auditVerifyCmd(), auditLogsCmd(kube))
 	return cmd
 }
 
