@@ -100,7 +100,7 @@ func printCAStatus(w io.Writer, output string, d *castatus.Document, now time.Ti
 	fmt.Fprintln(tw, "ROLE\tCERTIFICATE\tFINGERPRINT\tNOT BEFORE\tNOT AFTER\tTIME LEFT\tSUBJECT")
 	row := func(kind string, c ca.CertStatus) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.Role, kind, shortFingerprint(c.Fingerprint), c.NotBefore.UTC().Format(time.RFC3339),
-			c.NotAfter.UTC().Format(time.RFC3339), c.NotAfter.Sub(now).Truncate(time.Second), c.Subject)
+			c.NotAfter.UTC().Format(time.RFC3339), timeLeft(c.NotAfter.Sub(now)), c.Subject)
 	}
 	for _, r := range d.Roots {
 		row("root", r)
@@ -112,6 +112,16 @@ func printCAStatus(w io.Writer, output string, d *castatus.Document, now time.Ti
 		row("issuer", n)
 	}
 	return tw.Flush()
+}
+
+// timeLeft is d for a person: days and hours past two days, else as Go
+// prints it, to the second.
+func timeLeft(d time.Duration) string {
+	if d < 48*time.Hour {
+		return d.Truncate(time.Second).String()
+	}
+	days := d / (24 * time.Hour)
+	return fmt.Sprintf("%dd%dh", days, (d-days*24*time.Hour)/time.Hour)
 }
 
 // rotationPhase says where a root rotation stands, and what comes next.
@@ -370,11 +380,19 @@ func (r *rotation) waitProxies(ctx context.Context, what, before string, lag fun
 			if err != nil {
 				return failed(fmt.Errorf("stopped before %s: cannot list the meshed pods: %w", before, err))
 			}
-			return failed(fmt.Errorf("stopped before %s: %d proxies do not %s: %s; look at them with meshctl identity show, fix or delete those pods, and run meshctl ca rotate again to resume",
-				before, len(behind), what, strings.Join(behind, ", ")))
+			return failed(fmt.Errorf("stopped before %s: %s not %s: %s; look at them with meshctl identity show, fix or delete those pods, and run meshctl ca rotate again to resume",
+				before, proxiesDo(len(behind)), what, strings.Join(behind, ", ")))
 		case <-time.After(r.poll):
 		}
 	}
+}
+
+// proxiesDo is "1 proxy does" or "N proxies do".
+func proxiesDo(n int) string {
+	if n == 1 {
+		return "1 proxy does"
+	}
+	return fmt.Sprintf("%d proxies do", n)
 }
 
 // plan prints where the rotation stands and what meshctl ca rotate would

@@ -107,20 +107,29 @@ func (m *Mesh) Apply(t *testing.T, yaml string) {
 	}
 }
 
-// Meshctl runs bin/meshctl against the cluster and returns its combined
-// output and exit code; err is set only when it could not run or did not
-// exit (a non-zero exit is a code, not an error).
+// Meshctl runs bin/meshctl against the cluster and returns its standard
+// output and error together, and its exit code; err is set only when it
+// could not run or did not exit (a non-zero exit is a code, not an error).
 func (m *Mesh) Meshctl(ctx context.Context, args ...string) (out string, code int, err error) {
+	stdout, stderr, code, err := m.MeshctlSplit(ctx, args...)
+	return stdout + stderr, code, err
+}
+
+// MeshctlSplit is Meshctl with standard output and error apart, for
+// commands whose output is parsed (-o json) and that may also fail.
+func (m *Mesh) MeshctlSplit(ctx context.Context, args ...string) (stdout, stderr string, code int, err error) {
 	cmd := exec.CommandContext(ctx, filepath.Join(prereq.BinDir(), "meshctl"), append([]string{"--kubeconfig", m.Cluster.KubeconfigPath()}, args...)...)
-	b, err := cmd.CombinedOutput()
+	var o, e strings.Builder
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err = cmd.Run()
 	var ee *exec.ExitError
 	if errors.As(err, &ee) && ee.Exited() {
-		return string(b), ee.ExitCode(), nil
+		return o.String(), e.String(), ee.ExitCode(), nil
 	}
 	if err != nil {
-		return string(b), -1, fmt.Errorf("meshctl %s: %w", strings.Join(args, " "), err)
+		return o.String(), e.String(), -1, fmt.Errorf("meshctl %s: %w", strings.Join(args, " "), err)
 	}
-	return string(b), 0, nil
+	return o.String(), e.String(), 0, nil
 }
 
 // Controllers are the controller's pods that are not being deleted.
