@@ -22,6 +22,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
 	"github.com/mesh-dev/mesh/e2e/cluster"
 	"github.com/mesh-dev/mesh/e2e/meshtest"
 	"github.com/mesh-dev/mesh/e2e/prereq"
@@ -158,5 +159,49 @@ func (m *Mesh) DumpControllers(t *testing.T) {
 	for _, p := range pods.Items {
 		out, _ := m.Run(ctx, "", "kubectl", "logs", "-n", Namespace, p.Name, "--tail", "40")
 		t.Logf("pod %s/%s (%s):\n%s", Namespace, p.Name, p.Status.Phase, out)
+	}
+}
+
+// WaitEnforced waits up to a minute until the AuthorizationPolicy
+// ns/name's status says enforced (for example "2/2") at its current
+// generation.
+func (m *Mesh) WaitEnforced(t *testing.T, ns, name, enforced string) {
+	t.Helper()
+	ctx := t.Context()
+	policies, err := v1alpha1.NewClient(m.Cluster.RESTConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := meshtest.WaitFor(ctx, time.Minute, func() error {
+		p, err := policies.Get(ctx, ns, name)
+		if err != nil {
+			return err
+		}
+		if p.Status.Enforced != enforced || p.Status.ObservedGeneration != p.Generation {
+			return fmt.Errorf("policy %s/%s: status %+v at generation %d, want %s enforced", ns, name, p.Status, p.Generation, enforced)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Namespace creates namespace name, labelled for injection if inject, and
+// waits for its default ServiceAccount (pods are refused until it exists).
+func (m *Mesh) Namespace(t *testing.T, name string, inject bool) {
+	t.Helper()
+	ctx := t.Context()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}
+	if inject {
+		ns.Labels = map[string]string{"mesh.dev/inject": "enabled"}
+	}
+	if _, err := m.Kube.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := meshtest.WaitFor(ctx, time.Minute, func() error {
+		_, err := m.Kube.CoreV1().ServiceAccounts(name).Get(ctx, "default", metav1.GetOptions{})
+		return err
+	}); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -28,7 +28,6 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
 	"github.com/mesh-dev/mesh/e2e/cluster"
 	"github.com/mesh-dev/mesh/e2e/clustertest"
 	"github.com/mesh-dev/mesh/e2e/helminstall"
@@ -152,9 +151,7 @@ func (e *env) controllers(t *testing.T) []corev1.Pod {
 
 func (e *env) testApp(t *testing.T) {
 	ctx := t.Context()
-	if _, err := e.cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{"mesh.dev/inject": "enabled"}}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	e.Namespace(t, ns, true)
 	for _, sa := range []string{"server", "client", "migrate"} {
 		if _, err := e.cs.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
@@ -269,15 +266,7 @@ func (e *env) testApp(t *testing.T) {
 
 func (e *env) testOutsider(t *testing.T) {
 	ctx := t.Context()
-	if _, err := e.cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "plain"}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if err := meshtest.WaitFor(ctx, time.Minute, func() error {
-		_, err := e.cs.CoreV1().ServiceAccounts("plain").Get(ctx, "default", metav1.GetOptions{})
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
+	e.Namespace(t, "plain", false)
 	if _, err := meshtest.CreateRunning(ctx, e.cs, meshtest.PlainPod("plain", "outsider")); err != nil {
 		t.Fatal(err)
 	}
@@ -349,22 +338,7 @@ spec:
 func (e *env) testPolicy(t *testing.T) {
 	ctx := t.Context()
 	e.Apply(t, policy)
-	policies, err := v1alpha1.NewClient(e.c.RESTConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := meshtest.WaitFor(ctx, time.Minute, func() error {
-		p, err := policies.Get(ctx, ns, "server")
-		if err != nil {
-			return err
-		}
-		if p.Status.Enforced != "2/2" || p.Status.ObservedGeneration != p.Generation {
-			return fmt.Errorf("status %+v at generation %d", p.Status, p.Generation)
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	e.WaitEnforced(t, ns, "server", "2/2")
 	if out, err := e.inPod(ctx, e.client, "get", serverURL+"/api/orders"); err != nil || !strings.Contains(out, "peer="+clientID) {
 		t.Errorf("an allowed request: %v: %s", err, out)
 	}

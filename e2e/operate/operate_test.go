@@ -23,7 +23,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
-	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
 	"github.com/mesh-dev/mesh/authz/audit"
 	"github.com/mesh-dev/mesh/ca"
 	"github.com/mesh-dev/mesh/controlplane/castatus"
@@ -96,9 +95,7 @@ func (e *env) meshctl(t *testing.T, want int, args ...string) string {
 
 func (e *env) deploy(t *testing.T) {
 	ctx := t.Context()
-	if _, err := e.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{"mesh.dev/inject": "enabled"}}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	e.Namespace(t, ns, true)
 	for _, sa := range []string{"server", "client"} {
 		if _, err := e.Kube.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
@@ -120,15 +117,7 @@ func (e *env) deploy(t *testing.T) {
 	}
 	// An unmeshed pod, from whose network namespace openssl reads what a
 	// server's proxy presents (a meshed pod's own proxy would intercept).
-	if _, err := e.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: outside}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if err := meshtest.WaitFor(ctx, time.Minute, func() error {
-		_, err := e.Kube.CoreV1().ServiceAccounts(outside).Get(ctx, "default", metav1.GetOptions{})
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
+	e.Namespace(t, outside, false)
 	if _, err := meshtest.CreateRunning(ctx, e.Kube, meshtest.PlainPod(outside, "observer")); err != nil {
 		t.Fatal(err)
 	}
@@ -151,22 +140,7 @@ func (e *env) deploy(t *testing.T) {
 	if e.client == "" || len(e.servers) != 2 {
 		t.Fatalf("pods: client %q, servers %v", e.client, e.servers)
 	}
-	policies, err := v1alpha1.NewClient(e.Cluster.RESTConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := meshtest.WaitFor(ctx, time.Minute, func() error {
-		p, err := policies.Get(ctx, ns, "server")
-		if err != nil {
-			return err
-		}
-		if p.Status.Enforced != "2/2" || p.Status.ObservedGeneration != p.Generation {
-			return fmt.Errorf("status %+v at generation %d", p.Status, p.Generation)
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	e.WaitEnforced(t, ns, "server", "2/2")
 }
 
 func (e *env) identity(t *testing.T, pod string) meshctl.PodIdentity {
@@ -384,15 +358,7 @@ func fingerprints(cs []ca.CertStatus) []string {
 func (e *env) testRotateRefused(t *testing.T) {
 	ctx := t.Context()
 	const stuckNS = "stuck"
-	if _, err := e.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: stuckNS}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if err := meshtest.WaitFor(ctx, time.Minute, func() error {
-		_, err := e.Kube.CoreV1().ServiceAccounts(stuckNS).Get(ctx, "default", metav1.GetOptions{})
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
+	e.Namespace(t, stuckNS, false)
 	always := corev1.ContainerRestartPolicyAlways
 	stuck := meshtest.PlainPod(stuckNS, "stuck")
 	stuck.Spec.InitContainers = []corev1.Container{{Name: "mesh-proxy", Image: "mesh-e2e/echo", RestartPolicy: &always}}
