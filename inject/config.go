@@ -97,8 +97,9 @@ type Config struct {
 type Audit struct {
 	// Enabled keeps the hash-chained audit log in a file,
 	// /run/mesh/audit/audit.log on the pod's mesh-audit emptyDir, where
-	// `meshctl audit verify` and log shippers read it whole. False sends
-	// the records to the proxy's standard output, mixed with its logs.
+	// `meshctl audit verify` and log shippers read it whole; each line is
+	// copied to the proxy's standard output too (meshctl audit logs).
+	// False sends the records to standard output only.
 	// Zero (absent) means true.
 	Enabled *bool `json:"enabled,omitempty"`
 	// CheckpointInterval is how soon after a record not yet covered the

@@ -7,7 +7,6 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -414,33 +413,13 @@ func checkIssuer(ctx context.Context, e *checkEnv) (string, error) {
 	return validFor(d.Issuer, e.now(), e.opts.issuerMargin)
 }
 
-// meshedPods are the pods with a proxy sidecar that are meant to run.
-func meshedPods(ctx context.Context, e *checkEnv) ([]corev1.Pod, error) {
-	list, err := e.kube.CoreV1().Pods(metav1.NamespaceAll).List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("list pods: %w", err)
-	}
-	var out []corev1.Pod
-	for _, p := range list.Items {
-		if p.DeletionTimestamp != nil || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed || !inventory.Meshed(&p) {
-			continue
-		}
-		out = append(out, p)
-	}
-	return out, nil
-}
-
-// proxyReads bounds how many proxies are read at once through the API
-// server.
-const proxyReads = 8
-
 // identitiesReused is how long one reading of the proxies serves the
 // data plane's checks: the checks that follow the first reuse it, a retry
 // under --wait (every 2 seconds) reads them again.
 const identitiesReused = time.Second
 
-// readIdentities reads every meshed pod's /identity, at most proxyReads
-// at a time; none is an empty list.
+// readIdentities reads every running meshed pod's /identity (proxies.go);
+// none is an empty list.
 func readIdentities(ctx context.Context, e *checkEnv) ([]PodIdentity, error) {
 	if e.ids != nil && e.now().Sub(e.idsAt) < identitiesReused {
 		return e.ids, nil
@@ -454,23 +433,11 @@ func readIdentities(ctx context.Context, e *checkEnv) ([]PodIdentity, error) {
 }
 
 func readAllIdentities(ctx context.Context, e *checkEnv) ([]PodIdentity, error) {
-	pods, err := meshedPods(ctx, e)
+	pods, err := meshedPods(ctx, e.kube)
 	if err != nil {
 		return nil, err
 	}
-	ids := make([]PodIdentity, len(pods))
-	sem := make(chan struct{}, proxyReads)
-	var wg sync.WaitGroup
-	now := e.now()
-	for i := range pods {
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			ids[i] = readIdentity(ctx, e.kube, &pods[i], now)
-		})
-	}
-	wg.Wait()
-	return ids, nil
+	return readProxies(ctx, e.kube, pods, e.now()), nil
 }
 
 // listed shows at most 5 items, and how many more.

@@ -18,8 +18,8 @@ func New() *cobra.Command {
 	// kubectl's own connection flags: --kubeconfig, --context, -n, ...
 	kube := genericclioptions.NewConfigFlags(true)
 	kube.AddFlags(root.PersistentFlags())
-	root.AddCommand(auditCmd(), identityCmd(kube))
-	root.AddCommand(versionCmd(kube), policyCmd(kube))
+	root.AddCommand(auditCmd(kube), identityCmd(kube))
+	root.AddCommand(versionCmd(kube), policyCmd(kube), caCmd(kube))
 	root.AddCommand(checkCmd(kube))
 	return root
 }

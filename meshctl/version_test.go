@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/spf13/cobra"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -79,4 +80,23 @@ func deploymentWithArgs(args []string) *appsv1.Deployment {
 	d := &appsv1.Deployment{}
 	d.Spec.Template.Spec.Containers = []corev1.Container{{Name: "controller", Args: args}}
 	return d
+}
+
+// Every command users run has --help examples, and says what it does.
+func TestEveryCommandHasExamples(t *testing.T) {
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		if c.Short == "" {
+			t.Errorf("%q has no short description", c.CommandPath())
+		}
+		if c.Runnable() && !c.HasSubCommands() && c.Name() != "help" && c.Name() != "completion" && !strings.HasPrefix(c.CommandPath(), "meshctl completion") && c.Example == "" {
+			t.Errorf("%q has no --help examples", c.CommandPath())
+		}
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	root := New()
+	root.InitDefaultCompletionCmd()
+	walk(root)
 }

@@ -3,6 +3,7 @@ package meshproxy
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"net/netip"
 	"os"
@@ -81,7 +82,7 @@ func (o *runOptions) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.podName, "pod-name", os.Getenv("POD_NAME"), "this pod's name")
 	f.StringVar(&o.podLabels, "pod-labels", "", "this pod's labels, k=v,...")
 	f.StringVar(&o.podPorts, "container-ports", "", "this pod's named container ports, name=port,...")
-	f.StringVar(&o.auditLog, "audit-log", "-", "where audit records go: a file path, or - for standard output")
+	f.StringVar(&o.auditLog, "audit-log", "-", "where audit records go: a file path (each line is copied to standard output too), or - for standard output only")
 	f.BoolVar(&o.logAllows, "audit-log-allows", false, "audit allowed requests too")
 	f.Uint64Var(&o.sampleAllows, "audit-sample-allows", 1, "with --audit-log-allows, audit one allowed request in N")
 	f.IntVar(&o.checkpointEvery, "audit-checkpoint-every", audit.DefaultCheckpointEvery, "sign the audit chain's head at least every N records")
@@ -247,14 +248,16 @@ func run(ctx context.Context, o *runOptions) error {
 	defer src.Close()
 	bundles.src.Store(src)
 
-	out := os.Stdout
+	var out io.Writer = &lineCopy{w: os.Stdout}
 	if o.auditLog != "-" {
 		f, err := os.OpenFile(o.auditLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
 		if err != nil {
 			return fmt.Errorf("--audit-log: %w", err)
 		}
 		defer f.Close()
-		out = f
+		// The file is the log kept whole; a copy of each line goes to
+		// standard output for kubectl logs and meshctl audit logs.
+		out = io.MultiWriter(f, &lineCopy{w: os.Stdout})
 	}
 	// The proxy signs checkpoints of its audit chain with its own SVID key.
 	auditW, err := audit.New(audit.Config{

@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -184,14 +185,13 @@ func (p *Publisher) sync(ctx context.Context, force bool) error {
 		}, metav1.CreateOptions{})
 		return err
 	}
-	cm = cm.DeepCopy()
-	if cm.Data == nil {
-		cm.Data = map[string]string{}
+	// A merge patch of the status alone: it never overwrites a request
+	// meshctl annotated meanwhile, which the informer then brings.
+	patch, err := json.Marshal(map[string]any{"data": map[string]string{StatusKey: string(b)}})
+	if err != nil {
+		return err
 	}
-	cm.Data[StatusKey] = string(b)
-	// On a conflict (meshctl wrote a request meanwhile) the informer
-	// brings the new version and the next sync sees the request.
-	_, err = p.cfg.Kube.CoreV1().ConfigMaps(p.cfg.Namespace).Update(ctx, cm, metav1.UpdateOptions{})
+	_, err = p.cfg.Kube.CoreV1().ConfigMaps(p.cfg.Namespace).Patch(ctx, ConfigMapName, types.MergePatchType, patch, metav1.PatchOptions{})
 	return err
 }
 

@@ -260,6 +260,8 @@ Then try:
   kubectl get pods -A                                   # the app, the controller, CoreDNS
   kubectl get authorizationpolicies -A -o wide          # policies and their status
   meshctl identity show -n shop deploy/backend          # the SVIDs the proxies serve
+  meshctl audit logs -n shop pod/<backend pod> -f       # its denials as they happen
+  meshctl ca show                                       # the CA's roots and issuers
   kubectl -n shop logs deploy/backend -c mesh-proxy     # the proxy's log
   kubectl -n shop edit authorizationpolicy backend-api  # change a rule; calls follow within a second
 Stop it with: make demo-down

@@ -22,6 +22,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
 	"github.com/mesh-dev/mesh/e2e/cluster"
 	"github.com/mesh-dev/mesh/e2e/meshtest"
 	"github.com/mesh-dev/mesh/e2e/prereq"
@@ -107,20 +108,29 @@ func (m *Mesh) Apply(t *testing.T, yaml string) {
 	}
 }
 
-// Meshctl runs bin/meshctl against the cluster and returns its combined
-// output and exit code; err is set only when it could not run or did not
-// exit (a non-zero exit is a code, not an error).
+// Meshctl runs bin/meshctl against the cluster and returns its standard
+// output and error together, and its exit code; err is set only when it
+// could not run or did not exit (a non-zero exit is a code, not an error).
 func (m *Mesh) Meshctl(ctx context.Context, args ...string) (out string, code int, err error) {
+	stdout, stderr, code, err := m.MeshctlSplit(ctx, args...)
+	return stdout + stderr, code, err
+}
+
+// MeshctlSplit is Meshctl with standard output and error apart, for
+// commands whose output is parsed (-o json) and that may also fail.
+func (m *Mesh) MeshctlSplit(ctx context.Context, args ...string) (stdout, stderr string, code int, err error) {
 	cmd := exec.CommandContext(ctx, filepath.Join(prereq.BinDir(), "meshctl"), append([]string{"--kubeconfig", m.Cluster.KubeconfigPath()}, args...)...)
-	b, err := cmd.CombinedOutput()
+	var o, e strings.Builder
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err = cmd.Run()
 	var ee *exec.ExitError
 	if errors.As(err, &ee) && ee.Exited() {
-		return string(b), ee.ExitCode(), nil
+		return o.String(), e.String(), ee.ExitCode(), nil
 	}
 	if err != nil {
-		return string(b), -1, fmt.Errorf("meshctl %s: %w", strings.Join(args, " "), err)
+		return o.String(), e.String(), -1, fmt.Errorf("meshctl %s: %w", strings.Join(args, " "), err)
 	}
-	return string(b), 0, nil
+	return o.String(), e.String(), 0, nil
 }
 
 // Controllers are the controller's pods that are not being deleted.
@@ -149,5 +159,49 @@ func (m *Mesh) DumpControllers(t *testing.T) {
 	for _, p := range pods.Items {
 		out, _ := m.Run(ctx, "", "kubectl", "logs", "-n", Namespace, p.Name, "--tail", "40")
 		t.Logf("pod %s/%s (%s):\n%s", Namespace, p.Name, p.Status.Phase, out)
+	}
+}
+
+// WaitEnforced waits up to a minute until the AuthorizationPolicy
+// ns/name's status says enforced (for example "2/2") at its current
+// generation.
+func (m *Mesh) WaitEnforced(t *testing.T, ns, name, enforced string) {
+	t.Helper()
+	ctx := t.Context()
+	policies, err := v1alpha1.NewClient(m.Cluster.RESTConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := meshtest.WaitFor(ctx, time.Minute, func() error {
+		p, err := policies.Get(ctx, ns, name)
+		if err != nil {
+			return err
+		}
+		if p.Status.Enforced != enforced || p.Status.ObservedGeneration != p.Generation {
+			return fmt.Errorf("policy %s/%s: status %+v at generation %d, want %s enforced", ns, name, p.Status, p.Generation, enforced)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Namespace creates namespace name, labelled for injection if inject, and
+// waits for its default ServiceAccount (pods are refused until it exists).
+func (m *Mesh) Namespace(t *testing.T, name string, inject bool) {
+	t.Helper()
+	ctx := t.Context()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}
+	if inject {
+		ns.Labels = map[string]string{"mesh.dev/inject": "enabled"}
+	}
+	if _, err := m.Kube.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := meshtest.WaitFor(ctx, time.Minute, func() error {
+		_, err := m.Kube.CoreV1().ServiceAccounts(name).Get(ctx, "default", metav1.GetOptions{})
+		return err
+	}); err != nil {
+		t.Fatal(err)
 	}
 }

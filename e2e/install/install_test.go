@@ -28,7 +28,6 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
 	"github.com/mesh-dev/mesh/e2e/cluster"
 	"github.com/mesh-dev/mesh/e2e/clustertest"
 	"github.com/mesh-dev/mesh/e2e/helminstall"
@@ -150,51 +149,17 @@ func (e *env) controllers(t *testing.T) []corev1.Pod {
 	return pods
 }
 
-func app(name string, c corev1.Container, restart corev1.RestartPolicy) corev1.PodTemplateSpec {
-	uid := int64(1000)
-	c.SecurityContext = &corev1.SecurityContext{RunAsUser: &uid, RunAsNonRoot: ptr(true)}
-	c.Env = append(c.Env, corev1.EnvVar{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}})
-	return corev1.PodTemplateSpec{
-		ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": name}},
-		Spec: corev1.PodSpec{
-			ServiceAccountName: name, RestartPolicy: restart, TerminationGracePeriodSeconds: ptr(int64(5)),
-			Containers: []corev1.Container{c},
-		},
-	}
-}
-
-func echo(probe bool) corev1.Container {
-	c := corev1.Container{Name: "app", Image: "mesh-e2e/echo", Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}}}
-	if probe {
-		// The injector rewrites it to the proxy's admin port: strict mTLS
-		// lets no plaintext probe in.
-		c.ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/live", Port: intstr.FromInt32(8080)}}, PeriodSeconds: 1}
-	}
-	return c
-}
-
-func deployment(name string, replicas int32, tmpl corev1.PodTemplateSpec) *appsv1.Deployment {
-	return &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
-		Spec: appsv1.DeploymentSpec{
-			Replicas: ptr(replicas), Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": name}}, Template: tmpl,
-		},
-	}
-}
-
 func (e *env) testApp(t *testing.T) {
 	ctx := t.Context()
-	if _, err := e.cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{"mesh.dev/inject": "enabled"}}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	e.Namespace(t, ns, true)
 	for _, sa := range []string{"server", "client", "migrate"} {
 		if _, err := e.cs.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	for _, d := range []*appsv1.Deployment{
-		deployment("server", 2, app("server", echo(true), corev1.RestartPolicyAlways)),
-		deployment("client", 1, app("client", echo(true), corev1.RestartPolicyAlways)),
+		helminstall.Deployment(ns, "server", 2, helminstall.PodTemplate("server", helminstall.Echo(true), corev1.RestartPolicyAlways)),
+		helminstall.Deployment(ns, "client", 1, helminstall.PodTemplate("client", helminstall.Echo(true), corev1.RestartPolicyAlways)),
 	} {
 		if _, err := e.cs.AppsV1().Deployments(ns).Create(ctx, d, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
@@ -301,15 +266,7 @@ func (e *env) testApp(t *testing.T) {
 
 func (e *env) testOutsider(t *testing.T) {
 	ctx := t.Context()
-	if _, err := e.cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "plain"}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if err := meshtest.WaitFor(ctx, time.Minute, func() error {
-		_, err := e.cs.CoreV1().ServiceAccounts("plain").Get(ctx, "default", metav1.GetOptions{})
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
+	e.Namespace(t, "plain", false)
 	if _, err := meshtest.CreateRunning(ctx, e.cs, meshtest.PlainPod("plain", "outsider")); err != nil {
 		t.Fatal(err)
 	}
@@ -354,18 +311,12 @@ func (e *env) testSerialOnTheWire(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &id); err != nil {
 		t.Fatal(err)
 	}
-	cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-	defer cancel()
-	sh := fmt.Sprintf("openssl s_client -connect %s:8080 -alpn mesh/1 </dev/null 2>/dev/null | openssl x509 -noout -serial", p.Status.PodIP)
-	wire, err := exec.CommandContext(cctx, "ip", "netns", "exec", node.NetnsName("plain", "outsider"), "sh", "-c", sh).CombinedOutput()
+	got, err := helminstall.WireSerial(ctx, node.NetnsName("plain", "outsider"), p.Status.PodIP+":8080")
 	if err != nil {
-		t.Fatalf("openssl s_client: %v\n%s", err, wire)
+		t.Fatal(err)
 	}
-	hex, ok := strings.CutPrefix(strings.TrimSpace(string(wire)), "serial=")
-	got, ok2 := new(big.Int).SetString(hex, 16)
-	want, ok3 := new(big.Int).SetString(id.SerialNumber, 16)
-	if !ok || !ok2 || !ok3 || got.Cmp(want) != 0 {
-		t.Fatalf("on the wire %q, meshctl %q", wire, id.SerialNumber)
+	if want, ok := new(big.Int).SetString(id.SerialNumber, 16); !ok || got.Cmp(want) != 0 {
+		t.Fatalf("on the wire %x, meshctl %q", got, id.SerialNumber)
 	}
 	t.Logf("pod %s serves serial %s on the wire, as meshctl says", p.Name, id.SerialNumber)
 }
@@ -387,22 +338,7 @@ spec:
 func (e *env) testPolicy(t *testing.T) {
 	ctx := t.Context()
 	e.Apply(t, policy)
-	policies, err := v1alpha1.NewClient(e.c.RESTConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := meshtest.WaitFor(ctx, time.Minute, func() error {
-		p, err := policies.Get(ctx, ns, "server")
-		if err != nil {
-			return err
-		}
-		if p.Status.Enforced != "2/2" || p.Status.ObservedGeneration != p.Generation {
-			return fmt.Errorf("status %+v at generation %d", p.Status, p.Generation)
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	e.WaitEnforced(t, ns, "server", "2/2")
 	if out, err := e.inPod(ctx, e.client, "get", serverURL+"/api/orders"); err != nil || !strings.Contains(out, "peer="+clientID) {
 		t.Errorf("an allowed request: %v: %s", err, out)
 	}
@@ -421,13 +357,13 @@ func (e *env) testPolicy(t *testing.T) {
 // ends, the sidecar is stopped and the Job completes.
 func (e *env) testJob(t *testing.T) {
 	ctx := t.Context()
-	c := echo(false)
+	c := helminstall.Echo(false)
 	c.Args = []string{"get", serverURL + "/api/migrate"}
 	job := &batchv1.Job{
 		ObjectMeta: metav1.ObjectMeta{Name: "migrate", Namespace: ns},
 		Spec: batchv1.JobSpec{
 			BackoffLimit: ptr(int32(2)),
-			Template:     app("migrate", c, corev1.RestartPolicyNever),
+			Template:     helminstall.PodTemplate("migrate", c, corev1.RestartPolicyNever),
 		},
 	}
 	if _, err := e.cs.BatchV1().Jobs(ns).Create(ctx, job, metav1.CreateOptions{}); err != nil {
@@ -485,14 +421,14 @@ func (e *env) testKillLeader(t *testing.T) {
 		t.Fatalf("the lease holder %q is none of the controller pods %v", leader, names)
 	}
 	type result struct {
-		l   load
+		l   helminstall.Load
 		err error
 	}
 	done := make(chan result, 1)
 	go func() {
 		// 1,500 calls at 100/s: 15 s, across the kill and the re-election.
 		out, err := e.inPodBound(ctx, time.Minute, e.client, "http-load", serverURL, "1500", "4", "100", "keepalive")
-		var l load
+		var l helminstall.Load
 		if err == nil {
 			err = json.Unmarshal([]byte(out), &l)
 		}
@@ -583,15 +519,6 @@ func (e *env) testUninstall(t *testing.T) {
 	}
 }
 
-// load is what mesh-e2e-echo's load modes print.
-type load struct {
-	Calls    int            `json:"calls"`
-	Failed   int            `json:"failed"`
-	Hosts    map[string]int `json:"hosts"`
-	Statuses map[string]int `json:"statuses"`
-	Errors   []string       `json:"errors"`
-}
-
 // meshctl runs meshctl, its exit status as a meshctl.ExitError.
 func (e *env) meshctl(t *testing.T, args ...string) (string, error) {
 	t.Helper()
@@ -606,19 +533,8 @@ func (e *env) inPod(ctx context.Context, pod string, args ...string) (string, er
 	return e.inPodBound(ctx, 20*time.Second, pod, args...)
 }
 
-// inPodBound runs the echo app's client mode in a pod; its standard output
-// only (load modes print JSON there).
 func (e *env) inPodBound(ctx context.Context, bound time.Duration, pod string, args ...string) (string, error) {
-	cctx, cancel := context.WithTimeout(ctx, bound)
-	defer cancel()
-	cmd := meshtest.InPod(cctx, ns, pod, append([]string{filepath.Join(prereq.BinDir(), "mesh-e2e-echo")}, args...)...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return string(out) + stderr.String(), err
-	}
-	return string(out), nil
+	return helminstall.InPod(ctx, bound, ns, pod, args...)
 }
 
 func (e *env) podIP(t *testing.T, name string) string {
