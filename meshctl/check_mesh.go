@@ -170,8 +170,24 @@ func checkControllerReady(ctx context.Context, e *checkEnv) (string, error) {
 	if d.Spec.Replicas != nil {
 		want = *d.Spec.Replicas
 	}
-	msg := fmt.Sprintf("%d/%d replicas ready", d.Status.ReadyReplicas, want)
-	if d.Status.ReadyReplicas < 1 {
+	// The pods, not the Deployment's status: the status lags (it still
+	// said 2 ready for a moment after a scale to 0 had removed the pods).
+	sel, err := metav1.LabelSelectorAsSelector(d.Spec.Selector)
+	if err != nil || sel.Empty() {
+		return "", fmt.Errorf("Deployment %s/%s has no usable selector: %v", e.meshNS, controllerName, err)
+	}
+	pods, err := e.kube.CoreV1().Pods(e.meshNS).List(ctx, metav1.ListOptions{LabelSelector: sel.String()})
+	if err != nil {
+		return "", fmt.Errorf("list the controller's pods in %s: %w", e.meshNS, err)
+	}
+	ready := 0
+	for i := range pods.Items {
+		if p := &pods.Items[i]; p.DeletionTimestamp == nil && podReady(p) {
+			ready++
+		}
+	}
+	msg := fmt.Sprintf("%d/%d replicas ready", ready, want)
+	if ready < 1 {
 		return "", fmt.Errorf("Deployment %s/%s: %s", e.meshNS, controllerName, msg)
 	}
 	return msg, nil

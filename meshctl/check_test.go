@@ -286,16 +286,34 @@ func TestCheckClockSkew(t *testing.T) {
 	}
 }
 
-func controllerDeployment(ready int32) *appsv1.Deployment {
+// controllerDeployment's status says 2 ready, whatever its pods are:
+// the check must count the pods.
+func controllerDeployment(replicas int32) *appsv1.Deployment {
 	return &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "mesh-controller", Namespace: "mesh-system"},
-		Spec: appsv1.DeploymentSpec{Replicas: new(int32(2))}, Status: appsv1.DeploymentStatus{ReadyReplicas: ready}}
+		Spec:   appsv1.DeploymentSpec{Replicas: new(replicas), Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app.kubernetes.io/name": "mesh-controller"}}},
+		Status: appsv1.DeploymentStatus{ReadyReplicas: 2}}
+}
+
+func controllerReplica(name string, ready, deleting bool) *corev1.Pod {
+	p := pod("mesh-system", name, ready)
+	p.Labels = map[string]string{"app.kubernetes.io/name": "mesh-controller"}
+	if deleting {
+		p.DeletionTimestamp = &metav1.Time{Time: checkNow}
+		p.Finalizers = []string{"x"}
+	}
+	return p
 }
 
 func TestCheckControllerReady(t *testing.T) {
+	other := pod("mesh-system", "other", true)
+	other.Labels = map[string]string{"app.kubernetes.io/name": "other"}
 	for _, tc := range []checkCase{
-		{"ready", []runtime.Object{controllerDeployment(2)}, nil, ResultSuccess, "2/2 replicas ready"},
-		{"one of two", []runtime.Object{controllerDeployment(1)}, nil, ResultSuccess, "1/2 replicas ready"},
-		{"none ready", []runtime.Object{controllerDeployment(0)}, nil, ResultError, "mesh-system/mesh-controller: 0/2 replicas ready"},
+		{"ready", []runtime.Object{controllerDeployment(2), controllerReplica("a", true, false), controllerReplica("b", true, false)}, nil, ResultSuccess, "2/2 replicas ready"},
+		{"one of two", []runtime.Object{controllerDeployment(2), controllerReplica("a", true, false), controllerReplica("b", false, false)}, nil, ResultSuccess, "1/2 replicas ready"},
+		{"none ready", []runtime.Object{controllerDeployment(2), controllerReplica("a", false, false)}, nil, ResultError, "mesh-system/mesh-controller: 0/2 replicas ready"},
+		{"scaled to 0, the status not yet updated", []runtime.Object{controllerDeployment(0)}, nil, ResultError, "0/0 replicas ready"},
+		{"the last pod being deleted", []runtime.Object{controllerDeployment(0), controllerReplica("a", true, true)}, nil, ResultError, "0/0 replicas ready"},
+		{"another app's pod does not count", []runtime.Object{controllerDeployment(1), other}, nil, ResultError, "0/1 replicas ready"},
 		{"not installed", nil, nil, ResultError, "not found (is mesh installed there? --mesh-namespace sets it)"},
 	} {
 		runCase(t, checkControllerReady, tc, nil)
