@@ -344,7 +344,10 @@ func usage(err error) error  { return &ExitError{Code: 2, Err: err} }
 func failed(err error) error { return &ExitError{Code: 1, Err: err} }
 
 // ExitCode is the status meshctl exits with after err: 0 for nil, the
-// ExitError's code, 2 for cobra's own usage errors, 1 otherwise.
+// ExitError's code, 2 for an unknown command, 1 otherwise. Bad flags and
+// arguments are ExitErrors already (markUsageErrors); cobra reports an
+// unknown subcommand before any of meshctl's code runs, so only its
+// message tells it apart.
 func ExitCode(err error) int {
 	if err == nil {
 		return 0
@@ -353,11 +356,8 @@ func ExitCode(err error) int {
 	if errors.As(err, &e) {
 		return e.Code
 	}
-	msg := err.Error()
-	for _, u := range []string{"unknown command", "unknown flag", "unknown shorthand flag", "accepts ", "requires at least", "flag needs an argument", "invalid argument"} {
-		if strings.Contains(msg, u) {
-			return 2
-		}
+	if strings.HasPrefix(err.Error(), "unknown command ") {
+		return 2
 	}
 	return 1
 }

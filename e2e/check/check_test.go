@@ -7,24 +7,18 @@ package check_test
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/mesh-dev/mesh/e2e/clustertest"
 	"github.com/mesh-dev/mesh/e2e/helminstall"
 	"github.com/mesh-dev/mesh/e2e/meshtest"
-	"github.com/mesh-dev/mesh/e2e/prereq"
 	"github.com/mesh-dev/mesh/meshctl"
 )
 
@@ -200,18 +194,15 @@ func checkJSON(t *testing.T, m *helminstall.Mesh) meshctl.CheckReport {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()
-	// stdout alone (helminstall's Meshctl combines it with stderr, where
-	// the exit error goes); a failed check exits 1, which is not an error
-	// here.
-	cmd := exec.CommandContext(ctx, filepath.Join(prereq.BinDir(), "meshctl"), "--kubeconfig", m.Cluster.KubeconfigPath(), "check", "-o", "json")
-	out, err := cmd.Output()
-	var ee *exec.ExitError
-	if err != nil && !errors.As(err, &ee) {
+	// Standard output alone: a failed check exits 1, with the error on
+	// standard error.
+	out, _, _, err := m.MeshctlSplit(ctx, "check", "-o", "json")
+	if err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("meshctl check -o json:\n%s", out)
 	var rep meshctl.CheckReport
-	if err := json.Unmarshal(out, &rep); err != nil {
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
 		t.Fatalf("check -o json: %v\n%s", err, out)
 	}
 	return rep
@@ -236,36 +227,12 @@ func scale(t *testing.T, m *helminstall.Mesh, n int) {
 // deployApp runs two echo pods in a namespace labelled for injection.
 func deployApp(t *testing.T, m *helminstall.Mesh) {
 	t.Helper()
-	ctx := t.Context()
-	if _, err := m.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: appNS, Labels: map[string]string{"mesh.dev/inject": "enabled"}}}, metav1.CreateOptions{}); err != nil {
+	m.Namespace(t, appNS, true)
+	if _, err := m.Kube.CoreV1().ServiceAccounts(appNS).Create(t.Context(), &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "echo"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.Kube.CoreV1().ServiceAccounts(appNS).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "echo"}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	uid := int64(1000)
-	replicas := int32(2)
-	d := &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Name: "echo", Namespace: appNS},
-		Spec: appsv1.DeploymentSpec{
-			Replicas: &replicas,
-			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "echo"}},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "echo"}},
-				Spec: corev1.PodSpec{
-					ServiceAccountName: "echo", TerminationGracePeriodSeconds: new(int64(5)),
-					Containers: []corev1.Container{{
-						Name: "app", Image: "mesh-e2e/echo",
-						Ports:           []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}},
-						SecurityContext: &corev1.SecurityContext{RunAsUser: &uid, RunAsNonRoot: new(true)},
-						Env:             []corev1.EnvVar{{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}}},
-						ReadinessProbe:  &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/live", Port: intstr.FromInt32(8080)}}, PeriodSeconds: 1},
-					}},
-				},
-			},
-		},
-	}
-	if _, err := m.Kube.AppsV1().Deployments(appNS).Create(ctx, d, metav1.CreateOptions{}); err != nil {
+	d := helminstall.Deployment(appNS, "echo", 2, helminstall.PodTemplate("echo", helminstall.Echo(true), corev1.RestartPolicyAlways))
+	if _, err := m.Kube.AppsV1().Deployments(appNS).Create(t.Context(), d, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	m.MustRun(t, "kubectl", "rollout", "status", "-n", appNS, "deployment/echo", "--timeout", "3m")
