@@ -250,6 +250,11 @@ func (d *demo) run(ctx context.Context) error {
 		return err
 	}
 
+	d.say("is the whole install healthy? meshctl check: the API, the controller, the webhooks, the CA and every proxy")
+	if _, err := d.meshctl(ctx, "check", "--wait", "1m"); err != nil {
+		return err
+	}
+
 	fmt.Fprintf(d.out, `
 ==> done. The cluster is still running; use it:
 
@@ -262,6 +267,7 @@ Then try:
   meshctl identity show -n shop deploy/backend          # the SVIDs the proxies serve
   meshctl audit logs -n shop pod/<backend pod> -f       # its denials as they happen
   meshctl ca show                                       # the CA's roots and issuers
+  meshctl check                                         # the whole install, checked
   kubectl -n shop logs deploy/backend -c mesh-proxy     # the proxy's log
   kubectl -n shop edit authorizationpolicy backend-api  # change a rule; calls follow within a second
 Stop it with: make demo-down

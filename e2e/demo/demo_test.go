@@ -38,6 +38,7 @@ func TestDemo(t *testing.T) {
 		`"http.path":"/admin"`, // its audit record
 		": OK: ",               // meshctl audit verify
 		"spiffe://cluster.local/ns/shop/sa/backend", // meshctl identity show
+		"Status check results are ✔",                // meshctl check
 		"export KUBECONFIG=",
 	} {
 		if !strings.Contains(out.String(), want) {
