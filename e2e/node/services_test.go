@@ -648,10 +648,15 @@ func TestKubeProxyIptablesMode(t *testing.T) {
 	c := clustertest.Get(t)
 	startServiceNode(t, c)
 	cs := c.Client()
-	out, err := exec.Command("iptables-save", "-t", "nat").Output()
-	if err != nil || !strings.Contains(string(out), ":KUBE-SERVICES") {
-		t.Fatalf("no KUBE-SERVICES chain in the nat table with kube-proxy in iptables mode (%v):\n%s", err, out)
-	}
+	// kube-proxy reports healthy before its first sync has written the
+	// chains.
+	waitFor(t, 30*time.Second, "kube-proxy's KUBE-SERVICES chain", func() error {
+		out, err := exec.Command("iptables-save", "-t", "nat").Output()
+		if err != nil || !strings.Contains(string(out), ":KUBE-SERVICES") {
+			return fmt.Errorf("no KUBE-SERVICES chain in the nat table with kube-proxy in iptables mode (%v):\n%s", err, out)
+		}
+		return nil
+	})
 	if exec.Command("nft", "list", "table", "ip", "kube-proxy").Run() == nil {
 		t.Fatal("kube-proxy in iptables mode made the nftables table ip kube-proxy")
 	}

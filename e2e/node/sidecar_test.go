@@ -225,6 +225,16 @@ func testDeleteOrder(t *testing.T, n *Node) {
 		},
 	}
 	createPod(t, cs, "echo", p) // 5 s grace
+	// A running container's shell may not have set its trap yet: it says
+	// "up" once it has. A SIGTERM before that would kill it silently.
+	waitFor(t, 30*time.Second, "both containers' traps set", func() error {
+		for _, c := range []string{"main", "side"} {
+			if b, _ := os.ReadFile(n.logPath("echo", p.Name, c, false)); !strings.Contains(string(b), "up\n") {
+				return fmt.Errorf("%s has not said up yet", c)
+			}
+		}
+		return nil
+	})
 	if err := cs.CoreV1().Pods("echo").Delete(ctx, p.Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
