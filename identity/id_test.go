@@ -15,10 +15,10 @@ func TestForServiceAccount(t *testing.T) {
 	}{
 		{ns: "shop", sa: "web", want: "spiffe://cluster.local/ns/shop/sa/web"},
 		{ns: "kube-system", sa: "node.agent", want: "spiffe://cluster.local/ns/kube-system/sa/node.agent"},
-		{ns: "", sa: "web", wantErr: `identity: namespace "": `},
-		{ns: "Shop", sa: "web", wantErr: `identity: namespace "Shop": `},
-		{ns: "shop", sa: "../db", wantErr: `identity: service account "../db": `},
-		{ns: "shop", sa: "", wantErr: `identity: service account "": `},
+		{ns: "", sa: "web", wantErr: `meshid: namespace "": `},
+		{ns: "Shop", sa: "web", wantErr: `meshid: namespace "Shop": `},
+		{ns: "shop", sa: "../db", wantErr: `meshid: service account "../db": `},
+		{ns: "shop", sa: "", wantErr: `meshid: service account "": `},
 	}
 	for _, tt := range tests {
 		id, err := ForServiceAccount(td, tt.ns, tt.sa)

@@ -5,6 +5,9 @@ import (
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,8 +18,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-
-	"github.com/mesh-dev/mesh/ca"
 )
 
 // IdentityInfo is what /identity answers: the public facts of the SVID the
@@ -94,9 +95,9 @@ func (p *Proxy) AdminHandler() http.Handler {
 		if b, err := p.cfg.Identity.GetX509BundleForTrustDomain(p.cfg.TrustDomain); err == nil {
 			top := svid.Certificates[len(svid.Certificates)-1]
 			for _, r := range b.X509Authorities() {
-				info.BundleRoots = append(info.BundleRoots, ca.Fingerprint(r))
+				info.BundleRoots = append(info.BundleRoots, fingerprint(r))
 				if info.SignedByRoot == "" && top.CheckSignatureFrom(r) == nil {
-					info.SignedByRoot = ca.Fingerprint(r)
+					info.SignedByRoot = fingerprint(r)
 				}
 			}
 		}
@@ -155,4 +156,12 @@ func (p *Proxy) serveAdmin(ctx context.Context, ln net.Listener) error {
 		}
 		return err
 	}
+}
+
+// fingerprint is a certificate's SHA-256 in hex, as ca.Fingerprint names
+// roots everywhere else. It is not imported from package ca, which would
+// link the CA and client-go into the proxy (most of its idle memory).
+func fingerprint(c *x509.Certificate) string {
+	sum := sha256.Sum256(c.Raw)
+	return hex.EncodeToString(sum[:])
 }

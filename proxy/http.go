@@ -36,6 +36,8 @@ const MaxHeaderBytes = 64 << 10
 // prior knowledge (h2c) for clients that spoke HTTP/2, gRPC among them.
 type httpTransports struct {
 	h1, h2 *http.Transport
+	// direct, when set, takes the HTTP/1.1 requests (direct.go).
+	direct *directTransport
 }
 
 func newHTTPTransports(dial func(context.Context, string, string) (net.Conn, error)) *httpTransports {
@@ -50,6 +52,9 @@ func newHTTPTransports(dial func(context.Context, string, string) (net.Conn, err
 func (t *httpTransports) RoundTrip(r *http.Request) (*http.Response, error) {
 	if r.ProtoMajor == 2 {
 		return t.h2.RoundTrip(r)
+	}
+	if t.direct != nil {
+		return t.direct.RoundTrip(r)
 	}
 	return t.h1.RoundTrip(r)
 }

@@ -106,8 +106,9 @@ func (p *Proxy) inbound(ctx context.Context, c net.Conn) {
 		client, tlsState = conn, "mtls"
 		p.trackPeer(c, true, src, id)
 		if cs.NegotiatedProtocol == ALPNH2 {
-			// Another proxy's pool: HTTP/2, no detection needed.
-			ac := &appConn{Conn: conn, r: bufio.NewReaderSize(conn, 4096)}
+			// Another proxy's pool: HTTP/2, no detection needed. Its
+			// frames are written coalesced (coalesce.go).
+			ac := &appConn{Conn: newCoalescer(conn), r: bufio.NewReaderSize(conn, 4096)}
 			p.serveHTTP(ctx, ac, req, tlsState, sniff.HTTP2, appAddr, true)
 			return
 		}

@@ -94,7 +94,7 @@ func New(cfg Config) (*Proxy, error) {
 		}
 	}
 	p.srvTLS = p.serverTLS()
-	p.transports = newHTTPTransports(cfg.Dial)
+	p.transports = newHTTPTransports(cfg.Dial).withDirect()
 	p.plain = newHTTPTransports(cfg.Dial)
 	p.pool = newPool(p)
 	p.outHTTP = p.newOutboundHTTP()

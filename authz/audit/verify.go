@@ -18,7 +18,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
-	"github.com/mesh-dev/mesh/identity"
+	"github.com/mesh-dev/mesh/identity/meshid"
 )
 
 // VerifyOptions says what Verify checks besides the hash chain.
@@ -223,7 +223,7 @@ func (st *stream) checkSignerNamespace() error {
 	if st.Signer.IsZero() || st.ns == "" {
 		return nil
 	}
-	signerNS, _, err := identity.ServiceAccountOf(st.Signer)
+	signerNS, _, err := meshid.ServiceAccountOf(st.Signer)
 	if err != nil {
 		return fmt.Errorf("checkpoint signer: %w", err)
 	}
@@ -286,7 +286,7 @@ func checkCheckpoint(raw []byte, l *line, st *stream, opts VerifyOptions) error 
 	switch {
 	case st.Signer.IsZero():
 		st.Signer = id
-		if _, _, err := identity.ServiceAccountOf(id); err != nil {
+		if _, _, err := meshid.ServiceAccountOf(id); err != nil {
 			return fmt.Errorf("checkpoint signer: %w", err)
 		}
 		if err := st.checkSignerNamespace(); err != nil {
