@@ -180,6 +180,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 	// connections has no one to answer to. A short bound, so that the
 	// proxy's stop stays within its drain timeout and a pod's grace.
 	p.pool.shutdown(time.Second)
+	// Kept connections to the application (direct.go has no reader to
+	// notice the application closing them): closed with the proxy.
+	p.transports.direct.CloseIdleConnections()
 	if errors.Is(err, context.Canceled) {
 		err = nil
 	}
