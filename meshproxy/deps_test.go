@@ -13,7 +13,7 @@ import (
 // Each of them came in once through one small function (identity's ID
 // parser, ca's fingerprint) and with it about 24 MB of binary and 12 MiB
 // of idle RSS per proxy, from their package initialisation
-// (docs/benchmarks-tuning.md).
+// (docs/benchmarks.md, "What was tuned").
 func TestProxyLinksNoServerSide(t *testing.T) {
 	goTool, err := exec.LookPath("go")
 	if err != nil {

@@ -22,7 +22,7 @@ import (
 // hands every request to a writer goroutine and its response back from a
 // reader goroutine, per connection; on a request of about 100 bytes those
 // hand-offs, and the Transport's bookkeeping around them, cost more than
-// the request (PERF-NOTES, docs/benchmarks-tuning.md).
+// the request (PERF-NOTES, docs/benchmarks.md, "What was tuned").
 //
 // Only requests that need nothing else are sent this way: HTTP/1.1, a
 // method that may be sent twice (GET, HEAD, OPTIONS, TRACE), no body, no

@@ -4,7 +4,7 @@
 // It is a leaf package apart from package identity (the identity service,
 // which links client-go and the CA) so that the proxy, which only reads
 // IDs, does not carry the service's code and package initialisation: that
-// is most of a proxy's idle memory (docs/benchmarks-tuning.md).
+// is most of a proxy's idle memory (docs/benchmarks.md, "What was tuned").
 package meshid
 
 import (
