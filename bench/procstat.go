@@ -10,35 +10,36 @@ import (
 	"time"
 )
 
-// clockTick is USER_HZ, the unit of /proc/PID/stat's times: 100 on every
-// Linux architecture Go runs on.
-const clockTick = 10 * time.Millisecond
-
-// cpuTime is a process's user plus system CPU time so far (all its
-// threads), or 0 if it cannot be read.
+// cpuTime is a process's CPU time so far, all its threads, or 0 if it
+// cannot be read: the sum of each thread's time on a CPU from
+// /proc/PID/task/TID/schedstat, in nanoseconds. /proc/PID/stat's utime
+// and stime are charged by sampling a 10 ms tick, so a proxy busy a few
+// percent of a core is sampled only some tens of times in a run;
+// schedstat has no sampling error. A thread that exits between two
+// readings takes its time with it; Go's runtime keeps its threads, so
+// the proxies lose none in practice.
 func cpuTime(pid int) time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
 	if err != nil {
 		return 0
 	}
-	// The command name, field 2, may hold spaces: count from after it.
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0
+	var total time.Duration
+	for _, t := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/schedstat", pid, t.Name()))
+		if err != nil {
+			continue // the thread exited meanwhile
+		}
+		f := strings.Fields(string(b))
+		if len(f) < 1 {
+			continue
+		}
+		ns, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			continue
+		}
+		total += time.Duration(ns)
 	}
-	f := strings.Fields(s[i+1:])
-	// After ")": state is field 3, so utime (14) and stime (15) are at 11
-	// and 12.
-	if len(f) < 13 {
-		return 0
-	}
-	u, err1 := strconv.ParseInt(f[11], 10, 64)
-	st, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0
-	}
-	return time.Duration(u+st) * clockTick
+	return total
 }
 
 // rssMiB reads a memory figure (VmRSS: now; VmHWM: the peak) of a process
