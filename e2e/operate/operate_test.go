@@ -353,7 +353,7 @@ func fingerprints(cs []ca.CertStatus) []string {
 }
 
 // testRotateRefused: a running meshed pod whose proxy does not answer
-// (here a container named mesh-proxy that is no proxy) stops the rotation
+// (here a sidecar named mesh-proxy that is a shell) stops the rotation
 // before activation: meshctl cannot tell that it trusts the new root.
 func (e *env) testRotateRefused(t *testing.T) {
 	ctx := t.Context()
@@ -361,7 +361,9 @@ func (e *env) testRotateRefused(t *testing.T) {
 	e.Namespace(t, stuckNS, false)
 	always := corev1.ContainerRestartPolicyAlways
 	stuck := meshtest.PlainPod(stuckNS, "stuck")
-	stuck.Spec.InitContainers = []corev1.Container{{Name: "mesh-proxy", Image: "mesh-e2e/echo", RestartPolicy: &always}}
+	// A shell that serves nothing: not the echo app, which would take the
+	// app container's port 8080 in the shared network namespace.
+	stuck.Spec.InitContainers = []corev1.Container{{Name: "mesh-proxy", Image: node.ToolsImage, Command: []string{"sh", "-c", "while :; do sleep 1; done"}, RestartPolicy: &always}}
 	if _, err := meshtest.CreateRunning(ctx, e.Kube, stuck); err != nil {
 		t.Fatal(err)
 	}
