@@ -162,16 +162,7 @@ func TestServicesAndDNS(t *testing.T) {
 	n := startServiceNode(t, c)
 	cs := c.Client()
 
-	waitFor(t, 2*time.Minute, "CoreDNS available", func() error {
-		d, err := cs.AppsV1().Deployments(metav1.NamespaceSystem).Get(t.Context(), "coredns", metav1.GetOptions{})
-		if err != nil {
-			return err
-		}
-		if d.Status.AvailableReplicas < 1 {
-			return fmt.Errorf("not available: %+v", d.Status)
-		}
-		return nil
-	})
+	waitCoreDNS(t, cs)
 	const ns = "svc"
 	names := deployEcho(t, cs, ns, 3)
 	createPod(t, cs, ns, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "client"}, Spec: corev1.PodSpec{Containers: []corev1.Container{echoContainer()}}})
@@ -660,6 +651,16 @@ func TestKubeProxyIptablesMode(t *testing.T) {
 	if exec.Command("nft", "list", "table", "ip", "kube-proxy").Run() == nil {
 		t.Fatal("kube-proxy in iptables mode made the nftables table ip kube-proxy")
 	}
+	waitCoreDNS(t, cs)
+	const ns = "ipt"
+	names := deployEcho(t, cs, ns, 2)
+	createPod(t, cs, ns, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "client"}, Spec: corev1.PodSpec{Containers: []corev1.Container{echoContainer()}}})
+	testClusterIP(t, ns, echo, names)
+}
+
+// waitCoreDNS waits until the CoreDNS add-on has an available replica.
+func waitCoreDNS(t *testing.T, cs kubernetes.Interface) {
+	t.Helper()
 	waitFor(t, 2*time.Minute, "CoreDNS available", func() error {
 		d, err := cs.AppsV1().Deployments(metav1.NamespaceSystem).Get(t.Context(), "coredns", metav1.GetOptions{})
 		if err != nil {
@@ -670,8 +671,4 @@ func TestKubeProxyIptablesMode(t *testing.T) {
 		}
 		return nil
 	})
-	const ns = "ipt"
-	names := deployEcho(t, cs, ns, 2)
-	createPod(t, cs, ns, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "client"}, Spec: corev1.PodSpec{Containers: []corev1.Container{echoContainer()}}})
-	testClusterIP(t, ns, echo, names)
 }
