@@ -33,7 +33,7 @@ type scenario struct {
 var allScenarios = []scenario{
 	{"latency", "1,000 req/s, HTTP/1.1 keep-alive, 8 connections, 64-byte responses: latency percentiles, and each proxy's CPU per request", pathHTTP, (*runner).latency},
 	{"max", "maximum req/s, HTTP/1.1 keep-alive, 16 connections", pathHTTP, (*runner).max},
-	{"newconn", "maximum req/s with a new client connection per request, 8 at a time (the mTLS hop may reuse connections)", pathHTTP, (*runner).newConn},
+	{"newconn", "maximum req/s with a new client connection per request, 8 at a time (the mTLS hop may reuse connections), and each proxy's CPU per request", pathHTTP, (*runner).newConn},
 	{"handshake", "a full mTLS handshake per request to the server side (no resumption), 8 at a time; direct: a new plaintext connection per request", pathHTTP, (*runner).handshake},
 	{"bulk", "one connection, sequential 1 MiB responses: throughput", pathHTTP, (*runner).bulk},
 	{"grpc", "gRPC: 16 long-lived bidirectional streams on one HTTP/2 connection (grpc-go's benchmark service), each sending a 64-byte message and waiting for the 64-byte answer, as fast as they go: messages per second and round-trip percentiles", pathGRPC, (*runner).grpc},
@@ -186,11 +186,16 @@ func (r *runner) max(ctx context.Context) error {
 }
 
 func (r *runner) newConn(ctx context.Context) error {
+	before := r.cpu()
 	res, err := r.fortio(ctx, "newconn", "-qps", "0", "-c", "8", "-keepalive=false", "-t", r.duration.String(), r.url(64))
 	if err != nil {
 		return err
 	}
+	after := r.cpu()
 	r.set("newconn_rps", res.ActualQPS)
+	// What a new application connection costs each side: with the mTLS
+	// hop pooled, mostly the client side's.
+	r.cpuPerRequest("_newconn", before, after, res.DurationHistogram.Count)
 	return nil
 }
 
