@@ -30,6 +30,10 @@ type metrics struct {
 	revoked      *prometheus.CounterVec
 	badRequests  *prometheus.CounterVec
 	headersDrop  prometheus.Counter
+
+	// openOut is open's outbound child, bound once: the outbound side
+	// counts every application connection with it.
+	openOut prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -96,6 +100,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "mesh_proxy_http_headers_removed_total", Help: "Request headers the proxy removed: variants of its own identity header, and, with headers-with-underscores=drop, names with underscores.",
 		}),
 	}
+	m.openOut = m.open.WithLabelValues("outbound")
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.opened, m.closed, m.open, m.bytes, m.handshakes, m.hsErrors, m.refused, m.decisions, m.svidExpiry, m.renewals, m.httpRequests, m.httpLatency, m.retries, m.acceptErrors, m.limitReached, m.idleClosed, m.revoked, m.badRequests, m.headersDrop} {
 			if err := reg.Register(c); err != nil {

@@ -83,7 +83,7 @@ func (p *Proxy) outbound(ctx context.Context, app net.Conn) {
 	}
 	if isSniffHTTP(proto) {
 		cancel()
-		p.serveOutboundHTTP(ctx, ac, src, dst, proto)
+		p.serveOutboundHTTP(ac, src, dst, proto)
 		return
 	}
 	p.outboundOpaque(dctx, ac, src, dst, d)

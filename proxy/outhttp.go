@@ -42,6 +42,8 @@ type outboundHTTP struct {
 	// upgrade carries requests that switch protocols (WebSocket): each
 	// gets its own mTLS connection (ALPN), as an opaque stream would.
 	upgrade *http.Transport
+	// srv serves every application connection that speaks HTTP.
+	srv *connServer
 }
 
 // outReq is what the outbound side knows of one request, in its context.
@@ -102,27 +104,65 @@ func (p *Proxy) newOutboundHTTP() *outboundHTTP {
 // HTTP/1 passes the same strict framing gate (package h1) as on the
 // inbound side: a request Go's parser would read one way and another
 // parser another is refused here, never re-framed into something clean.
-func (p *Proxy) serveOutboundHTTP(ctx context.Context, conn net.Conn, src, dst netip.AddrPort, proto sniff.Protocol) {
-	var gate *h1.Gate
+func (p *Proxy) serveOutboundHTTP(conn net.Conn, src, dst netip.AddrPort, proto sniff.Protocol) {
+	oc := &outConn{src: src, dst: dst}
 	if proto == sniff.HTTP1 {
-		gate = h1.NewGate(conn, h1.Config{MaxHeadBytes: MaxHeaderBytes})
-		conn = gate
+		oc.gate = h1.NewGate(conn, h1.Config{MaxHeadBytes: MaxHeaderBytes})
+		conn = oc.gate
 	}
-	cn := &closeNotifier{Conn: conn, closed: make(chan struct{})}
-	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if gate != nil && gate.Opaque() {
-			// The gate stopped at an upgrade request: unless protocols
-			// switch, nothing after it may be read as HTTP.
-			w = h1.CloseAfter(w)
-		}
-		p.outHTTP.serve(w, r, src, dst, gate)
-	})
+	oc.Conn, oc.closed = conn, make(chan struct{})
+	p.m.openOut.Inc()
+	p.outHTTP.srv.serve(oc, &oc.closeNotifier)
+	p.m.openOut.Dec()
+}
+
+// outConn is an application connection served by the outbound side's one
+// HTTP server (connserver.go), with what its handler must know of it.
+type outConn struct {
+	closeNotifier
+	src, dst netip.AddrPort
+	// gate is HTTP/1's framing gate; nil for HTTP/2.
+	gate *h1.Gate
+}
+
+type outConnKey struct{}
+
+// newOutboundServer is the one HTTP server of the outbound side. It keeps
+// serving while the proxy drains (no Shutdown): the application may still
+// be finishing its own work, and calling others, while its pod shuts down;
+// the drain timeout closes what is left.
+func (p *Proxy) newOutboundServer() *connServer {
 	var protos http.Protocols
 	protos.SetHTTP1(true)
 	protos.SetUnencryptedHTTP2(true)
-	p.m.open.WithLabelValues("outbound").Inc()
-	p.serveConn(ctx, cn, handler, &protos, false)
-	p.m.open.WithLabelValues("outbound").Dec()
+	return newConnServer(&http.Server{
+		Handler:           http.HandlerFunc(p.outHTTP.serveConn),
+		Protocols:         &protos,
+		ReadHeaderTimeout: p.cfg.DetectTimeout,
+		MaxHeaderBytes:    MaxHeaderBytes,
+		IdleTimeout:       5 * time.Minute,
+		ErrorLog:          log.New(slogWriter{p}, "", 0),
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, outConnKey{}, c)
+		},
+	})
+}
+
+// serveConn is the outbound server's handler: every request of every
+// application connection.
+func (o *outboundHTTP) serveConn(w http.ResponseWriter, r *http.Request) {
+	oc, ok := r.Context().Value(outConnKey{}).(*outConn)
+	if !ok {
+		// Only connections from serveOutboundHTTP are handed over.
+		proxyError(&statusWriter{ResponseWriter: w}, r, http.StatusInternalServerError, grpcUnavailable, "internal", "a connection the outbound side does not know")
+		return
+	}
+	if oc.gate != nil && oc.gate.Opaque() {
+		// The gate stopped at an upgrade request: unless protocols
+		// switch, nothing after it may be read as HTTP.
+		w = h1.CloseAfter(w)
+	}
+	o.serve(w, r, oc.src, oc.dst, oc.gate)
 }
 
 // serve sends one request on.

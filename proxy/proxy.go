@@ -98,6 +98,7 @@ func New(cfg Config) (*Proxy, error) {
 	p.plain = newHTTPTransports(cfg.Dial)
 	p.pool = newPool(p)
 	p.outHTTP = p.newOutboundHTTP()
+	p.outHTTP.srv = p.newOutboundServer()
 	return p, nil
 }
 
@@ -130,6 +131,11 @@ func (p *Proxy) Run(ctx context.Context) error {
 	}
 	p.cfg.Logger.Info("proxy listening", "inbound", in.Addr().String(), "outbound", out.Addr().String(), "inboundMode", p.cfg.InboundMode, "outboundMode", p.cfg.OutboundMode)
 
+	// The outbound HTTP server stops after drain, when no connection is
+	// left to hand to it.
+	// (stop waits for run to return.)
+	go p.outHTTP.srv.run()
+	defer p.outHTTP.srv.stop()
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	g, gctx := errgroup.WithContext(runCtx)
