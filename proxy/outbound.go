@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/mesh-dev/mesh/proxy/sniff"
@@ -75,7 +76,16 @@ func (p *Proxy) outbound(ctx context.Context, app net.Conn) {
 		return
 	}
 
-	ac := &appConn{Conn: tc, r: bufio.NewReaderSize(tc, 4096)}
+	br := appReaders.Get().(*bufio.Reader)
+	br.Reset(tc)
+	defer func() {
+		// Nothing reads the connection any more: the HTTP side returns
+		// once its reads are quiesced, the opaque side once both copies
+		// are done.
+		br.Reset(nil)
+		appReaders.Put(br)
+	}()
+	ac := &appConn{Conn: tc, r: br}
 	proto, reason := p.outboundProtocol(ac, d, dst)
 	if reason != "" {
 		p.refuse(dir, reason, "destination", addr)
@@ -88,6 +98,11 @@ func (p *Proxy) outbound(ctx context.Context, app net.Conn) {
 	}
 	p.outboundOpaque(dctx, ac, src, dst, d)
 }
+
+// appReaders hold what an application connection sent first, for
+// classify, and buffer its reads after: one per connection, reused by the
+// next, so a short connection does not allocate 4 KiB for it.
+var appReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
 
 // outboundProtocol decides whether the application speaks HTTP on a
 // connection to d: never for a port declared opaque; must for one declared
