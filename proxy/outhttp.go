@@ -113,6 +113,10 @@ func (p *Proxy) serveOutboundHTTP(conn net.Conn, src, dst netip.AddrPort, proto 
 	oc.Conn, oc.closed = conn, make(chan struct{})
 	p.m.openOut.Inc()
 	p.outHTTP.srv.serve(oc, &oc.closeNotifier)
+	if oc.gate != nil {
+		// Closed and quiesced: the gate's buffer is free for the next.
+		oc.gate.Release()
+	}
 	p.m.openOut.Dec()
 }
 

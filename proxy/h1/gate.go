@@ -70,6 +70,9 @@ type Gate struct {
 	chunk  chunkScanner
 	err    error  // gateBroken's error
 	synth  []byte // the rest of the synthetic request
+	// pooled is the buffer from the pool (release.go), given back by
+	// Release.
+	pooled *[]byte
 
 	opaque   atomic.Bool
 	rejected atomic.Pointer[rejection]
@@ -269,7 +272,7 @@ func (g *Gate) fill() (int, error) {
 			g.w = copy(g.buf, g.buf[g.r:g.w])
 			g.r = 0
 		case len(g.buf) < limit:
-			nb := make([]byte, min(max(2*len(g.buf), initialBuffer), limit))
+			nb := g.newBuf(min(max(2*len(g.buf), initialBuffer), limit))
 			g.w = copy(nb, g.buf[g.r:g.w])
 			g.r = 0
 			g.buf = nb
