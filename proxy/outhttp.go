@@ -250,6 +250,9 @@ func (o *outboundHTTP) RoundTrip(req *http.Request) (*http.Response, error) {
 	upgrade := httpguts.HeaderValuesContainsToken(req.Header["Connection"], "Upgrade") && req.Header.Get("Upgrade") != ""
 	var tried []endpointKey
 	var lastErr error
+	// again is the body's reader for the next attempt, when it was taken
+	// in deciding to try again.
+	var again io.ReadCloser
 	for attempt := 0; attempt < maxAttempts; attempt++ {
 		ep, st, ok := p.bal.pick(or.eps, func(ep Endpoint) bool { return slices.Contains(tried, keyOf(ep)) })
 		if !ok {
@@ -263,7 +266,10 @@ func (o *outboundHTTP) RoundTrip(req *http.Request) (*http.Response, error) {
 		out.URL = &u
 		out.URL.Host = ep.Addr.String()
 		if body != nil {
-			rd, err := body.next()
+			rd, err := again, error(nil)
+			if again = nil; rd == nil {
+				rd, err = body.next()
+			}
 			if err != nil {
 				break
 			}
@@ -306,8 +312,12 @@ func (o *outboundHTTP) RoundTrip(req *http.Request) (*http.Response, error) {
 				resp.Header.Del(h)
 			}
 		}
+		// The body's next reader is taken in the same step as asking
+		// whether there can be one: this attempt's body writer may still
+		// start reading in between, and a body it began is no longer
+		// whole (replayable, then next, failed 503 spuriously).
 		if ep.Meshed && resp.Header.Get(notDeliveredHeader) != "" && attempt+1 < maxAttempts &&
-			(body == nil || body.replayable()) && hasOther(or.eps, append(tried, keyOf(ep))) {
+			hasOther(or.eps, append(tried, keyOf(ep))) && (body == nil || body.take(&again)) {
 			// Its proxy could not reach the application (a pod shutting
 			// down): nothing was processed, so another endpoint may
 			// have the request, whatever its method.

@@ -51,6 +51,18 @@ func (b *replayBody) replayable() bool {
 	return !b.started || !b.overflow && b.eof
 }
 
+// take sets *rd to a reader for a new attempt and reports true, if another
+// attempt can have the body; asking and taking in one step, so that an
+// earlier attempt's reader cannot start reading in between.
+func (b *replayBody) take(rd *io.ReadCloser) bool {
+	r, err := b.next()
+	if err != nil {
+		return false
+	}
+	*rd = r
+	return true
+}
+
 // Close closes the application's body.
 func (b *replayBody) Close() error { return b.src.Close() }
 
