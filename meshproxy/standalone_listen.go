@@ -57,6 +57,11 @@ func (s *sockets) listen(ctx context.Context, network, addr string) (net.Listene
 			}
 			lns = append(lns, ln)
 		}
+		if len(lns) == 1 {
+			// Accepted from directly: merging one listener would only
+			// add a goroutine hand-off to every connection.
+			return lns[0], nil
+		}
 		return newMerged(lns), nil
 	case s.cfg.inbound != nil && addr == s.cfg.inbound.listen && network == "tcp":
 		return s.open(ctx, addr, s.cfg.inbound.forward)
