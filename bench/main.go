@@ -97,16 +97,8 @@ func run(ctx context.Context, o options) error {
 	if o.setupOnly {
 		return nil
 	}
-	targets, err := pickTargets(o.targets, env)
-	if err != nil {
-		return err
-	}
-	scenarios, err := pickScenarios(o.scenarios)
-	if err != nil {
-		return err
-	}
 	start := time.Now()
-	res, err := measure(ctx, env, targets, scenarios, o.rounds, o.duration)
+	res, err := measureAll(ctx, env, o)
 	if err != nil {
 		return err
 	}
