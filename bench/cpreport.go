@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -64,7 +65,7 @@ func (cp *ControlPlane) markdown() string {
 	}
 	var b strings.Builder
 	b.WriteString("\n### Control plane\n\n")
-	fmt.Fprintf(&b, "Measured in the harness's own process (%s in all), after the data plane when it runs, sharing the machine's cores with it and, for Certify, with the local kube-apiserver and etcd: figures for orientation, not capacity planning. p99 is the nearest rank, so over 20 changes it is the slowest.\n\n", cp.Elapsed)
+	fmt.Fprintf(&b, "Measured in the harness's own process (%s in all), after the data plane when it runs, sharing the machine's cores with it and, for Certify, with the local kube-apiserver and etcd: figures for orientation, not capacity planning. Percentiles are nearest-rank: over fewer than 100 changes, p99 is the slowest.\n\n", cp.Elapsed)
 	b.WriteString("| figure | this run |\n| --- | --- |\n")
 	row := func(figure, format string, args ...any) {
 		fmt.Fprintf(&b, "| %s | "+format+" |\n", append([]any{figure}, args...)...)
@@ -80,9 +81,9 @@ func (cp *ControlPlane) markdown() string {
 		row("Certify with TokenReview", "**skipped**: %s", strings.ReplaceAll(r, "|", "\\|"))
 	}
 	if p := cp.Push; p != nil {
-		row(fmt.Sprintf("policy change → last of %d acks, p50 / p99", p.Proxies), "%.0f / %.0f ms (%d changes, %d failed)", p.LastAckP50Ms, p.LastAckP99Ms, p.Changes, p.Failures)
+		row(fmt.Sprintf("policy change → last of %s acks, p50 / p99", thousands(p.Proxies)), "%.0f / %.0f ms (%d changes, %d failed)", p.LastAckP50Ms, p.LastAckP99Ms, p.Changes, p.Failures)
 		row("policy change → each ack, p50 / p99", "%.0f / %.0f ms", p.AckP50Ms, p.AckP99Ms)
-		row(fmt.Sprintf("controller heap, %d pods and %d streams", p.Pods, p.Proxies), "%.1f MiB (by the heap profile; the whole process, both ends and the fake API: %.1f MiB)", p.ControllerHeapMiB, p.HeapMiB)
+		row(fmt.Sprintf("controller heap, %s pods and %s streams", thousands(p.Pods), thousands(p.Proxies)), "%.1f MiB (by the heap profile; the whole process, both ends and the fake API: %.1f MiB)", p.ControllerHeapMiB, p.HeapMiB)
 		row("controller goroutines", "%d (the whole process: %d)", p.CtlGoroutines, p.Goroutines)
 		row("setup: informer sync; 1,000 connections and first acks", "%.1f s; %.1f s", p.SyncSeconds, p.ConnectSeconds)
 	}
@@ -112,4 +113,16 @@ func (cp *ControlPlane) firstError(part string) string {
 		}
 	}
 	return ""
+}
+
+// thousands writes n with commas, as the rest of the document does.
+func thousands(n int) string {
+	s, sign := strconv.Itoa(n), ""
+	if n < 0 {
+		s, sign = s[1:], "-"
+	}
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	return sign + s
 }
