@@ -152,7 +152,12 @@ func measureAll(ctx context.Context, e *env, o options) (*Results, error) {
 	// The data plane pinned this process to the load generator's core;
 	// the control plane has every core.
 	if e.haveTaskset {
-		_ = exec.Command("taskset", "-a", "-p", "-c", fmt.Sprintf("0-%d", runtime.NumCPU()-1), strconv.Itoa(os.Getpid())).Run()
+		if err := exec.Command("taskset", "-a", "-p", "-c", fmt.Sprintf("0-%d", runtime.NumCPU()-1), strconv.Itoa(os.Getpid())).Run(); err != nil {
+			log.Printf("bench: control plane: unpinning this process: %v", err)
+		}
+		// The runtime lowered GOMAXPROCS to the pinned CPU set; it would
+		// raise it again only at its next periodic check.
+		runtime.SetDefaultGOMAXPROCS()
 	}
 	cp, err := measureControlPlane(ctx, e.work, parts, o.quick, o.duration)
 	if err != nil {

@@ -71,7 +71,7 @@ func (cp *ControlPlane) markdown() string {
 		fmt.Fprintf(&b, "| %s | "+format+" |\n", append([]any{figure}, args...)...)
 	}
 	if s := cp.SVID; s != nil {
-		row(fmt.Sprintf("SVID issuance without TokenReview, %d workers", s.Workers), "%.0f/s; %.0f/s per core (%.2f cores used by the process)", s.PerSec, s.PerCore, s.Cores)
+		row(fmt.Sprintf("SVID issuance without TokenReview, GOMAXPROCS = %d workers", s.Workers), "%.0f/s; %.0f/s per core (%.2f cores used by the process)", s.PerSec, s.PerCore, s.Cores)
 		row("SVID issuance without TokenReview, latency p50 / p99", "%.2f / %.2f ms (%d SVIDs, %d failed)", s.P50Ms, s.P99Ms, s.Count, s.Failures)
 	}
 	for _, c := range cp.Certify {
