@@ -51,7 +51,7 @@ func main() {
 	flag.BoolVar(&o.quick, "quick", false, "smoke run: 1 round, 2 s per scenario; writes results to the work directory, not docs/")
 	flag.IntVar(&o.rounds, "rounds", 3, "rounds (each figure is the median)")
 	flag.DurationVar(&o.duration, "duration", 10*time.Second, "length of each timed scenario")
-	flag.StringVar(&o.targets, "targets", "direct,mesh,haproxy,nginx", "targets, comma-separated")
+	flag.StringVar(&o.targets, "targets", "direct,mesh,mesh-tcp,haproxy,nginx", "targets, comma-separated")
 	flag.StringVar(&o.scenarios, "scenarios", "", "scenarios, comma-separated (default all): the data plane's, and the control plane's svid, certify and push")
 	flag.StringVar(&o.work, "work", ".cache/bench", "work directory: certificates, configurations, logs")
 	flag.StringVar(&o.results, "results", "bench/results.json", "machine-readable results")

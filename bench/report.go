@@ -232,7 +232,7 @@ func writeDoc(name string, r *Results) error {
 
 func (r *Results) targets() []string {
 	var out []string
-	for _, t := range []string{"direct", "mesh", "haproxy", "nginx"} {
+	for _, t := range []string{"direct", "mesh", "mesh-tcp", "haproxy", "nginx"} {
 		if _, ok := r.Median[t]; ok {
 			out = append(out, t)
 		}
