@@ -203,7 +203,7 @@ func measureControlPlane(ctx context.Context, work string, parts []string, quick
 		if quick {
 			changes = 3
 		}
-		log.Printf("control plane: %s, %d pods, %d proxies, %d changes", scenarioPush, scale.Pods, scale.Proxies, changes)
+		log.Printf("control plane: %s, %d pods, %d proxies, %d changes", scenarioPush, scale.DefaultPods, scale.DefaultProxies, changes)
 		p, err := measurePush(ctx, changes)
 		if err != nil {
 			return nil, err
@@ -381,12 +381,12 @@ func measureCertify(ctx context.Context, dir string, calls map[int]int) ([]Issua
 
 // measurePush runs package scale's fixture for changes policy changes.
 func measurePush(ctx context.Context, changes int) (*PushFigures, error) {
-	f, err := scale.Start(ctx)
+	f, err := scale.Start(ctx, scale.Config{})
 	if err != nil {
 		return nil, fmt.Errorf("bench: push: %w", err)
 	}
 	defer f.Close()
-	p := &PushFigures{Pods: scale.Pods, Proxies: scale.Proxies}
+	p := &PushFigures{Pods: f.Config.Pods, Proxies: f.Config.Proxies}
 	var last, acks []time.Duration
 	for range changes {
 		r, err := f.Push(ctx)

@@ -35,7 +35,7 @@ func BenchmarkPolicyPushToLastAck(b *testing.B) {
 	if testing.Short() {
 		b.Skip("scale benchmark: 10,000 pods and 1,000 streams")
 	}
-	f, err := scale.Start(b.Context())
+	f, err := scale.Start(b.Context(), scale.Config{})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -66,7 +66,7 @@ func BenchmarkPolicyPushToLastAck(b *testing.B) {
 	b.ReportMetric(s.Connect.Seconds(), "connect-s")
 	b.Logf("heap in use: %.1f MiB at start, %.1f MiB with the fake API's %d pods, %.1f MiB synced, %.1f MiB with %d streams (%d goroutines, %d more than before the streams); "+
 		"live by the heap profile: controller %.1f MiB, proxies %.1f MiB, rest (fake API, setup) %.1f MiB; goroutines: controller %d, proxies %d, rest %d",
-		mib(s.HeapAtStart), mib(s.HeapWithAPI), scale.Pods, mib(s.HeapSynced), mib(m.HeapInUse), scale.Proxies, m.Goroutines, m.Goroutines-s.GoroutinesSynced,
+		mib(s.HeapAtStart), mib(s.HeapWithAPI), f.Config.Pods, mib(s.HeapSynced), mib(m.HeapInUse), f.Config.Proxies, m.Goroutines, m.Goroutines-s.GoroutinesSynced,
 		m.ByHeap["controller"]/(1<<20), m.ByHeap["proxies"]/(1<<20), m.ByHeap[""]/(1<<20),
 		m.ByGoroutines["controller"], m.ByGoroutines["proxies"], m.ByGoroutines[""])
 }

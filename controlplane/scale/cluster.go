@@ -25,13 +25,17 @@ import (
 
 // The simulated cluster. Pod i belongs to app i%Apps, and app a
 // lives in namespace a%Namespaces with ServiceAccount = app name, so
-// every app has Pods/Apps pods and the first Proxies pods
+// every app has Config.Pods/Apps pods and the first Config.Proxies pods
 // (those that stream) are spread evenly over every app and namespace.
 const (
 	Namespaces = 10
 	Apps       = 100
-	Pods       = 10_000
-	Proxies    = 1_000
+	// DefaultPods and DefaultProxies are the scale: 10,000 pods,
+	// 1,000 of them streaming.
+	DefaultPods    = 10_000
+	DefaultProxies = 1_000
+	// maxPods keeps the pods' addresses (podIP) below the Services'.
+	maxPods = 50_000
 
 	// rootPolicy is the root-namespace policy each iteration changes:
 	// it applies to every pod.
@@ -67,14 +71,14 @@ func serviceIP(app int) string {
 
 // objects is the cluster: namespaces, pods, one Service and one
 // EndpointSlice per app.
-func objects() []kruntime.Object {
+func objects(pods int) []kruntime.Object {
 	objs := []kruntime.Object{&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: authz.RootNamespace}}}
 	for n := range Namespaces {
 		objs = append(objs, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace(n)}})
 	}
 	endpoints := make([][]discoveryv1.Endpoint, Apps)
 	ready := true
-	for i := range Pods {
+	for i := range pods {
 		app := i % Apps
 		ns, name, ip := namespace(app), podName(i), podIP(i)
 		objs = append(objs, &corev1.Pod{

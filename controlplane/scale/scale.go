@@ -43,11 +43,11 @@ type round struct {
 	start time.Time
 	took  []time.Duration // by proxy; each written by its proxy only
 	acks  atomic.Int32
-	done  chan struct{} // closed at the Proxies-th ack
+	done  chan struct{} // closed at the last proxy's ack
 }
 
-func newRound(gen int64) *round {
-	return &round{gen: gen, start: time.Now(), took: make([]time.Duration, Proxies), done: make(chan struct{})}
+func newRound(gen int64, proxies int) *round {
+	return &round{gen: gen, start: time.Now(), took: make([]time.Duration, proxies), done: make(chan struct{})}
 }
 
 // proxy is one simulated proxy: its pod and its own connection,
@@ -59,9 +59,20 @@ type proxy struct {
 	lastGen int64 // the root generation last counted; its goroutine's own
 }
 
+// Config sizes the fixture.
+type Config struct {
+	// Pods in the cluster; zero means DefaultPods. At least Apps.
+	Pods int
+	// Proxies: the first Proxies pods stream; zero means DefaultProxies.
+	// At most Pods.
+	Proxies int
+}
+
 // Fixture is the running controller and its proxies, from Start to
 // Close.
 type Fixture struct {
+	// Config is what the fixture runs, its zero values filled in.
+	Config Config
 	// Setup is what it took to start, and the memory once every stream
 	// was up.
 	Setup Setup
@@ -82,7 +93,7 @@ type Fixture struct {
 
 // Setup is how the fixture came up.
 type Setup struct {
-	// Sync is the informers' sync over the 10,000 pods; Connect the 1,000
+	// Sync is the informers' sync over the pods; Connect the
 	// proxies' handshakes, watches and first acks.
 	Sync, Connect time.Duration
 	// HeapAtStart, HeapWithAPI and HeapSynced are the process's heap in
@@ -112,7 +123,7 @@ type Memory struct {
 
 // Push is one measured policy change.
 type Push struct {
-	// Last is the change → the last of the 1,000 acks; Acks each proxy's
+	// Last is the change → the last of the proxies' acks; Acks each proxy's
 	// change → its ack, by proxy.
 	Last time.Duration
 	Acks []time.Duration
@@ -158,7 +169,7 @@ func (f *Fixture) run(ctx context.Context, p *proxy) {
 		}
 		p.lastGen = gen
 		r.took[p.idx] = time.Since(r.start)
-		if r.acks.Add(1) == Proxies {
+		if int(r.acks.Add(1)) == len(r.took) {
 			close(r.done)
 		}
 	}
@@ -187,7 +198,7 @@ func (f *Fixture) wait(ctx context.Context, r *round, timeout time.Duration) err
 	case <-f.failed:
 		return f.failErr
 	case <-t.C:
-		return fmt.Errorf("scale: %d of %d proxies acknowledged root policy generation %d within %v", r.acks.Load(), Proxies, r.gen, timeout)
+		return fmt.Errorf("scale: %d of %d proxies acknowledged root policy generation %d within %v", r.acks.Load(), len(r.took), r.gen, timeout)
 	}
 }
 
@@ -195,18 +206,27 @@ func (f *Fixture) wait(ctx context.Context, r *round, timeout time.Duration) err
 // generation gen of the root policy, none an older one.
 func (f *Fixture) checkEnforced(gen int64) error {
 	counts := f.srv.Enforcement()[authz.RootNamespace+"/"+rootPolicy]
-	if counts[gen] != Proxies || len(counts) != 1 {
-		return fmt.Errorf("scale: the server counts root policy enforcement %v, want %d at generation %d only", counts, Proxies, gen)
+	if int(counts[gen]) != f.Config.Proxies || len(counts) != 1 {
+		return fmt.Errorf("scale: the server counts root policy enforcement %v, want %d at generation %d only", counts, f.Config.Proxies, gen)
 	}
 	return nil
 }
 
 // Start builds the cluster, syncs a controller over it, serves the
-// control-plane API on loopback with mutual TLS, and connects the 1,000
+// control-plane API on loopback with mutual TLS, and connects the
 // proxies, each with its own SVID, waiting for every proxy's first ack.
 // ctx bounds the setup; Close stops everything Start started.
-func Start(ctx context.Context) (_ *Fixture, err error) {
-	f := &Fixture{failed: make(chan struct{}), gen: 1, rate: runtime.MemProfileRate}
+func Start(ctx context.Context, cfg Config) (_ *Fixture, err error) {
+	if cfg.Pods == 0 {
+		cfg.Pods = DefaultPods
+	}
+	if cfg.Proxies == 0 {
+		cfg.Proxies = DefaultProxies
+	}
+	if cfg.Pods < Apps || cfg.Proxies < 1 || cfg.Proxies > cfg.Pods || cfg.Pods > maxPods {
+		return nil, fmt.Errorf("scale: %d pods and %d proxies: want %d to %d pods and 1 proxy to one per pod", cfg.Pods, cfg.Proxies, Apps, maxPods)
+	}
+	f := &Fixture{Config: cfg, failed: make(chan struct{}), gen: 1, rate: runtime.MemProfileRate}
 	defer func() {
 		if err != nil {
 			f.Close()
@@ -218,7 +238,7 @@ func Start(ctx context.Context) (_ *Fixture, err error) {
 	f.Setup.HeapAtStart, _ = heapInUse()
 
 	// The cluster.
-	kube := fake.NewClientset(objects()...)
+	kube := fake.NewClientset(objects(cfg.Pods)...)
 	f.Setup.HeapWithAPI, _ = heapInUse()
 	f.policies = &policySource{root: rootAt(f.gen), apps: appPolicies()}
 	factory := informers.NewSharedInformerFactory(kube, 0)
@@ -280,14 +300,14 @@ func Start(ctx context.Context) (_ *Fixture, err error) {
 	f.Setup.HeapSynced, f.Setup.GoroutinesSynced = heapInUse()
 
 	// The proxies: each its own SVID and connection, as a real proxy.
-	proxies := make([]*proxy, 0, Proxies)
+	proxies := make([]*proxy, 0, cfg.Proxies)
 	f.stops = append(f.stops, func() {
 		for _, p := range proxies {
 			_ = p.conn.Close()
 		}
 	})
 	bundle := x509bundle.FromX509Authorities(trustDomain, authority.Bundle())
-	for i := range Proxies {
+	for i := range cfg.Proxies {
 		app := i % Apps
 		id, err := identity.ForServiceAccount(trustDomain, namespace(app), appName(app))
 		if err != nil {
@@ -305,7 +325,7 @@ func Start(ctx context.Context) (_ *Fixture, err error) {
 		}
 		proxies = append(proxies, &proxy{idx: i, ns: namespace(app), pod: podName(i), conn: conn})
 	}
-	first := newRound(f.gen)
+	first := newRound(f.gen, cfg.Proxies)
 	f.round.Store(first)
 	proxyCtx, stopProxies := context.WithCancel(context.Background())
 	var proxyWG sync.WaitGroup
@@ -350,10 +370,10 @@ func newSVID(authority *ca.CA, id spiffeid.ID) (*x509svid.SVID, error) {
 
 // Push changes the root policy, which applies to every pod, and waits for
 // every proxy to acknowledge the recompiled policy, then checks that the
-// server counts all 1,000 enforcing it. Not safe for concurrent use.
+// server counts every proxy enforcing it. Not safe for concurrent use.
 func (f *Fixture) Push(ctx context.Context) (Push, error) {
 	f.gen++
-	r := newRound(f.gen)
+	r := newRound(f.gen, f.Config.Proxies)
 	f.round.Store(r)
 	if err := f.policies.setRoot(rootAt(f.gen)); err != nil {
 		return Push{}, err
