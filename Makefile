@@ -17,8 +17,8 @@ GOTEST_FLAGS ?= -race -count=1 -timeout 35m
 
 # GO_BUILD_FLAGS are those of every build of mesh's binaries. grpcnotrace is
 # grpc's own build tag: it leaves out golang.org/x/net/trace and, with it,
-# html/template, which cost mesh-proxy 6.4 MB of binary and 3.3 MiB of idle
-# RSS. bench/setup.go and cmd/*/Dockerfile pass the same tag;
+# html/template, which cost mesh-proxy 6.4 MB of binary and 3.1-3.3 MiB of
+# idle RSS. bench/setup.go and cmd/*/Dockerfile pass the same tag;
 # TestShippedBuildsUseTags (meshproxy) fails if any of them stops.
 GO_BUILD_FLAGS := -trimpath -tags grpcnotrace
 
