@@ -92,13 +92,12 @@ func startStandalone(t *testing.T, config, admin string) *lockedBuf {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	var log lockedBuf
-	cmd := meshproxy.New()
-	cmd.SetArgs([]string{"standalone", "--config", config})
-	cmd.SetOut(io.Discard)
-	cmd.SetErr(&log)
 	finished := make(chan struct{})
 	var runErr error
-	go func() { runErr = cmd.ExecuteContext(ctx); close(finished) }()
+	go func() {
+		runErr = meshproxy.Execute(ctx, []string{"standalone", "--config", config}, io.Discard, &log)
+		close(finished)
+	}()
 	t.Cleanup(func() {
 		cancel()
 		select {
@@ -508,13 +507,9 @@ func TestStandaloneRefusesBadConfig(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "-")+".yaml")
 			writeFile(t, path, []byte(tc.yaml))
-			cmd := meshproxy.New()
-			cmd.SetArgs([]string{"standalone", "--config", path})
-			cmd.SetOut(io.Discard)
-			cmd.SetErr(io.Discard)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			err := cmd.ExecuteContext(ctx)
+			err := meshproxy.Execute(ctx, []string{"standalone", "--config", path}, io.Discard, io.Discard)
 			if err == nil {
 				t.Fatal("started")
 			}
@@ -524,9 +519,7 @@ func TestStandaloneRefusesBadConfig(t *testing.T) {
 		})
 	}
 	t.Run("missing file", func(t *testing.T) {
-		cmd := meshproxy.New()
-		cmd.SetArgs([]string{"standalone", "--config", filepath.Join(dir, "missing.yaml")})
-		if err := cmd.Execute(); err == nil || !strings.Contains(err.Error(), "standalone: open "+filepath.Join(dir, "missing.yaml")) {
+		if err := meshproxy.Execute(context.Background(), []string{"standalone", "--config", filepath.Join(dir, "missing.yaml")}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "standalone: open "+filepath.Join(dir, "missing.yaml")) {
 			t.Fatalf("error %v", err)
 		}
 	})
