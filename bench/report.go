@@ -25,6 +25,8 @@ type Results struct {
 	// Failures are failed requests per target and scenario, all rounds.
 	Failures map[string]map[string]int64 `json:"failures"`
 	Goals    []Goal                      `json:"goals"`
+	// ControlPlane is nil when no control-plane scenario ran.
+	ControlPlane *ControlPlane `json:"controlPlane,omitempty"`
 }
 
 // Meta says where and how the figures were made.
@@ -141,10 +143,10 @@ func (r *Results) failures() int64 {
 			n += v
 		}
 	}
-	return n
+	return n + r.ControlPlane.failures()
 }
 
-// goals are issue 14's data-plane goals against this run.
+// goals are issue 14's goals against this run.
 func (r *Results) goals() []Goal {
 	mesh := r.Median["mesh"]
 	get := func(t, k string) (float64, bool) {
@@ -188,9 +190,7 @@ func (r *Results) goals() []Goal {
 		s := mesh["rss_idle_server_mib"]
 		out = append(out, Goal{"idle RSS per proxy", "< 15 MiB", fmt.Sprintf("%.1f MiB client, %.1f MiB server", c, s), met(math.Max(c, s) < 15)})
 	}
-	out = append(out,
-		Goal{"policy change → all 1,000 proxies", "< 1 s p99", "not measured by make bench: see “Controller at scale” (BenchmarkPolicyPushToLastAck)", nil},
-		Goal{"SVIDs issued per second per core (no TokenReview)", "≥ 1,000", "not measured by make bench: see “CA and identity” (BenchmarkSignSVID)", nil})
+	out = append(out, r.ControlPlane.goals()...)
 	return out
 }
 
@@ -235,7 +235,7 @@ func writeDoc(name string, r *Results) error {
 
 func (r *Results) targets() []string {
 	var out []string
-	for _, t := range []string{"direct", "mesh", "haproxy", "nginx"} {
+	for _, t := range []string{"direct", "mesh", "mesh-tcp", "haproxy", "nginx"} {
 		if _, ok := r.Median[t]; ok {
 			out = append(out, t)
 		}
@@ -297,6 +297,7 @@ func (r *Results) markdown() string {
 			b.WriteString(row.String() + "\n")
 		}
 	}
+	b.WriteString(r.ControlPlane.markdown())
 	b.WriteString("\n### Scenarios\n\n")
 	for _, s := range r.Scenarios {
 		fmt.Fprintf(&b, "- `%s`: %s.\n", s.Name, s.About)

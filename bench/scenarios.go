@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -389,7 +390,7 @@ func runTarget(ctx context.Context, e *env, t target, scenarios []scenario, dura
 	for _, p := range []path{pathHTTP, pathGRPC} {
 		var todo []scenario
 		for _, s := range scenarios {
-			if s.path == p {
+			if s.path == p && (t.only == nil || slices.Contains(t.only, s.name)) {
 				todo = append(todo, s)
 			}
 		}

@@ -97,8 +97,8 @@ func setup(ctx context.Context, work string, install bool) (*env, error) {
 
 	e.meshProxy = filepath.Join(work, "bin", "mesh-proxy")
 	log.Printf("building mesh-proxy into %s", e.meshProxy)
-	if out, err := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", e.meshProxy, "./cmd/mesh-proxy").CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("bench: build mesh-proxy: %w\n%s", err, out)
+	if err := buildMeshProxy(ctx, e.meshProxy); err != nil {
+		return nil, err
 	}
 	if out, err := exec.CommandContext(ctx, "git", "rev-parse", "--short", "HEAD").Output(); err == nil {
 		e.meta.Commit = strings.TrimSpace(string(out))
@@ -115,6 +115,19 @@ func setup(ctx context.Context, work string, install bool) (*env, error) {
 
 // aptInstall installs the Debian packages of the missing commands, when
 // allowed and root; otherwise it says what to install.
+// buildFlags are the Makefile's GO_BUILD_FLAGS: the benchmark measures the
+// proxy as it ships (TestBuildMeshProxy checks the binary's build settings).
+var buildFlags = []string{"-trimpath", "-tags", "grpcnotrace"}
+
+// buildMeshProxy builds mesh-proxy into out as make build does.
+func buildMeshProxy(ctx context.Context, out string) error {
+	args := append(append([]string{"build"}, buildFlags...), "-o", out, "github.com/mesh-dev/mesh/cmd/mesh-proxy")
+	if msg, err := exec.CommandContext(ctx, "go", args...).CombinedOutput(); err != nil {
+		return fmt.Errorf("bench: build mesh-proxy: %w\n%s", err, msg)
+	}
+	return nil
+}
+
 func aptInstall(ctx context.Context, install bool, pkgs map[string]string) error {
 	var missing []string
 	for cmd, pkg := range pkgs {

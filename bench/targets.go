@@ -38,6 +38,10 @@ type target struct {
 	name string
 	// start runs the pair for p; nil for direct.
 	start func(ctx context.Context, e *env, p path) (*pair, error)
+	// only, if set, names the scenarios the target is measured in; a
+	// reference target is not measured in every scenario, to keep the
+	// run short.
+	only []string
 }
 
 // pair is a running client-side and server-side proxy.
@@ -57,16 +61,20 @@ func (p *pair) stop() {
 
 func pickTargets(list string, e *env) ([]target, error) {
 	all := map[string]target{
-		"direct":  {name: "direct"},
-		"mesh":    {name: "mesh", start: startMesh},
-		"haproxy": {name: "haproxy", start: startHAProxy},
-		"nginx":   {name: "nginx", start: startNGINX},
+		"direct": {name: "direct"},
+		"mesh":   {name: "mesh", start: startMesh},
+		// The same binary carrying TCP opaque, authorized per connection:
+		// the floor of mesh's HTTP path (Go's TLS, runtime and copying),
+		// for the CPU and latency goals.
+		"mesh-tcp": {name: "mesh-tcp", start: startMeshTCP, only: []string{"latency", "max"}},
+		"haproxy":  {name: "haproxy", start: startHAProxy},
+		"nginx":    {name: "nginx", start: startNGINX},
 	}
 	var out []target
 	for _, n := range strings.Split(list, ",") {
 		t, ok := all[strings.TrimSpace(n)]
 		if !ok {
-			return nil, fmt.Errorf("bench: -targets: unknown target %q (direct, mesh, haproxy, nginx)", n)
+			return nil, fmt.Errorf("bench: -targets: unknown target %q (direct, mesh, mesh-tcp, haproxy, nginx)", n)
 		}
 		if (t.name == "haproxy" && !e.haveHAProxy) || (t.name == "nginx" && !e.haveNGINX) {
 			e.meta.Notes = append(e.meta.Notes, t.name+" is not installed: skipped")
@@ -220,7 +228,9 @@ type confData struct {
 	PKI                     pkiFiles
 	Client, Server, Backend string
 	GRPC                    bool
-	Work                    string
+	// Opaque: both mesh proxies carry TCP as it is (mesh-tcp).
+	Opaque bool
+	Work   string
 }
 
 func newConfData(e *env, p path) confData {
@@ -232,8 +242,17 @@ func newConfData(e *env, p path) confData {
 }
 
 func startMesh(ctx context.Context, e *env, p path) (*pair, error) {
+	return startMeshPair(ctx, e, p, "mesh", false)
+}
+
+func startMeshTCP(ctx context.Context, e *env, p path) (*pair, error) {
+	return startMeshPair(ctx, e, p, "mesh-tcp", true)
+}
+
+func startMeshPair(ctx context.Context, e *env, p path, name string, opaque bool) (*pair, error) {
 	d := newConfData(e, p)
-	pr, err := startPair(ctx, e, "mesh", p,
+	d.Opaque = opaque
+	pr, err := startPair(ctx, e, name, p,
 		func(side, conf string) ([]string, []string) {
 			// One P: the same single worker as HAProxy's and NGINX's.
 			return []string{e.meshProxy, "standalone", "--config", conf}, []string{"GOMAXPROCS=1"}
@@ -243,9 +262,9 @@ func startMesh(ctx context.Context, e *env, p path) (*pair, error) {
 				if _, err := render(e, "mesh-policy.yaml", meshPolicy, d); err != nil {
 					return "", err
 				}
-				return render(e, fmt.Sprintf("mesh-%s-server.yaml", p), meshServer, d)
+				return render(e, fmt.Sprintf("%s-%s-server.yaml", name, p), meshServer, d)
 			}
-			return render(e, fmt.Sprintf("mesh-%s-client.yaml", p), meshClient, d)
+			return render(e, fmt.Sprintf("%s-%s-client.yaml", name, p), meshClient, d)
 		})
 	if pr != nil {
 		pr.alpn = []string{"mesh/1"}
@@ -268,7 +287,7 @@ workload: {namespace: bench, name: server}
 inbound:
   listen: "{{.Server}}"
   forward: "{{.Backend}}"
-  protocol: {{if .GRPC}}grpc{{else}}http{{end}}
+  protocol: {{if .Opaque}}opaque{{else if .GRPC}}grpc{{else}}http{{end}}
   policy: {{.Work}}/conf/mesh-policy.yaml
   defaultPolicy: deny
 auditLog: {{.Work}}/logs/mesh-audit.log
@@ -277,7 +296,7 @@ auditLog: {{.Work}}/logs/mesh-audit.log
 const meshClient = `trustDomain: bench.local
 identity: {cert: {{.PKI.ClientCert}}, key: {{.PKI.ClientKey}}, bundle: {{.PKI.CA}}}
 outbound:
-- {listen: "{{.Client}}", destination: "{{.Server}}", peer: "{{.PKI.ServerID}}"}
+- {listen: "{{.Client}}", destination: "{{.Server}}", peer: "{{.PKI.ServerID}}"{{if .Opaque}}, protocol: opaque{{end}}}
 auditLog: {{.Work}}/logs/mesh-audit.log
 `
 

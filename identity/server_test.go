@@ -15,7 +15,6 @@ import (
 	"encoding/pem"
 	"log/slog"
 	"math/big"
-	"net"
 	"net/url"
 	"os"
 	"os/exec"
@@ -28,14 +27,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
-	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -46,6 +42,7 @@ import (
 	"github.com/mesh-dev/mesh/e2e/prereq"
 	"github.com/mesh-dev/mesh/identity"
 	identityv1 "github.com/mesh-dev/mesh/identity/api/v1"
+	"github.com/mesh-dev/mesh/identity/identitytest"
 )
 
 func TestMain(m *testing.M) { os.Exit(clustertest.Run(m)) }
@@ -94,6 +91,7 @@ type env struct {
 	bundle  *x509bundle.Bundle
 	self    *identity.SelfSource
 	svcAddr string
+	svc     *identitytest.Service
 }
 
 var (
@@ -115,27 +113,8 @@ func setup(t testing.TB) *env {
 func newEnv(c *cluster.Cluster) (*env, error) {
 	ctx := context.Background()
 	cs := c.Client()
-	for _, ns := range []string{"mesh-system", "shop"} {
-		if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
-			return nil, err
-		}
-	}
-	for _, sa := range []string{"web", "db"} {
-		if _, err := cs.CoreV1().ServiceAccounts("shop").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{}); err != nil {
-			return nil, err
-		}
-	}
-	authority, err := ca.New(ctx, ca.Config{
-		TrustDomain: td,
-		Store:       &ca.SecretStore{Client: cs, Namespace: "mesh-system", Name: "mesh-ca"},
-		Logger:      slog.New(slog.DiscardHandler),
-	})
-	if err != nil {
-		return nil, err
-	}
-	e := &env{c: c, cs: cs, ca: authority, audit: &syncBuffer{}, reg: prometheus.NewRegistry()}
-	srv, err := identity.NewServer(identity.ServerConfig{
-		CA: authority, Kube: cs,
+	e := &env{c: c, cs: cs, audit: &syncBuffer{}, reg: prometheus.NewRegistry()}
+	svc, err := identitytest.Start(ctx, cs, identity.ServerConfig{
 		Audit:      slog.New(slog.NewJSONHandler(e.audit, nil)),
 		Registerer: e.reg,
 		// Generous enough for the tests; TestRateLimit, TestSourceLimit
@@ -146,72 +125,39 @@ func newEnv(c *cluster.Cluster) (*env, error) {
 	if err != nil {
 		return nil, err
 	}
-	if e.self, err = identity.NewSelfSource(authority, controllerID); err != nil {
+	if err := identitytest.Namespace(ctx, cs, "shop", "web", "db"); err != nil {
 		return nil, err
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	opts, err := identity.ServerOptions(identity.TransportConfig{})
-	if err != nil {
-		return nil, err
-	}
-	gs := grpc.NewServer(append(opts, grpc.Creds(credentials.NewTLS(tlsconfig.TLSServerConfig(e.self))))...)
-	srv.Register(gs)
-	go gs.Serve(lis)
-	e.svcAddr = lis.Addr().String()
-
-	e.bundle = x509bundle.FromX509Authorities(td, authority.Bundle())
-	conn, err := grpc.NewClient(e.svcAddr, e.clientCreds())
-	if err != nil {
-		return nil, err
-	}
-	e.client = identityv1.NewIdentityClient(conn)
+	e.ca, e.self, e.bundle, e.svcAddr, e.client, e.svc = svc.CA, svc.Self, svc.Bundle, svc.Addr, svc.Client, svc
 	return e, nil
 }
 
 var (
-	controllerID = spiffeid.RequireFromString("spiffe://cluster.local/ns/mesh-system/sa/mesh-controller")
+	controllerID = identitytest.ControllerID
 	quiet        = slog.New(slog.DiscardHandler)
 )
 
 // clientCreds trusts only the bundle the client was given at start, and
 // only the controller's identity.
-func (e *env) clientCreds() grpc.DialOption {
-	return grpc.WithTransportCredentials(credentials.NewTLS(tlsconfig.TLSClientConfig(e.bundle, tlsconfig.AuthorizeID(controllerID))))
-}
+func (e *env) clientCreds() grpc.DialOption { return e.svc.ClientCreds() }
 
-// pod creates a scheduled pod of sa in shop. The local cluster has no node
-// here, so the pod names one and stays Pending: the phase while a native
-// sidecar proxy starts.
+// pod creates a scheduled pod of sa in shop, which stays Pending.
 func (e *env) pod(t testing.TB, name, sa string) *corev1.Pod {
 	t.Helper()
-	p, err := e.cs.CoreV1().Pods("shop").Create(t.Context(), &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name},
-		Spec: corev1.PodSpec{
-			ServiceAccountName: sa,
-			NodeName:           "node-1",
-			Containers:         []corev1.Container{{Name: "app", Image: "mesh-e2e/echo"}},
-		},
-	}, metav1.CreateOptions{})
+	p, err := identitytest.Pod(t.Context(), e.cs, "shop", name, sa)
 	if err != nil {
-		t.Fatalf("create pod: %v", err)
+		t.Fatal(err)
 	}
 	return p
 }
 
 func (e *env) token(t testing.TB, pod *corev1.Pod, audience string, bound bool) string {
 	t.Helper()
-	req := &authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{Audiences: []string{audience}}}
-	if bound {
-		req.Spec.BoundObjectRef = &authnv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID}
-	}
-	tr, err := e.cs.CoreV1().ServiceAccounts(pod.Namespace).CreateToken(t.Context(), pod.Spec.ServiceAccountName, req, metav1.CreateOptions{})
+	tok, err := identitytest.Token(t.Context(), e.cs, pod, audience, bound)
 	if err != nil {
-		t.Fatalf("TokenRequest: %v", err)
+		t.Fatal(err)
 	}
-	return tr.Status.Token
+	return tok
 }
 
 func p256(t testing.TB) crypto.Signer {

@@ -71,7 +71,7 @@ func original(c *corev1.Container, p *corev1.Probe, adminPort int32) (*probe.Pro
 	out := &probe.Prober{TimeoutSeconds: p.TimeoutSeconds}
 	switch {
 	case p.HTTPGet != nil:
-		h := p.HTTPGet.DeepCopy()
+		h := httpGetAction(p.HTTPGet)
 		if h.Host != "" {
 			return nil, fmt.Sprintf("httpGet.host %q is set: the kubelet probes that host, not this pod", clip(h.Host))
 		}
@@ -88,7 +88,7 @@ func original(c *corev1.Container, p *corev1.Probe, adminPort int32) (*probe.Pro
 		}
 		out.HTTPGet = h
 	case p.TCPSocket != nil:
-		t := p.TCPSocket.DeepCopy()
+		t := &probe.TCPSocketAction{Port: p.TCPSocket.Port, Host: p.TCPSocket.Host}
 		if t.Host != "" {
 			return nil, fmt.Sprintf("tcpSocket.host %q is set: the kubelet probes that host, not this pod", clip(t.Host))
 		}
@@ -105,11 +105,31 @@ func original(c *corev1.Container, p *corev1.Probe, adminPort int32) (*probe.Pro
 		if p.GRPC.Port == adminPort {
 			return nil, ""
 		}
-		out.GRPC = p.GRPC.DeepCopy()
+		out.GRPC = &probe.GRPCAction{Port: p.GRPC.Port, Service: clone(p.GRPC.Service), Mode: (*string)(clone(p.GRPC.Mode))}
 	default:
 		return nil, "" // exec: runs in the container, no network
 	}
 	return out, ""
+}
+
+// httpGetAction is h as the proxy reads it (probe.HTTPGetAction: the same
+// fields and JSON, without k8s.io/api in the proxy).
+func httpGetAction(h *corev1.HTTPGetAction) *probe.HTTPGetAction {
+	out := &probe.HTTPGetAction{Path: h.Path, Port: h.Port, Host: h.Host, Scheme: string(h.Scheme), Protocol: (*string)(clone(h.Protocol))}
+	for _, hd := range h.HTTPHeaders {
+		out.HTTPHeaders = append(out.HTTPHeaders, probe.HTTPHeader{Name: hd.Name, Value: hd.Value})
+	}
+	return out
+}
+
+// clone is a copy of *p, or nil: the pod's probe is not shared with the
+// proxy's.
+func clone[T any](p *T) *T {
+	if p == nil {
+		return nil
+	}
+	v := *p
+	return &v
 }
 
 // resolve turns a probe's port into a number, as the kubelet does: a

@@ -31,7 +31,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/mesh-dev/mesh/authz"
-	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
+	"github.com/mesh-dev/mesh/authz/api/v1alpha1/policyclient"
 	"github.com/mesh-dev/mesh/ca"
 	"github.com/mesh-dev/mesh/controlplane"
 	"github.com/mesh-dev/mesh/controlplane/castatus"
@@ -142,7 +142,7 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	policies, err := v1alpha1.NewClient(rc)
+	policies, err := policyclient.New(rc)
 	if err != nil {
 		return err
 	}
@@ -176,7 +176,7 @@ func run(ctx context.Context, o options) error {
 	// EndpointSlices, namespaces and ConfigMaps, and the policies; the
 	// CA's one Secret on its own.
 	factory := informers.NewSharedInformerFactory(kube, 0)
-	policyInformer := v1alpha1.NewInformer(policies, 0)
+	policyInformer := policyclient.NewInformer(policies, 0)
 	inv, err := inventory.New(inventory.Config{TrustDomain: td, MeshDefault: meshDefault, Informers: factory, Policies: policyInformer, Logger: log})
 	if err != nil {
 		return err

@@ -24,7 +24,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/mesh-dev/mesh/authz"
-	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
+	"github.com/mesh-dev/mesh/authz/api/v1alpha1/policyclient"
 	"github.com/mesh-dev/mesh/controlplane/client"
 	"github.com/mesh-dev/mesh/controlplane/inventory"
 	"github.com/mesh-dev/mesh/identity"
@@ -271,14 +271,14 @@ Exit status: 0 when allowed, 1 when denied, 2 on a usage error.`,
 			if err != nil {
 				return fmt.Errorf("kubeconfig: %w", err)
 			}
-			pc, err := v1alpha1.NewClient(rc)
+			pc, err := policyclient.New(rc)
 			if err != nil {
 				return fmt.Errorf("policy client: %w", err)
 			}
 			// Only the destination's namespace: its pods are what the
 			// inventory needs; namespaces and policies are cluster-wide.
 			factory := informers.NewSharedInformerFactoryWithOptions(cs, 0, informers.WithNamespace(ns))
-			v, err := decide(ctx, mesh, factory, v1alpha1.NewInformer(pc, 0), checkRequest{
+			v, err := decide(ctx, mesh, factory, policyclient.NewInformer(pc, 0), checkRequest{
 				From: &src[0], ToNamespace: ns, To: toName, Port: port, Method: strings.ToUpper(method), Path: path,
 			})
 			if err != nil {

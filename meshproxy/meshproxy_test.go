@@ -2,7 +2,9 @@ package meshproxy_test
 
 import (
 	"bytes"
+	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -28,8 +30,8 @@ func TestRunRefusesBadFlags(t *testing.T) {
 		{[]string{"--port-protocols", "http=8080"}, `--port-protocols: "http" is not a port`},
 		{[]string{"--port-protocols", "8080=http", "--opaque-ports", "8080"}, "--opaque-ports: port 8080 is declared http in --port-protocols"},
 		{[]string{"--opaque-ports", "0"}, "--opaque-ports:"},
-		{[]string{"--path-normalization", "CLEAN"}, `invalid argument "CLEAN" for "--path-normalization" flag`},
-		{[]string{"--headers-with-underscores", "keep"}, `invalid argument "keep" for "--headers-with-underscores" flag`},
+		{[]string{"--path-normalization", "CLEAN"}, `run: invalid value "CLEAN" for flag -path-normalization`},
+		{[]string{"--headers-with-underscores", "keep"}, `run: invalid value "keep" for flag -headers-with-underscores`},
 		{[]string{"--app-probes", `{"/app-health/web/readyz":{"httpGet":{"path":"/healthz","port":"http"}}}`, "--pod-ip", "198.18.0.10"}, "--app-probes (MESH_APP_PROBES):"},
 		{[]string{"--app-probes", `{"/app-health/web/readyz":{"tcpSocket":{"port":8080}}}`, "--pod-ip", ""}, "--pod-ip (POD_IP) is needed to run the app probes"},
 		{[]string{"--destinations", "198.18.0.10=spiffe://cluster.local/ns/a/sa/b"}, `--destinations: "198.18.0.10=spiffe://cluster.local/ns/a/sa/b" is not ip:port=spiffe-id`},
@@ -51,12 +53,8 @@ func TestRunRefusesBadFlags(t *testing.T) {
 		{[]string{"--workload-api-socket", "/run/spiffe/socket", "--workload-api-uids", fmt.Sprintf("1000,%d", os.Geteuid())}, fmt.Sprintf("--workload-api-uids: %d is the proxy's own UID, not an app's", os.Geteuid())},
 	}
 	for _, tc := range tests {
-		cmd := meshproxy.New()
 		var out bytes.Buffer
-		cmd.SetOut(&out)
-		cmd.SetErr(&out)
-		cmd.SetArgs(append(append([]string(nil), base...), tc.args...))
-		err := cmd.Execute()
+		err := meshproxy.Execute(context.Background(), append(append([]string(nil), base...), tc.args...), &out, &out)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: %v; want an error containing %q", tc.args, err, tc.want)
 		}
@@ -66,11 +64,8 @@ func TestRunRefusesBadFlags(t *testing.T) {
 // TestInitDryRun: init --dry-run prints the plan to the command's output
 // and installs nothing.
 func TestInitDryRun(t *testing.T) {
-	cmd := meshproxy.New()
 	var out bytes.Buffer
-	cmd.SetOut(&out)
-	cmd.SetArgs([]string{"init", "--dry-run", "--proxy-uid", "1337"})
-	if err := cmd.Execute(); err != nil {
+	if err := meshproxy.Execute(context.Background(), []string{"init", "--dry-run", "--proxy-uid", "1337"}, &out, io.Discard); err != nil {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"-A MESH_INBOUND -p tcp --dport 15006 -j RETURN", "-A MESH_OUTBOUND -m owner --uid-owner 1337 -j RETURN"} {

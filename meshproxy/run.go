@@ -2,6 +2,7 @@ package meshproxy
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -16,8 +17,6 @@ import (
 	"github.com/mesh-dev/mesh/controlplane/client"
 	"github.com/mesh-dev/mesh/internal/logconfig"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
@@ -56,7 +55,7 @@ type runOptions struct {
 	log                                                            logconfig.Config
 }
 
-func (o *runOptions) addFlags(f *pflag.FlagSet) {
+func (o *runOptions) addFlags(f *flag.FlagSet) {
 	o.log.AddFlags(f)
 	f.StringVar(&o.trustDomain, "trust-domain", "cluster.local", "the mesh's trust domain")
 	f.StringVar(&o.identityAddr, "identity-addr", "", "host:port of the controller (identity service and control-plane streams); a comma-separated list names several replicas, and the proxy moves to another when its own goes")
@@ -90,16 +89,16 @@ func (o *runOptions) addFlags(f *pflag.FlagSet) {
 	o.workloadAPI.addFlags(f)
 }
 
-func runCmd() *cobra.Command {
-	var o runOptions
-	cmd := &cobra.Command{
-		Use:   "run",
-		Short: "Run the proxy",
-		Args:  cobra.NoArgs,
-		RunE:  func(cmd *cobra.Command, _ []string) error { return run(cmd.Context(), &o) },
+func runCommand() command {
+	return command{
+		name:  "run",
+		short: "Run the proxy",
+		flags: func(f *flag.FlagSet) func(ctx context.Context, _, _ io.Writer) error {
+			var o runOptions
+			o.addFlags(f)
+			return func(ctx context.Context, _, _ io.Writer) error { return run(ctx, &o) }
+		},
 	}
-	o.addFlags(cmd.Flags())
-	return cmd
 }
 
 // settings are the flags checked and parsed: everything run needs that

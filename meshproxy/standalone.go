@@ -2,6 +2,8 @@ package meshproxy
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -10,7 +12,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/spf13/cobra"
 
 	"github.com/mesh-dev/mesh/authz"
 	"github.com/mesh-dev/mesh/authz/audit"
@@ -18,25 +19,27 @@ import (
 	"github.com/mesh-dev/mesh/proxy"
 )
 
-func standaloneCmd() *cobra.Command {
-	var config string
-	cmd := &cobra.Command{
-		Use:   "standalone --config FILE",
-		Short: "Run the proxy outside Kubernetes: identity from files, static listeners, no iptables",
-		Long: `standalone runs the sidecar's proxy on a VM or bare metal. Its SVID, key and
+func standaloneCommand() command {
+	return command{
+		name:  "standalone",
+		short: "Run the proxy outside Kubernetes: identity from files, static listeners, no iptables",
+		long: `standalone runs the sidecar's proxy on a VM or bare metal. Its SVID, key and
 trust bundle are PEM files, read again when they change; its inbound side
 terminates mesh mTLS and forwards to one address under the policy of a
 file in the AuthorizationPolicy CRD's YAML; each outbound listener sends
 its connections over mesh mTLS to one destination, which must present the
 configured SPIFFE ID. See docs/proxy.md, "Standalone mode".`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runStandalone(cmd.Context(), config, cmd.OutOrStdout(), cmd.ErrOrStderr())
+		flags: func(f *flag.FlagSet) func(ctx context.Context, stdout, stderr io.Writer) error {
+			var config string
+			f.StringVar(&config, "config", "", "the configuration file (YAML); required")
+			return func(ctx context.Context, stdout, stderr io.Writer) error {
+				if config == "" {
+					return &UsageError{Command: "standalone", Err: errors.New("--config is required")}
+				}
+				return runStandalone(ctx, config, stdout, stderr)
+			}
 		},
 	}
-	cmd.Flags().StringVar(&config, "config", "", "the configuration file (YAML)")
-	_ = cmd.MarkFlagRequired("config")
-	return cmd
 }
 
 // runStandalone runs the proxy of the file at path until ctx ends. The

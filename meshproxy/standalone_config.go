@@ -1,6 +1,7 @@
 package meshproxy
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -54,6 +55,11 @@ type standaloneFile struct {
 		Listen      string `json:"listen"`
 		Destination string `json:"destination"`
 		Peer        string `json:"peer"`
+		// Protocol is what the application speaks to Destination: http,
+		// grpc or opaque; empty means detected from its first bytes.
+		// opaque is for protocols whose server speaks first (a
+		// database): detection would wait for bytes that never come.
+		Protocol string `json:"protocol"`
 	} `json:"outbound"`
 	// Admin is the admin server's address (/ready, /metrics, /identity,
 	// /shutdown); empty means none.
@@ -73,7 +79,7 @@ type standalone struct {
 	admin, auditLog   string
 	table             *authz.Table
 	protocols         map[uint16]proxy.AppProtocol
-	destinations      proxy.StaticDestinations
+	destinations      destinationTable
 	policyWarnings    []string
 }
 
@@ -123,7 +129,7 @@ func parseStandalone(b []byte, dir string) (*standalone, error) {
 
 // check validates every field and the invariants between them.
 func (f *standaloneFile) check(dir string) (*standalone, error) {
-	s := &standalone{admin: f.Admin, auditLog: f.AuditLog, destinations: proxy.StaticDestinations{}, protocols: map[uint16]proxy.AppProtocol{}}
+	s := &standalone{admin: f.Admin, auditLog: f.AuditLog, destinations: destinationTable{}, protocols: map[uint16]proxy.AppProtocol{}}
 	var err error
 	if f.TrustDomain == "" {
 		return nil, errors.New("trustDomain: required")
@@ -232,10 +238,18 @@ func (f *standaloneFile) check(dir string) (*standalone, error) {
 		if !peer.MemberOf(s.td) {
 			return nil, fmt.Errorf("%s.peer: %s is not in trust domain %s", field, peer, s.td)
 		}
-		if prev, ok := s.destinations[dst]; ok && prev != peer {
-			return nil, fmt.Errorf("%s.peer: %s is %s for another outbound listener", field, dst, prev)
+		var proto proxy.AppProtocol
+		if o.Protocol != "" {
+			if proto, err = proxy.ParseAppProtocol(o.Protocol); err != nil {
+				return nil, fmt.Errorf("%s.protocol: %w", field, err)
+			}
 		}
-		s.destinations[dst] = peer
+		if prev, ok := s.destinations[dst]; ok && prev.Identity != peer {
+			return nil, fmt.Errorf("%s.peer: %s is %s for another outbound listener", field, dst, prev.Identity)
+		} else if ok && prev.Protocol != proto {
+			return nil, fmt.Errorf("%s.protocol: %s is %q for another outbound listener", field, dst, prev.Protocol)
+		}
+		s.destinations[dst] = proxy.Destination{Meshed: true, Identity: peer, Protocol: proto}
 		s.outbound = append(s.outbound, outboundRoute{listen: o.Listen, destination: dst, peer: peer})
 	}
 	// The proxy takes a destination on loopback at one of its own ports for
@@ -290,6 +304,15 @@ func (s *standalone) compile(policy, defaultPolicy, path string, labels map[stri
 	s.table = t
 	s.policyWarnings = append(s.policyWarnings, t.Warnings()...)
 	return nil
+}
+
+// destinationTable is standalone's fixed address → destination table:
+// the configured destinations are meshed, every other address is not.
+type destinationTable map[netip.AddrPort]proxy.Destination
+
+// Lookup implements proxy.Destinations.
+func (t destinationTable) Lookup(_ context.Context, addr netip.AddrPort) (proxy.Destination, error) {
+	return t[addr], nil
 }
 
 // listenAddr checks an ip:port to listen on; the port may not be 0: the

@@ -92,13 +92,12 @@ func startStandalone(t *testing.T, config, admin string) *lockedBuf {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	var log lockedBuf
-	cmd := meshproxy.New()
-	cmd.SetArgs([]string{"standalone", "--config", config})
-	cmd.SetOut(io.Discard)
-	cmd.SetErr(&log)
 	finished := make(chan struct{})
 	var runErr error
-	go func() { runErr = cmd.ExecuteContext(ctx); close(finished) }()
+	go func() {
+		runErr = meshproxy.Execute(ctx, []string{"standalone", "--config", config}, io.Discard, &log)
+		close(finished)
+	}()
 	t.Cleanup(func() {
 		cancel()
 		select {
@@ -362,6 +361,98 @@ admin: %[11]s
 	t.Logf("%d requests, none failed, across 3 rotations of each side", sent.Load())
 }
 
+// TestStandaloneOpaqueOutbound: an outbound declared opaque carries the
+// application's bytes as they are, both ways: what the client sends,
+// though it looks like HTTP, reaches the backend byte for byte (detected,
+// it would have taken the HTTP path and been re-framed: "host" would
+// arrive as "Host"), and the backend's greeting, written as it accepts,
+// reaches the client.
+func TestStandaloneOpaqueOutbound(t *testing.T) {
+	pki := testpki.New(t, "example.org")
+	bln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bln.Close()
+	received := make(chan string, 1)
+	go func() {
+		c, err := bln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+		if _, err := io.WriteString(c, "220 ledger ready\r\n"); err != nil {
+			return
+		}
+		var got []byte
+		buf := make([]byte, 512)
+		for !bytes.HasSuffix(got, []byte("\r\n\r\n")) && len(got) < 4096 {
+			n, err := c.Read(buf)
+			got = append(got, buf[:n]...)
+			if err != nil {
+				break
+			}
+		}
+		received <- string(got)
+		_, _ = c.Write([]byte("250 ok\r\n"))
+	}()
+
+	srvDir, cliDir := t.TempDir(), t.TempDir()
+	writeSVID(t, srvDir, pki, pki.SVID(t, apiID))
+	writeSVID(t, cliDir, pki, pki.SVID(t, webID))
+	inbound, srvAdmin, out, cliAdmin := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+	writeFile(t, filepath.Join(srvDir, "policy.yaml"), []byte(`apiVersion: security.mesh.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: ledger, namespace: payments}
+spec:
+  action: ALLOW
+  rules:
+  - from: [{identities: ["`+webID+`"]}]
+`))
+	writeFile(t, filepath.Join(srvDir, "mesh.yaml"), []byte(fmt.Sprintf(`trustDomain: example.org
+identity: {cert: svid.pem, key: svid-key.pem, bundle: bundle.pem}
+workload: {namespace: payments, name: ledger-0}
+inbound: {listen: %s, forward: %s, protocol: opaque, policy: policy.yaml, defaultPolicy: deny}
+admin: %s
+`, inbound, bln.Addr(), srvAdmin)))
+	writeFile(t, filepath.Join(cliDir, "mesh.yaml"), []byte(fmt.Sprintf(`trustDomain: example.org
+identity: {cert: svid.pem, key: svid-key.pem, bundle: bundle.pem}
+outbound:
+- {listen: %s, destination: %s, peer: "%s", protocol: opaque}
+admin: %s
+`, out, inbound, apiID, cliAdmin)))
+	startStandalone(t, filepath.Join(srvDir, "mesh.yaml"), srvAdmin)
+	startStandalone(t, filepath.Join(cliDir, "mesh.yaml"), cliAdmin)
+
+	c, err := net.Dial("tcp", out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	const sent = "GET /x HTTP/1.1\r\nhost: ledger\r\nx-odd:   spaced  \r\n\r\n"
+	if _, err := io.WriteString(c, sent); err != nil {
+		t.Fatal(err)
+	}
+	r := bufio.NewReader(c)
+	greeting, err := r.ReadString('\n')
+	if err != nil || greeting != "220 ledger ready\r\n" {
+		t.Fatalf("greeting: %q, %v", greeting, err)
+	}
+	select {
+	case got := <-received:
+		if got != sent {
+			t.Fatalf("the backend received %q; want the bytes sent, %q", got, sent)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the backend received nothing")
+	}
+	if reply, err := r.ReadString('\n'); err != nil || reply != "250 ok\r\n" {
+		t.Fatalf("reply %q, %v", reply, err)
+	}
+}
+
 // TestStandaloneRefusesBadConfig: each bad configuration fails at start,
 // naming the file and the field.
 func TestStandaloneRefusesBadConfig(t *testing.T) {
@@ -404,6 +495,8 @@ func TestStandaloneRefusesBadConfig(t *testing.T) {
 		{"peer of another trust domain", head + "outbound: [{listen: \"127.0.0.1:18001\", destination: \"127.0.0.1:19443\", peer: \"spiffe://other.org/api\"}]\n", "outbound[0].peer: spiffe://other.org/api is not in trust domain example.org"},
 		{"destination unspecified", head + "outbound: [{listen: \"127.0.0.1:18001\", destination: \"0.0.0.0:19443\", peer: \"" + apiID + "\"}]\n", `outbound[0].destination: "0.0.0.0:19443" is not ip:port`},
 		{"two peers for one destination", head + "outbound:\n- {listen: \"127.0.0.1:18001\", destination: \"127.0.0.1:19443\", peer: \"" + apiID + "\"}\n- {listen: \"127.0.0.1:18002\", destination: \"127.0.0.1:19443\", peer: \"" + webID + "\"}\n", "outbound[1].peer: 127.0.0.1:19443 is " + apiID + " for another outbound listener"},
+		{"bad outbound protocol", head + "outbound: [{listen: \"127.0.0.1:18001\", destination: \"127.0.0.1:19443\", peer: \"" + apiID + "\", protocol: tcp}]\n", `outbound[0].protocol: proxy: protocol "tcp" is not one of http, grpc, opaque`},
+		{"two protocols for one destination", head + "outbound:\n- {listen: \"127.0.0.1:18001\", destination: \"127.0.0.1:19443\", peer: \"" + apiID + "\", protocol: opaque}\n- {listen: \"127.0.0.1:18002\", destination: \"127.0.0.1:19443\", peer: \"" + apiID + "\"}\n", `outbound[1].protocol: 127.0.0.1:19443 is "opaque" for another outbound listener`},
 		{"one address twice", head + in + "outbound: [{listen: \"127.0.0.1:18443\", destination: \"127.0.0.1:19443\", peer: \"" + apiID + "\"}]\n", "outbound[0].listen: 127.0.0.1:18443 is also inbound.listen"},
 		{"wildcard overlaps", head + "inbound: {listen: \":18443\", forward: \"127.0.0.1:18080\"}\noutbound: [{listen: \"127.0.0.1:18443\", destination: \"127.0.0.1:19443\", peer: \"" + apiID + "\"}]\n", "outbound[0].listen: 127.0.0.1:18443 is also inbound.listen"},
 		{"destination is itself", head + in + "outbound: [{listen: \"127.0.0.1:18001\", destination: \"127.0.0.1:18443\", peer: \"" + apiID + "\"}]\n", "outbound destination 127.0.0.1:18443 is at inbound.listen's port"},
@@ -414,13 +507,9 @@ func TestStandaloneRefusesBadConfig(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "-")+".yaml")
 			writeFile(t, path, []byte(tc.yaml))
-			cmd := meshproxy.New()
-			cmd.SetArgs([]string{"standalone", "--config", path})
-			cmd.SetOut(io.Discard)
-			cmd.SetErr(io.Discard)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			err := cmd.ExecuteContext(ctx)
+			err := meshproxy.Execute(ctx, []string{"standalone", "--config", path}, io.Discard, io.Discard)
 			if err == nil {
 				t.Fatal("started")
 			}
@@ -430,9 +519,7 @@ func TestStandaloneRefusesBadConfig(t *testing.T) {
 		})
 	}
 	t.Run("missing file", func(t *testing.T) {
-		cmd := meshproxy.New()
-		cmd.SetArgs([]string{"standalone", "--config", filepath.Join(dir, "missing.yaml")})
-		if err := cmd.Execute(); err == nil || !strings.Contains(err.Error(), "standalone: open "+filepath.Join(dir, "missing.yaml")) {
+		if err := meshproxy.Execute(context.Background(), []string{"standalone", "--config", filepath.Join(dir, "missing.yaml")}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "standalone: open "+filepath.Join(dir, "missing.yaml")) {
 			t.Fatalf("error %v", err)
 		}
 	})

@@ -1,13 +1,12 @@
 package meshproxy
 
 import (
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-
-	"github.com/spf13/pflag"
 )
 
 // workloadAPIOptions are the flags of the SPIFFE Workload API the proxy
@@ -16,7 +15,7 @@ type workloadAPIOptions struct {
 	socket, uids string
 }
 
-func (o *workloadAPIOptions) addFlags(f *pflag.FlagSet) {
+func (o *workloadAPIOptions) addFlags(f *flag.FlagSet) {
 	f.StringVar(&o.socket, "workload-api-socket", "", "serve the SPIFFE Workload API (this pod's X.509 SVID, key and bundle) on a unix socket at this path, in a directory shared with the app containers; empty: not served")
 	f.StringVar(&o.uids, "workload-api-uids", "", "with --workload-api-socket: the app UIDs that may use it, comma-separated (never the proxy's own)")
 }

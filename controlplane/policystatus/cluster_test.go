@@ -25,7 +25,9 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
+
 	"github.com/mesh-dev/mesh/authz/api/v1alpha1/crdtest"
+	"github.com/mesh-dev/mesh/authz/api/v1alpha1/policyclient"
 	"github.com/mesh-dev/mesh/controlplane/inventory"
 	"github.com/mesh-dev/mesh/controlplane/policystatus"
 	"github.com/mesh-dev/mesh/e2e/cluster"
@@ -57,7 +59,7 @@ const bound = 20 * time.Second
 type env struct {
 	c        *cluster.Cluster
 	admin    kubernetes.Interface
-	policies *v1alpha1.Client
+	policies *policyclient.Client
 	ns       string // the controller's namespace
 	node     string
 }
@@ -66,7 +68,7 @@ func setup(t *testing.T, controllerNS string, namespaces ...string) *env {
 	t.Helper()
 	c := clustertest.Get(t)
 	crdtest.Install(t, c)
-	pc, err := v1alpha1.NewClient(c.RESTConfig())
+	pc, err := policyclient.New(c.RESTConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,7 +153,7 @@ func (e *env) startWriter(t *testing.T, cfg policystatus.WriterConfig) *writer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pc, err := v1alpha1.NewClient(rc)
+	pc, err := policyclient.New(rc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,7 +163,7 @@ func (e *env) startWriter(t *testing.T, cfg policystatus.WriterConfig) *writer {
 	})
 	w := &writer{metrics: prometheus.NewRegistry(), log: &logBuffer{}}
 	factory := informers.NewSharedInformerFactory(cs, 0)
-	inf := v1alpha1.NewInformer(pc, 0)
+	inf := policyclient.NewInformer(pc, 0)
 	cfg.Policies, cfg.PolicyInformer, cfg.Informers, cfg.Namespace = pc, inf, factory, e.ns
 	cfg.Registerer = w.metrics
 	cfg.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(t.Output(), w.log), &slog.HandlerOptions{Level: slog.LevelDebug}))

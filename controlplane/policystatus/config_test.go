@@ -12,18 +12,20 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
+
+	"github.com/mesh-dev/mesh/authz/api/v1alpha1/policyclient"
 	"github.com/mesh-dev/mesh/controlplane/policystatus"
 )
 
 // Clients for an address nothing listens on: constructors only keep them.
-func offline(t *testing.T) (kubernetes.Interface, *v1alpha1.Client) {
+func offline(t *testing.T) (kubernetes.Interface, *policyclient.Client) {
 	t.Helper()
 	cfg := &rest.Config{Host: "https://127.0.0.1:1"}
 	cs, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pc, err := v1alpha1.NewClient(cfg)
+	pc, err := policyclient.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +73,7 @@ func TestNewReporterRefuses(t *testing.T) {
 func TestNewWriterRefuses(t *testing.T) {
 	cs, pc := offline(t)
 	good := func() policystatus.WriterConfig {
-		return policystatus.WriterConfig{Policies: pc, PolicyInformer: v1alpha1.NewInformer(pc, 0),
+		return policystatus.WriterConfig{Policies: pc, PolicyInformer: policyclient.NewInformer(pc, 0),
 			Informers: informers.NewSharedInformerFactory(cs, 0), Namespace: "mesh-system"}
 	}
 	if _, err := policystatus.NewWriter(good()); err != nil {

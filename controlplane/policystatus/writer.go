@@ -25,6 +25,7 @@ import (
 
 	"github.com/mesh-dev/mesh/authz"
 	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
+	"github.com/mesh-dev/mesh/authz/api/v1alpha1/policyclient"
 	"github.com/mesh-dev/mesh/controlplane/inventory"
 )
 
@@ -35,9 +36,9 @@ const workers = 4
 // WriterConfig configures a Writer.
 type WriterConfig struct {
 	// Policies writes the status. Required.
-	Policies *v1alpha1.Client
+	Policies *policyclient.Client
 	// PolicyInformer is every namespace's policies, indexed by namespace
-	// (v1alpha1.NewInformer); the index is added when it is missing. The
+	// (policyclient.NewInformer); the index is added when it is missing. The
 	// caller runs it. Required.
 	PolicyInformer cache.SharedIndexInformer
 	// Informers provides the pods (of every namespace) and the report

@@ -25,7 +25,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
+
 	"github.com/mesh-dev/mesh/authz/api/v1alpha1/crdtest"
+	"github.com/mesh-dev/mesh/authz/api/v1alpha1/policyclient"
 	"github.com/mesh-dev/mesh/ca"
 	"github.com/mesh-dev/mesh/controlplane/trustbundle"
 	"github.com/mesh-dev/mesh/e2e/cluster"
@@ -55,7 +57,7 @@ var (
 type env struct {
 	c        *cluster.Cluster
 	cs       kubernetes.Interface
-	policies *v1alpha1.Client
+	policies *policyclient.Client
 	dir      string
 	ctl      *meshtest.Controller
 	ips      map[string]string
@@ -78,7 +80,7 @@ func TestControlPlane(t *testing.T) {
 	ctx := t.Context()
 	e := &env{c: c, cs: c.Client(), dir: t.TempDir(), ips: map[string]string{}}
 	var err error
-	if e.policies, err = v1alpha1.NewClient(c.RESTConfig()); err != nil {
+	if e.policies, err = policyclient.New(c.RESTConfig()); err != nil {
 		t.Fatal(err)
 	}
 	crdtest.Install(t, c)

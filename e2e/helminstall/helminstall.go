@@ -22,7 +22,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
+	"github.com/mesh-dev/mesh/authz/api/v1alpha1/policyclient"
 	"github.com/mesh-dev/mesh/e2e/cluster"
 	"github.com/mesh-dev/mesh/e2e/meshtest"
 	"github.com/mesh-dev/mesh/e2e/prereq"
@@ -168,7 +168,7 @@ func (m *Mesh) DumpControllers(t *testing.T) {
 func (m *Mesh) WaitEnforced(t *testing.T, ns, name, enforced string) {
 	t.Helper()
 	ctx := t.Context()
-	policies, err := v1alpha1.NewClient(m.Cluster.RESTConfig())
+	policies, err := policyclient.New(m.Cluster.RESTConfig())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,8 +9,6 @@ import (
 	"log/slog"
 	"os"
 	"strings"
-
-	"github.com/spf13/pflag"
 )
 
 // Config is what the flags set. The zero value is info and JSON.
@@ -21,10 +19,16 @@ type Config struct {
 	Format string
 }
 
+// FlagSet is what AddFlags needs of a flag set. The standard library's
+// *flag.FlagSet (mesh-proxy) and pflag's (the controller) both have it.
+type FlagSet interface {
+	StringVar(p *string, name, value, usage string)
+}
+
 // AddFlags adds --log-level and --log-format to fs. Their defaults come
 // from MESH_LOG_LEVEL and MESH_LOG_FORMAT when set (the injector sets them
 // on the proxy from the chart's values), else info and json.
-func (c *Config) AddFlags(fs *pflag.FlagSet) {
+func (c *Config) AddFlags(fs FlagSet) {
 	fs.StringVar(&c.Level, "log-level", envOr("MESH_LOG_LEVEL", "info"), "log level: debug, info, warn or error (default from MESH_LOG_LEVEL)")
 	fs.StringVar(&c.Format, "log-format", envOr("MESH_LOG_FORMAT", "json"), "log format: json or text (default from MESH_LOG_FORMAT)")
 }

@@ -179,7 +179,7 @@ func TestInitFlags(t *testing.T) {
 		{[]string{"--ipv6=on"}, "# IPv6 (mode on)", false},
 		{[]string{"--ipv6=off"}, `intercept: ipv6 mode "off" unknown`, true},
 		{[]string{"--ipv6="}, "# IPv6 (mode auto)", false},
-		{[]string{"--ipv6", "on"}, `unknown command "on"`, true},
+		{[]string{"--ipv6", "on"}, `init: unexpected argument "on"`, true},
 		{[]string{"--iptables", "iptables-legacy"}, "# ip6tables-legacy-restore --noflush <<EOF\n*nat", false},
 		{[]string{"--iptables", "/usr/sbin/iptables-nft"}, "# /usr/sbin/ip6tables-nft-restore --noflush <<EOF\n*nat", false},
 		{[]string{"--ip6tables", "/opt/ip6"}, "# /opt/ip6-restore --noflush <<EOF\n*filter", false},

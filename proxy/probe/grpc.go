@@ -10,7 +10,6 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
-	corev1 "k8s.io/api/core/v1"
 )
 
 // maxGRPCMessage bounds the health response; a real one is a few bytes.
@@ -19,7 +18,7 @@ const maxGRPCMessage = 16 << 10
 // grpcCheck compiles a grpc probe: grpc.health.v1.Health/Check with the
 // configured service name over plaintext, success is SERVING, as for the
 // kubelet. Each probe opens and closes its own connection.
-func (h *Handler) grpcCheck(g *corev1.GRPCAction) func(context.Context) error {
+func (h *Handler) grpcCheck(g *GRPCAction) func(context.Context) error {
 	addr := h.addr(g.Port)
 	service := ""
 	if g.Service != nil {

@@ -24,7 +24,6 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/mesh-dev/mesh/internal/accepttest"
@@ -172,8 +171,8 @@ func TestHTTPProbe(t *testing.T) {
 	tlsSrv.StartTLS()
 	t.Cleanup(tlsSrv.Close)
 
-	get := func(path string) *corev1.HTTPGetAction {
-		return &corev1.HTTPGetAction{Path: path, Port: intstr.FromInt32(port(t, appURL))}
+	get := func(path string) *probe.HTTPGetAction {
+		return &probe.HTTPGetAction{Path: path, Port: intstr.FromInt32(port(t, appURL))}
 	}
 	tests := []struct {
 		name     string
@@ -208,9 +207,9 @@ func TestHTTPProbe(t *testing.T) {
 			timeout: 100 * time.Millisecond, status: 503, reason: "probe: timed out after 100ms", appSaw: []string{"/400ms"}},
 		{name: "endless body: read bounded", prober: probe.Prober{HTTPGet: get("/endless")}, timeout: 5 * time.Second,
 			status: 200, appSaw: []string{"/endless"}, maxDelay: 2 * time.Second},
-		{name: "https, certificate not verified", prober: probe.Prober{HTTPGet: &corev1.HTTPGetAction{
-			Path: "/ok", Port: intstr.FromInt32(port(t, tlsSrv.URL)), Scheme: corev1.URISchemeHTTPS}}, status: 200, appSaw: []string{"/ok"}},
-		{name: "plain http to the https port fails", prober: probe.Prober{HTTPGet: &corev1.HTTPGetAction{
+		{name: "https, certificate not verified", prober: probe.Prober{HTTPGet: &probe.HTTPGetAction{
+			Path: "/ok", Port: intstr.FromInt32(port(t, tlsSrv.URL)), Scheme: probe.URISchemeHTTPS}}, status: 200, appSaw: []string{"/ok"}},
+		{name: "plain http to the https port fails", prober: probe.Prober{HTTPGet: &probe.HTTPGetAction{
 			Path: "/ok", Port: intstr.FromInt32(port(t, tlsSrv.URL))}}, status: 503, reason: "probe: http: status 400", appSaw: nil},
 	}
 	for i, tt := range tests {
@@ -254,8 +253,8 @@ func TestHTTPProbeRequest(t *testing.T) {
 	appHost := strings.TrimPrefix(appSrv.URL, "http://")
 
 	probers := probe.Probers{
-		"/app-health/plain/livez": {HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: appPort}},
-		"/app-health/custom/readyz": {HTTPGet: &corev1.HTTPGetAction{Path: "/ready", Port: appPort, HTTPHeaders: []corev1.HTTPHeader{
+		"/app-health/plain/livez": {HTTPGet: &probe.HTTPGetAction{Path: "/healthz", Port: appPort}},
+		"/app-health/custom/readyz": {HTTPGet: &probe.HTTPGetAction{Path: "/ready", Port: appPort, HTTPHeaders: []probe.HTTPHeader{
 			{Name: "host", Value: "web.example"},
 			{Name: "User-Agent", Value: "my-probe"},
 			{Name: "Accept", Value: ""},
@@ -361,7 +360,7 @@ func TestNotProbed(t *testing.T) {
 	appSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { app.record(r) }))
 	t.Cleanup(appSrv.Close)
 	base := serve(t, probe.Config{Target: loopback, Probers: probe.Probers{
-		"/app-health/web/readyz": {HTTPGet: &corev1.HTTPGetAction{Path: "/ok", Port: intstr.FromInt32(port(t, appSrv.URL))}},
+		"/app-health/web/readyz": {HTTPGet: &probe.HTTPGetAction{Path: "/ok", Port: intstr.FromInt32(port(t, appSrv.URL))}},
 	}})
 	tests := []struct {
 		method, path string
@@ -442,7 +441,7 @@ func TestTCPProbe(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			base := serve(t, probe.Config{Target: loopback, Probers: probe.Probers{
-				"/app-health/db/livez": {TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt(tt.port)}},
+				"/app-health/db/livez": {TCPSocket: &probe.TCPSocketAction{Port: intstr.FromInt(tt.port)}},
 			}})
 			status, body := kubelet(t, base, http.MethodGet, "/app-health/db/livez")
 			if status != tt.status {
@@ -500,19 +499,19 @@ func TestGRPCProbe(t *testing.T) {
 	str := func(s string) *string { return &s }
 	tests := []struct {
 		name    string
-		action  corev1.GRPCAction
+		action  probe.GRPCAction
 		status  int
 		reason  string
 		checked bool // the interceptor saw a Check call
 	}{
-		{"whole server SERVING", corev1.GRPCAction{Port: healthy}, 200, "", true},
-		{"empty service name is the server", corev1.GRPCAction{Port: healthy, Service: str("")}, 200, "", true},
-		{"service SERVING", corev1.GRPCAction{Port: healthy, Service: str("up")}, 200, "", true},
-		{"service NOT_SERVING", corev1.GRPCAction{Port: healthy, Service: str("down")}, 503, `probe: grpc: service "down" is NOT_SERVING`, true},
-		{"unknown service", corev1.GRPCAction{Port: healthy, Service: str("nope")}, 503, "probe: grpc: rpc error: code = NotFound", true},
+		{"whole server SERVING", probe.GRPCAction{Port: healthy}, 200, "", true},
+		{"empty service name is the server", probe.GRPCAction{Port: healthy, Service: str("")}, 200, "", true},
+		{"service SERVING", probe.GRPCAction{Port: healthy, Service: str("up")}, 200, "", true},
+		{"service NOT_SERVING", probe.GRPCAction{Port: healthy, Service: str("down")}, 503, `probe: grpc: service "down" is NOT_SERVING`, true},
+		{"unknown service", probe.GRPCAction{Port: healthy, Service: str("nope")}, 503, "probe: grpc: rpc error: code = NotFound", true},
 		// Calls to unregistered services never reach interceptors.
-		{"no health service", corev1.GRPCAction{Port: bare}, 503, "probe: grpc: the app does not implement grpc.health.v1.Health", false},
-		{"nothing listening", corev1.GRPCAction{Port: closedPort}, 503, "probe: grpc: rpc error: code = Unavailable", false},
+		{"no health service", probe.GRPCAction{Port: bare}, 503, "probe: grpc: the app does not implement grpc.health.v1.Health", false},
+		{"nothing listening", probe.GRPCAction{Port: closedPort}, 503, "probe: grpc: rpc error: code = Unavailable", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -556,8 +555,8 @@ func TestIPv6Target(t *testing.T) {
 	t.Cleanup(srv.Close)
 	p := intstr.FromInt32(port(t, srv.URL))
 	base := serve(t, probe.Config{Target: netip.MustParseAddr("::1"), Probers: probe.Probers{
-		"/app-health/web/livez":  {HTTPGet: &corev1.HTTPGetAction{Path: "/v6", Port: p}},
-		"/app-health/web/readyz": {TCPSocket: &corev1.TCPSocketAction{Port: p}},
+		"/app-health/web/livez":  {HTTPGet: &probe.HTTPGetAction{Path: "/v6", Port: p}},
+		"/app-health/web/readyz": {TCPSocket: &probe.TCPSocketAction{Port: p}},
 	}})
 	for _, path := range []string{"/app-health/web/livez", "/app-health/web/readyz"} {
 		if status, body := kubelet(t, base, http.MethodGet, path); status != 200 {
@@ -593,8 +592,8 @@ func TestDial(t *testing.T) {
 			return d.DialContext(ctx, network, addr)
 		},
 		Probers: probe.Probers{
-			"/app-health/web/livez":  {HTTPGet: &corev1.HTTPGetAction{Path: "/hop", Port: intstr.FromInt32(p)}},
-			"/app-health/web/readyz": {TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(p)}},
+			"/app-health/web/livez":  {HTTPGet: &probe.HTTPGetAction{Path: "/hop", Port: intstr.FromInt32(p)}},
+			"/app-health/web/readyz": {TCPSocket: &probe.TCPSocketAction{Port: intstr.FromInt32(p)}},
 		},
 	})
 	for _, path := range []string{"/app-health/web/livez", "/app-health/web/readyz"} {
@@ -614,7 +613,7 @@ func TestDial(t *testing.T) {
 }
 
 func TestNew(t *testing.T) {
-	ok := probe.Probers{"/app-health/web/readyz": {TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt(80)}}}
+	ok := probe.Probers{"/app-health/web/readyz": {TCPSocket: &probe.TCPSocketAction{Port: intstr.FromInt(80)}}}
 	tests := []struct {
 		name string
 		cfg  probe.Config
@@ -627,7 +626,7 @@ func TestNew(t *testing.T) {
 		{"zoned target", probe.Config{Probers: ok, Target: netip.MustParseAddr("fe80::1%eth0")}, "probe: Target fe80::1%eth0 is not a pod IP"},
 		{"negative default timeout", probe.Config{Probers: ok, Target: loopback, DefaultTimeout: -time.Second}, "probe: DefaultTimeout -1s is negative"},
 		{"invalid prober built by hand", probe.Config{Target: loopback, Probers: probe.Probers{
-			"/app-health/web/readyz": {TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromString("http")}},
+			"/app-health/web/readyz": {TCPSocket: &probe.TCPSocketAction{Port: intstr.FromString("http")}},
 		}}, `probe: entry "/app-health/web/readyz": tcpSocket.port "http" is a string: named ports must be resolved to numbers by the injector`},
 		{"bad path built by hand", probe.Config{Target: loopback, Probers: probe.Probers{"/healthz": ok["/app-health/web/readyz"]}},
 			`probe: entry "/healthz": path must be /app-health/<container>/<livez|readyz|startupz>`},
@@ -650,7 +649,7 @@ func TestNew(t *testing.T) {
 	}
 	defer ln.Close()
 	base := serve(t, probe.Config{Target: netip.MustParseAddr("::ffff:127.0.0.1"), Probers: probe.Probers{
-		"/app-health/web/readyz": {TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt(ln.Addr().(*net.TCPAddr).Port)}},
+		"/app-health/web/readyz": {TCPSocket: &probe.TCPSocketAction{Port: intstr.FromInt(ln.Addr().(*net.TCPAddr).Port)}},
 	}})
 	if status, body := kubelet(t, base, http.MethodGet, "/app-health/web/readyz"); status != 200 {
 		t.Fatalf("mapped target: %d %q", status, body)
@@ -671,9 +670,9 @@ func TestNoLeak(t *testing.T) {
 	go func() { defer close(done); _ = srv.Serve(ln) }()
 	t.Cleanup(func() { srv.Stop(); <-done })
 	h, err := probe.New(probe.Config{Target: loopback, Probers: probe.Probers{
-		"/app-health/a/livez":    {HTTPGet: &corev1.HTTPGetAction{Path: "/", Port: intstr.FromInt32(port(t, appSrv.URL))}},
-		"/app-health/a/readyz":   {TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(port(t, appSrv.URL))}},
-		"/app-health/a/startupz": {GRPC: &corev1.GRPCAction{Port: int32(ln.Addr().(*net.TCPAddr).Port)}},
+		"/app-health/a/livez":    {HTTPGet: &probe.HTTPGetAction{Path: "/", Port: intstr.FromInt32(port(t, appSrv.URL))}},
+		"/app-health/a/readyz":   {TCPSocket: &probe.TCPSocketAction{Port: intstr.FromInt32(port(t, appSrv.URL))}},
+		"/app-health/a/startupz": {GRPC: &probe.GRPCAction{Port: int32(ln.Addr().(*net.TCPAddr).Port)}},
 	}})
 	if err != nil {
 		t.Fatal(err)

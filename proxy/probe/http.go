@@ -9,8 +9,6 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-
-	corev1 "k8s.io/api/core/v1"
 )
 
 // UserAgent is sent on HTTP and gRPC probes unless httpHeaders set one:
@@ -63,12 +61,12 @@ func checkRedirect(req *http.Request, via []*http.Request) error {
 }
 
 // httpCheck compiles an httpGet probe (already validated).
-func (h *Handler) httpCheck(g *corev1.HTTPGetAction) (func(context.Context) error, error) {
+func (h *Handler) httpCheck(g *HTTPGetAction) (func(context.Context) error, error) {
 	u, err := url.Parse(g.Path)
 	if err != nil {
 		return nil, fmt.Errorf("httpGet.path: %w", err)
 	}
-	u.Scheme = strings.ToLower(string(g.Scheme))
+	u.Scheme = strings.ToLower(g.Scheme)
 	if u.Scheme == "" {
 		u.Scheme = "http"
 	}

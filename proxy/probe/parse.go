@@ -10,7 +10,6 @@ import (
 	"strings"
 
 	"golang.org/x/net/http/httpguts"
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	sigsjson "sigs.k8s.io/json"
 )
@@ -20,13 +19,13 @@ import (
 type Probers map[string]Prober
 
 // Prober is one original probe of a container: exactly one of HTTPGet,
-// TCPSocket and GRPC, plus its timeout. The handlers are the Kubernetes types
-// so the injector can copy a container's ProbeHandler as is, after resolving
-// named ports to numbers.
+// TCPSocket and GRPC, plus its timeout. The handlers have the JSON of the
+// Kubernetes types (see HTTPGetAction); the injector converts a container's
+// ProbeHandler after resolving named ports to numbers.
 type Prober struct {
-	HTTPGet   *corev1.HTTPGetAction   `json:"httpGet,omitempty"`
-	TCPSocket *corev1.TCPSocketAction `json:"tcpSocket,omitempty"`
-	GRPC      *corev1.GRPCAction      `json:"grpc,omitempty"`
+	HTTPGet   *HTTPGetAction   `json:"httpGet,omitempty"`
+	TCPSocket *TCPSocketAction `json:"tcpSocket,omitempty"`
+	GRPC      *GRPCAction      `json:"grpc,omitempty"`
 	// TimeoutSeconds bounds the whole probe, redirects included. Zero means
 	// Config.DefaultTimeout.
 	TimeoutSeconds int32 `json:"timeoutSeconds,omitempty"`
@@ -129,7 +128,7 @@ func validate(path string, p Prober) error {
 	}
 }
 
-func validateHTTP(fail func(string, ...any) error, h *corev1.HTTPGetAction) error {
+func validateHTTP(fail func(string, ...any) error, h *HTTPGetAction) error {
 	// The kubelet would send the probe to httpGet.host; the proxy never
 	// does (Istio #31087): the target is the pod itself, and an entry that
 	// says otherwise is a mistake of the injector.
@@ -140,7 +139,7 @@ func validateHTTP(fail func(string, ...any) error, h *corev1.HTTPGetAction) erro
 		return err
 	}
 	switch h.Scheme {
-	case "", corev1.URISchemeHTTP, corev1.URISchemeHTTPS:
+	case "", URISchemeHTTP, URISchemeHTTPS:
 	default:
 		return fail("httpGet.scheme %q must be HTTP or HTTPS", h.Scheme)
 	}

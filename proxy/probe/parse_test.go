@@ -8,7 +8,6 @@ import (
 	"strings"
 	"testing"
 
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/mesh-dev/mesh/proxy/probe"
@@ -30,12 +29,12 @@ func TestParse(t *testing.T) {
 			  "/app-health/db-2/startupz": {"grpc": {"port": 9090, "service": "db"}}
 			}`,
 			want: probe.Probers{
-				"/app-health/web/livez": {HTTPGet: &corev1.HTTPGetAction{
-					Path: "/healthz?full=1", Port: intstr.FromInt32(8080), Scheme: corev1.URISchemeHTTPS,
-					HTTPHeaders: []corev1.HTTPHeader{{Name: "X-Probe", Value: "1"}},
+				"/app-health/web/livez": {HTTPGet: &probe.HTTPGetAction{
+					Path: "/healthz?full=1", Port: intstr.FromInt32(8080), Scheme: probe.URISchemeHTTPS,
+					HTTPHeaders: []probe.HTTPHeader{{Name: "X-Probe", Value: "1"}},
 				}, TimeoutSeconds: 3},
-				"/app-health/web/readyz":    {TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(8081)}},
-				"/app-health/db-2/startupz": {GRPC: &corev1.GRPCAction{Port: 9090, Service: &svc}},
+				"/app-health/web/readyz":    {TCPSocket: &probe.TCPSocketAction{Port: intstr.FromInt32(8081)}},
+				"/app-health/db-2/startupz": {GRPC: &probe.GRPCAction{Port: 9090, Service: &svc}},
 			},
 		},
 		{name: "empty map", in: ` {} `, want: probe.Probers{}},
@@ -44,8 +43,8 @@ func TestParse(t *testing.T) {
 			in: `{"/app-health/` + strings.Repeat("a", 63) + `/livez": {"httpGet": {"path": "/", "port": 65535}},
 			      "/app-health/b/livez": {"tcpSocket": {"port": 1}}}`,
 			want: probe.Probers{
-				"/app-health/" + strings.Repeat("a", 63) + "/livez": {HTTPGet: &corev1.HTTPGetAction{Path: "/", Port: intstr.FromInt32(65535)}},
-				"/app-health/b/livez":                               {TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(1)}},
+				"/app-health/" + strings.Repeat("a", 63) + "/livez": {HTTPGet: &probe.HTTPGetAction{Path: "/", Port: intstr.FromInt32(65535)}},
+				"/app-health/b/livez":                               {TCPSocket: &probe.TCPSocketAction{Port: intstr.FromInt32(1)}},
 			},
 		},
 	}

@@ -7,6 +7,9 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
+// Resource is the API's plural resource name.
+const Resource = "authorizationpolicies"
+
 // GroupVersion is the API's group and version.
 var GroupVersion = schema.GroupVersion{Group: "security.mesh.dev", Version: "v1alpha1"}
 

@@ -1,4 +1,4 @@
-package v1alpha1_test
+package policyclient_test
 
 import (
 	"context"
@@ -17,6 +17,7 @@ import (
 
 	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
 	"github.com/mesh-dev/mesh/authz/api/v1alpha1/crdtest"
+	"github.com/mesh-dev/mesh/authz/api/v1alpha1/policyclient"
 	"github.com/mesh-dev/mesh/e2e/cluster"
 	"github.com/mesh-dev/mesh/e2e/clustertest"
 )
@@ -24,7 +25,7 @@ import (
 func TestMain(m *testing.M) { os.Exit(clustertest.Run(m)) }
 
 // setup installs the CRD and makes namespaces, returning a client.
-func setup(t *testing.T, namespaces ...string) (*cluster.Cluster, *v1alpha1.Client) {
+func setup(t *testing.T, namespaces ...string) (*cluster.Cluster, *policyclient.Client) {
 	t.Helper()
 	c := clustertest.Get(t)
 	crdtest.Install(t, c)
@@ -34,7 +35,7 @@ func setup(t *testing.T, namespaces ...string) (*cluster.Cluster, *v1alpha1.Clie
 			t.Fatal(err)
 		}
 	}
-	pc, err := v1alpha1.NewClient(c.RESTConfig())
+	pc, err := policyclient.New(c.RESTConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,9 +67,9 @@ func status(gen int64, enforced, selected int32, workloads ...string) v1alpha1.A
 	}
 }
 
-func TestNewClientRefusesNilConfig(t *testing.T) {
-	if _, err := v1alpha1.NewClient(nil); err == nil || !strings.HasPrefix(err.Error(), "v1alpha1: ") {
-		t.Fatalf("NewClient(nil) = %v, want a v1alpha1 error", err)
+func TestNewRefusesNilConfig(t *testing.T) {
+	if _, err := policyclient.New(nil); err == nil || !strings.HasPrefix(err.Error(), "policyclient: ") {
+		t.Fatalf("New(nil) = %v, want a policyclient error", err)
 	}
 }
 
@@ -161,14 +162,14 @@ func TestClientErrors(t *testing.T) {
 		want string
 	}{
 		{"get missing", func() error { _, err := pc.Get(ctx, "client-errors", "nope"); return err },
-			apierrors.IsNotFound, "v1alpha1: get authorizationpolicies client-errors/nope: "},
+			apierrors.IsNotFound, "policyclient: get authorizationpolicies client-errors/nope: "},
 		{"status of missing", func() error {
 			p := policy("client-errors", "nope")
 			_, err := pc.UpdateStatus(ctx, p)
 			return err
-		}, apierrors.IsNotFound, "v1alpha1: update status of authorizationpolicies client-errors/nope: "},
+		}, apierrors.IsNotFound, "policyclient: update status of authorizationpolicies client-errors/nope: "},
 		{"create twice", func() error { _, err := pc.Create(ctx, policy("client-errors", "p")); return err },
-			apierrors.IsAlreadyExists, "v1alpha1: create authorizationpolicies client-errors/p: "},
+			apierrors.IsAlreadyExists, "policyclient: create authorizationpolicies client-errors/p: "},
 		{"too many workloads", func() error {
 			p := cur.DeepCopy()
 			p.Status = status(1, 0, int32(len(many)), many...)
@@ -190,7 +191,7 @@ func TestClientErrors(t *testing.T) {
 			return err
 		}, apierrors.IsInvalid, "Duplicate value"},
 		{"delete missing", func() error { return pc.Delete(ctx, "client-errors", "nope") },
-			apierrors.IsNotFound, "v1alpha1: delete authorizationpolicies client-errors/nope: "},
+			apierrors.IsNotFound, "policyclient: delete authorizationpolicies client-errors/nope: "},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -296,7 +297,7 @@ func TestInformer(t *testing.T) {
 	if _, err := pc.Create(ctx, policy("informer-a", "before")); err != nil {
 		t.Fatal(err)
 	}
-	inf := v1alpha1.NewInformer(pc, 0)
+	inf := policyclient.NewInformer(pc, 0)
 	done := make(chan struct{})
 	go func() { defer close(done); inf.RunWithContext(ctx) }()
 	defer func() { cancel(); <-done }()
