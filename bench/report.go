@@ -271,30 +271,33 @@ func (r *Results) markdown() string {
 		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", g.Figure, g.Goal, g.Measured, met)
 	}
 	ts := r.targets()
-	b.WriteString("\n### Every figure\n\nMedians; in brackets, the ratio to direct.\n\n| figure |")
-	for _, t := range ts {
-		fmt.Fprintf(&b, " %s |", t)
-	}
-	b.WriteString("\n| --- |" + strings.Repeat(" --- |", len(ts)) + "\n")
-	for _, mt := range metrics {
-		var row strings.Builder
-		any := false
-		fmt.Fprintf(&row, "| %s |", mt.label)
+	// A run of the control plane alone has no data-plane table.
+	if len(ts) > 0 {
+		b.WriteString("\n### Every figure\n\nMedians; in brackets, the ratio to direct.\n\n| figure |")
 		for _, t := range ts {
-			v, ok := r.Median[t][mt.key]
-			if !ok {
-				row.WriteString(" — |")
-				continue
-			}
-			any = true
-			fmt.Fprintf(&row, " "+mt.format, v)
-			if ratio, ok := r.RatioToDirect[t][mt.key]; ok && t != "direct" {
-				fmt.Fprintf(&row, " (%.2f)", ratio)
-			}
-			row.WriteString(" |")
+			fmt.Fprintf(&b, " %s |", t)
 		}
-		if any {
-			b.WriteString(row.String() + "\n")
+		b.WriteString("\n| --- |" + strings.Repeat(" --- |", len(ts)) + "\n")
+		for _, mt := range metrics {
+			var row strings.Builder
+			any := false
+			fmt.Fprintf(&row, "| %s |", mt.label)
+			for _, t := range ts {
+				v, ok := r.Median[t][mt.key]
+				if !ok {
+					row.WriteString(" — |")
+					continue
+				}
+				any = true
+				fmt.Fprintf(&row, " "+mt.format, v)
+				if ratio, ok := r.RatioToDirect[t][mt.key]; ok && t != "direct" {
+					fmt.Fprintf(&row, " (%.2f)", ratio)
+				}
+				row.WriteString(" |")
+			}
+			if any {
+				b.WriteString(row.String() + "\n")
+			}
 		}
 	}
 	b.WriteString(r.ControlPlane.markdown())

@@ -164,3 +164,19 @@ func TestProcStat(t *testing.T) {
 		t.Error("figures for a process that does not exist")
 	}
 }
+
+// TestMarkdownControlPlaneOnly: a run of the control plane alone has no
+// data-plane table, not an empty one.
+func TestMarkdownControlPlaneOnly(t *testing.T) {
+	r := &Results{}
+	r.summarise()
+	md := r.markdown()
+	if strings.Contains(md, "### Every figure") || strings.Contains(md, "| figure |\n") {
+		t.Fatalf("an empty data-plane table:\n%s", md)
+	}
+	full := &Results{Rounds: rounds3()}
+	full.summarise()
+	if !strings.Contains(full.markdown(), "### Every figure") {
+		t.Fatal("no data-plane table with data-plane rounds")
+	}
+}
