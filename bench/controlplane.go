@@ -40,6 +40,7 @@ import (
 	"github.com/mesh-dev/mesh/identity"
 	identityv1 "github.com/mesh-dev/mesh/identity/api/v1"
 	"github.com/mesh-dev/mesh/identity/identitytest"
+	"github.com/mesh-dev/mesh/identity/meshid"
 )
 
 // The control-plane scenarios, selectable with -scenarios beside the data
@@ -272,7 +273,7 @@ func measureSVID(ctx context.Context, workers int, duration time.Duration) (*Iss
 	csrs := make([][]byte, workers)
 	ids := make([]spiffeid.ID, workers)
 	for w := range workers {
-		if ids[w], err = identity.ForServiceAccount(td, "shop", fmt.Sprintf("web-%d", w)); err != nil {
+		if ids[w], err = meshid.ForServiceAccount(td, "shop", fmt.Sprintf("web-%d", w)); err != nil {
 			return nil, fmt.Errorf("bench: svid: %w", err)
 		}
 		if csrs[w], err = newCSR(); err != nil {

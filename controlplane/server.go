@@ -42,7 +42,7 @@ import (
 
 	controlplanev1 "github.com/mesh-dev/mesh/controlplane/api/v1"
 	"github.com/mesh-dev/mesh/controlplane/inventory"
-	"github.com/mesh-dev/mesh/identity"
+	"github.com/mesh-dev/mesh/identity/meshid"
 )
 
 // Bundle is the trust bundle and its changes; *ca.CA is one.
@@ -148,7 +148,7 @@ func (s *Server) authorize(ctx context.Context, ns, name string) (*corev1.Pod, e
 	if err != nil || !id.MemberOf(s.cfg.TrustDomain) {
 		return nil, refuse("bad_svid", codes.Unauthenticated, "controlplane: the caller's certificate is not an SVID of trust domain %q", s.cfg.TrustDomain)
 	}
-	sns, sa, err := identity.ServiceAccountOf(id)
+	sns, sa, err := meshid.ServiceAccountOf(id)
 	if err != nil {
 		return nil, refuse("bad_svid", codes.PermissionDenied, "controlplane: %s names no ServiceAccount: %v", id, err)
 	}

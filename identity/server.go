@@ -26,6 +26,7 @@ import (
 
 	"github.com/mesh-dev/mesh/ca"
 	identityv1 "github.com/mesh-dev/mesh/identity/api/v1"
+	"github.com/mesh-dev/mesh/identity/meshid"
 	"github.com/mesh-dev/mesh/internal/ration"
 )
 
@@ -308,7 +309,7 @@ func (s *Server) attest(ctx context.Context, token string, who *caller) error {
 		return status.Errorf(codes.Unauthenticated, "identity: token for sa %q is not bound to a pod (use a projected token)", sa)
 	}
 	who.pod = podName
-	if who.id, err = ForServiceAccount(s.td, ns, sa); err != nil {
+	if who.id, err = meshid.ForServiceAccount(s.td, ns, sa); err != nil {
 		return status.Error(codes.Unauthenticated, err.Error())
 	}
 	pod, err := s.cfg.Kube.CoreV1().Pods(ns).Get(ctx, podName, metav1.GetOptions{})

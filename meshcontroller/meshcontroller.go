@@ -39,6 +39,7 @@ import (
 	"github.com/mesh-dev/mesh/controlplane/policystatus"
 	"github.com/mesh-dev/mesh/controlplane/trustbundle"
 	"github.com/mesh-dev/mesh/identity"
+	"github.com/mesh-dev/mesh/identity/meshid"
 	"github.com/mesh-dev/mesh/internal/logconfig"
 	"github.com/mesh-dev/mesh/version"
 	"github.com/mesh-dev/mesh/webhook"
@@ -158,7 +159,7 @@ func run(ctx context.Context, o options) error {
 			return err
 		}
 	}
-	selfID, err := identity.ForServiceAccount(td, o.namespace, o.serviceAccount)
+	selfID, err := meshid.ForServiceAccount(td, o.namespace, o.serviceAccount)
 	if err != nil {
 		return err
 	}

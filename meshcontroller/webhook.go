@@ -14,7 +14,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/mesh-dev/mesh/ca"
-	"github.com/mesh-dev/mesh/identity"
+	"github.com/mesh-dev/mesh/identity/meshid"
 	"github.com/mesh-dev/mesh/inject"
 	"github.com/mesh-dev/mesh/webhook"
 )
@@ -40,7 +40,7 @@ func (o options) webhookSettings(td spiffeid.TrustDomain) (*webhookSettings, err
 	if err != nil {
 		return nil, fmt.Errorf("--injector-config: %w", err)
 	}
-	ctlID, err := identity.ForServiceAccount(td, o.namespace, o.serviceAccount)
+	ctlID, err := meshid.ForServiceAccount(td, o.namespace, o.serviceAccount)
 	if err != nil {
 		return nil, err
 	}

@@ -9,7 +9,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	corev1 "k8s.io/api/core/v1"
 
-	"github.com/mesh-dev/mesh/identity"
+	"github.com/mesh-dev/mesh/identity/meshid"
 )
 
 // ProxyContainer is the name of mesh's sidecar: a pod with a container or
@@ -52,7 +52,7 @@ func Identity(td spiffeid.TrustDomain, pod *corev1.Pod) (spiffeid.ID, error) {
 	if sa == "" {
 		sa = "default"
 	}
-	return identity.ForServiceAccount(td, pod.Namespace, sa)
+	return meshid.ForServiceAccount(td, pod.Namespace, sa)
 }
 
 // ContainerPorts maps pod's named container ports to their numbers, for

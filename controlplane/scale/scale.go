@@ -34,6 +34,7 @@ import (
 	controlplanev1 "github.com/mesh-dev/mesh/controlplane/api/v1"
 	"github.com/mesh-dev/mesh/controlplane/inventory"
 	"github.com/mesh-dev/mesh/identity"
+	"github.com/mesh-dev/mesh/identity/meshid"
 )
 
 // round is one push being measured: the root policy's generation
@@ -309,7 +310,7 @@ func Start(ctx context.Context, cfg Config) (_ *Fixture, err error) {
 	bundle := x509bundle.FromX509Authorities(trustDomain, authority.Bundle())
 	for i := range cfg.Proxies {
 		app := i % Apps
-		id, err := identity.ForServiceAccount(trustDomain, namespace(app), appName(app))
+		id, err := meshid.ForServiceAccount(trustDomain, namespace(app), appName(app))
 		if err != nil {
 			return nil, fmt.Errorf("scale: %w", err)
 		}

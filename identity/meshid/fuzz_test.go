@@ -36,3 +36,24 @@ func FuzzServiceAccountOf(f *testing.F) {
 		}
 	})
 }
+
+// FuzzForServiceAccount: any namespace and ServiceAccount either yield an ID
+// that parses back to the same pair, or an error; never a panic, and never
+// an ID with extra path segments.
+func FuzzForServiceAccount(f *testing.F) {
+	td := spiffeid.RequireTrustDomainFromString("cluster.local")
+	f.Add("shop", "web")
+	f.Add("a/b", "c")
+	f.Add("", "")
+	f.Add("ns", "sa/../../x")
+	f.Fuzz(func(t *testing.T, ns, sa string) {
+		id, err := ForServiceAccount(td, ns, sa)
+		if err != nil {
+			return
+		}
+		gotNS, gotSA, err := ServiceAccountOf(id)
+		if err != nil || gotNS != ns || gotSA != sa {
+			t.Fatalf("%q does not round-trip: %q %q %v", id, gotNS, gotSA, err)
+		}
+	})
+}
