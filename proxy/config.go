@@ -58,7 +58,8 @@ type Identity interface {
 
 // Destinations says what is at an address. The controller's destination
 // watch (package controlplane/client) implements it in production;
-// StaticDestinations in standalone mode and tests.
+// StaticDestinations in tests and `mesh-proxy run --destinations`;
+// standalone mode has a table of its own, with each destination's protocol.
 type Destinations interface {
 	// Lookup says what is at addr. It may wait, up to ctx's deadline, for
 	// an answer not known yet; an error means there is no answer, and the
