@@ -252,7 +252,7 @@ func issue(ctx context.Context, workers, count int, limit time.Duration, op func
 	}
 	if len(all) > 0 {
 		r.PerSec = float64(len(all)) / wall.Seconds()
-		r.P50Ms, r.P99Ms = ms(percentile(all, 0.50)), ms(percentile(all, 0.99))
+		r.P50Ms, r.P99Ms = ms(scale.Percentile(all, 0.50)), ms(scale.Percentile(all, 0.99))
 	}
 	if cpu > 0 {
 		r.Cores, r.PerCore = cpu.Seconds()/wall.Seconds(), float64(len(all))/cpu.Seconds()
@@ -402,8 +402,8 @@ func measurePush(ctx context.Context, changes int) (*PushFigures, error) {
 	if len(last) > 0 {
 		slices.Sort(last)
 		slices.Sort(acks)
-		p.LastAckP50Ms, p.LastAckP99Ms = ms(percentile(last, 0.50)), ms(percentile(last, 0.99))
-		p.AckP50Ms, p.AckP99Ms = ms(percentile(acks, 0.50)), ms(percentile(acks, 0.99))
+		p.LastAckP50Ms, p.LastAckP99Ms = ms(scale.Percentile(last, 0.50)), ms(scale.Percentile(last, 0.99))
+		p.AckP50Ms, p.AckP99Ms = ms(scale.Percentile(acks, 0.50)), ms(scale.Percentile(acks, 0.99))
 	}
 	s, m := f.Setup, f.Setup.Memory
 	p.HeapMiB = float64(m.HeapInUse) / (1 << 20)
@@ -421,13 +421,6 @@ func processCPU() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-// percentile is the nearest-rank p-th percentile (0 < p <= 1) of sorted,
-// which is not empty.
-func percentile(sorted []time.Duration, p float64) time.Duration {
-	i := int(math.Ceil(float64(len(sorted))*p)) - 1
-	return sorted[max(0, min(i, len(sorted)-1))]
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

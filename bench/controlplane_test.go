@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/mesh-dev/mesh/controlplane/scale"
 )
 
 func TestSplitScenarios(t *testing.T) {
@@ -60,7 +62,7 @@ func TestPercentile(t *testing.T) {
 		})...), 0.99, 198 * time.Millisecond},
 	}
 	for _, tc := range tests {
-		if got := percentile(tc.sorted, tc.p); got != tc.want {
+		if got := scale.Percentile(tc.sorted, tc.p); got != tc.want {
 			t.Errorf("percentile(%d values, %v) = %v, want %v", len(tc.sorted), tc.p, got, tc.want)
 		}
 	}

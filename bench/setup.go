@@ -113,8 +113,6 @@ func setup(ctx context.Context, work string, install bool) (*env, error) {
 	return e, nil
 }
 
-// aptInstall installs the Debian packages of the missing commands, when
-// allowed and root; otherwise it says what to install.
 // buildFlags are the Makefile's GO_BUILD_FLAGS: the benchmark measures the
 // proxy as it ships (TestBuildMeshProxy checks the binary's build settings).
 var buildFlags = []string{"-trimpath", "-tags", "grpcnotrace"}
@@ -128,6 +126,8 @@ func buildMeshProxy(ctx context.Context, out string) error {
 	return nil
 }
 
+// aptInstall installs the Debian packages of the missing commands, when
+// allowed and root; otherwise it says what to install.
 func aptInstall(ctx context.Context, install bool, pkgs map[string]string) error {
 	var missing []string
 	for cmd, pkg := range pkgs {

@@ -7,7 +7,6 @@ package controlplane_test
 // runs the same fixture.
 
 import (
-	"math"
 	"slices"
 	"testing"
 	"time"
@@ -53,10 +52,10 @@ func BenchmarkPolicyPushToLastAck(b *testing.B) {
 	slices.Sort(lastAcks)
 	slices.Sort(acks)
 	s, m := f.Setup, f.Setup.Memory
-	b.ReportMetric(ms(percentile(lastAcks, 0.50)), "last-ack-p50-ms")
-	b.ReportMetric(ms(percentile(lastAcks, 0.99)), "last-ack-p99-ms")
-	b.ReportMetric(ms(percentile(acks, 0.50)), "ack-p50-ms")
-	b.ReportMetric(ms(percentile(acks, 0.99)), "ack-p99-ms")
+	b.ReportMetric(ms(scale.Percentile(lastAcks, 0.50)), "last-ack-p50-ms")
+	b.ReportMetric(ms(scale.Percentile(lastAcks, 0.99)), "last-ack-p99-ms")
+	b.ReportMetric(ms(scale.Percentile(acks, 0.50)), "ack-p50-ms")
+	b.ReportMetric(ms(scale.Percentile(acks, 0.99)), "ack-p99-ms")
 	b.ReportMetric(mib(m.HeapInUse), "heap-MiB")
 	b.ReportMetric(m.ByHeap["controller"]/(1<<20), "ctl-heap-MiB")
 	b.ReportMetric(m.ByHeap["proxies"]/(1<<20), "proxies-heap-MiB")
@@ -72,11 +71,5 @@ func BenchmarkPolicyPushToLastAck(b *testing.B) {
 }
 
 func mib(n uint64) float64 { return float64(n) / (1 << 20) }
-
-// percentile is the nearest-rank p-th percentile (0 < p <= 1) of sorted.
-func percentile(sorted []time.Duration, p float64) time.Duration {
-	i := int(math.Ceil(float64(len(sorted))*p)) - 1
-	return sorted[max(0, min(i, len(sorted)-1))]
-}
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

@@ -2,10 +2,7 @@ package scale
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
+	"math"
 
 	"fmt"
 	"log/slog"
@@ -19,7 +16,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
@@ -314,9 +310,9 @@ func Start(ctx context.Context, cfg Config) (_ *Fixture, err error) {
 		if err != nil {
 			return nil, fmt.Errorf("scale: %w", err)
 		}
-		svid, err := newSVID(authority, id)
+		svid, err := identity.NewSelfSource(authority, id)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("scale: SVID for %s: %w", id, err)
 		}
 		tc := tlsconfig.MTLSClientConfig(svid, bundle, tlsconfig.AuthorizeID(ctlID))
 		conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(credentials.NewTLS(tc)),
@@ -346,27 +342,6 @@ func Start(ctx context.Context, cfg Config) (_ *Fixture, err error) {
 	}
 	f.Setup.Memory = f.Memory()
 	return f, nil
-}
-
-// newSVID signs an SVID for id with a new P-256 key.
-func newSVID(authority *ca.CA, id spiffeid.ID) (*x509svid.SVID, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("scale: key for %s: %w", id, err)
-	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-	if err != nil {
-		return nil, fmt.Errorf("scale: CSR for %s: %w", id, err)
-	}
-	csr, err := x509.ParseCertificateRequest(der)
-	if err != nil {
-		return nil, fmt.Errorf("scale: CSR for %s: %w", id, err)
-	}
-	s, err := authority.SignSVID(csr, id, 0)
-	if err != nil {
-		return nil, fmt.Errorf("scale: SVID for %s: %w", id, err)
-	}
-	return &x509svid.SVID{ID: id, Certificates: s.Chain, PrivateKey: key}, nil
 }
 
 // Push changes the root policy, which applies to every pod, and waits for
@@ -403,4 +378,11 @@ func (f *Fixture) Close() {
 		}
 		runtime.MemProfileRate = f.rate
 	})
+}
+
+// Percentile is the nearest-rank p-th percentile (0 < p <= 1) of sorted,
+// which is not empty: over fewer than 100 values, p99 is the largest.
+func Percentile(sorted []time.Duration, p float64) time.Duration {
+	i := int(math.Ceil(float64(len(sorted))*p)) - 1
+	return sorted[max(0, min(i, len(sorted)-1))]
 }
