@@ -2,6 +2,8 @@ package castatus
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -201,11 +203,15 @@ func (p *Publisher) take(ctx context.Context, raw string, last *Result) *Result 
 	req, err := ParseRequest(raw)
 	if err != nil {
 		// Unreadable requests are answered under a fixed id so they are
-		// recorded once, not retried forever.
-		if last != nil && last.ID == "invalid:"+raw {
+		// recorded once, not retried forever: a digest of the annotation,
+		// which may be as long as the API server allows and is already
+		// there to read.
+		sum := sha256.Sum256([]byte(raw))
+		id := "invalid:" + hex.EncodeToString(sum[:8])
+		if last != nil && last.ID == id {
 			return last
 		}
-		return &Result{ID: "invalid:" + raw, At: p.cfg.Now().UTC(), Error: err.Error()}
+		return &Result{ID: id, At: p.cfg.Now().UTC(), Error: err.Error()}
 	}
 	if last != nil && last.ID == req.ID {
 		return last

@@ -158,7 +158,8 @@ func TestPublisherAnswersBadRequests(t *testing.T) {
 	for {
 		d, err := castatus.Get(ctx, kube, ns)
 		if err == nil && d.LastRequest != nil {
-			if !strings.Contains(d.LastRequest.Error, `unknown step "shred"`) || len(d.Roots) != 1 {
+			if !strings.Contains(d.LastRequest.Error, `unknown step "shred"`) || len(d.Roots) != 1 ||
+				!strings.HasPrefix(d.LastRequest.ID, "invalid:") || len(d.LastRequest.ID) != len("invalid:")+16 {
 				t.Fatalf("bad request answered %+v", d.LastRequest)
 			}
 			return
