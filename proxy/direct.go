@@ -11,6 +11,7 @@ import (
 	"net/http/httptrace"
 	"net/textproto"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/net/http/httpguts"
@@ -30,11 +31,15 @@ import (
 // on the wire is the same: Request.Write is the writer http.Transport
 // uses.
 //
-// Without a reader goroutine, a kept connection the application closed is
-// noticed only when it is used: then the request is sent again, once, on
-// a new connection, which is why only requests that may be sent twice go
-// this way (http.Transport, whose reader notices at once, sends any
-// request).
+// Without a reader goroutine, what arrives on a kept connection while it
+// is idle is noticed when the connection is taken again (quiet): bytes the
+// application sent unasked, which would otherwise be read as the next
+// request's response, and that request may be another client's; or the
+// application's close. Either way the connection is closed, not used. A
+// close that comes between that look and the request is noticed only when
+// the request fails: then it is sent again, once, on a new connection,
+// which is why only requests that may be sent twice go this way
+// (http.Transport, whose reader notices at once, sends any request).
 type directTransport struct {
 	dial     func(ctx context.Context, network, addr string) (net.Conn, error)
 	fallback http.RoundTripper
@@ -245,19 +250,51 @@ func (t *directTransport) newConn(addr string, conn net.Conn) *directConn {
 	return &directConn{t: t, addr: addr, conn: conn, br: bufio.NewReaderSize(conn, 4096), bw: bufio.NewWriterSize(conn, 4096)}
 }
 
-// get takes the most recently used kept connection to addr, if any.
+// get takes the most recently used kept connection to addr on which
+// nothing has arrived while it was idle, if any; the others are closed.
 func (t *directTransport) get(addr string) (*directConn, bool) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	cs := t.idle[addr]
-	if len(cs) == 0 {
-		return nil, false
+	for {
+		t.mu.Lock()
+		cs := t.idle[addr]
+		if len(cs) == 0 {
+			t.mu.Unlock()
+			return nil, false
+		}
+		c := cs[len(cs)-1]
+		cs[len(cs)-1] = nil
+		t.idle[addr] = cs[:len(cs)-1]
+		c.idleSince = time.Time{}
+		t.mu.Unlock()
+		if c.quiet() {
+			return c, true
+		}
+		c.close()
 	}
-	c := cs[len(cs)-1]
-	cs[len(cs)-1] = nil
-	t.idle[addr] = cs[:len(cs)-1]
-	c.idleSince = time.Time{}
-	return c, true
+}
+
+// quiet reports whether nothing, not even a close, has arrived on c since
+// its last response was read to its end: a look at the socket that does
+// not wait and leaves what it sees in place (MSG_PEEK|MSG_DONTWAIT). A
+// connection that cannot be looked at is not quiet.
+func (c *directConn) quiet() bool {
+	sc, ok := c.conn.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var b [1]byte
+	var perr error
+	if err := rc.Read(func(fd uintptr) bool {
+		_, _, perr = syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		return true
+	}); err != nil {
+		return false
+	}
+	// EAGAIN: nothing to read. No error: a byte, or the end of the stream.
+	return perr == syscall.EAGAIN
 }
 
 // put keeps c for the next request, or closes it when enough are kept.

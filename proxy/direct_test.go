@@ -499,3 +499,56 @@ func TestDirectTransportDialError(t *testing.T) {
 		t.Fatalf("err = %#v, want a dial *net.OpError", err)
 	}
 }
+
+// An application that sends bytes nobody asked for on a kept connection
+// (a body after a HEAD, 204 or 304 answer, or a second response) must not
+// have them read as the next request's response, which may be another
+// client's: the connection is closed and the next request gets its own
+// answer on a new one.
+func TestDirectTransportUnsolicitedBytes(t *testing.T) {
+	const smuggled = "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nSECRET"
+	tests := []struct {
+		name, method, first string
+		status              int
+	}{
+		{"body after HEAD", "HEAD", "HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n", 200},
+		{"body after 204", "GET", "HTTP/1.1 204 No Content\r\n\r\n", 204},
+		{"body after 304", "GET", "HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n", 304},
+		{"second response", "GET", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 200},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sent := make(chan struct{})
+			url, conns := rawBackend(t, func(n int, c net.Conn) {
+				br := bufio.NewReader(c)
+				for i := 0; ; i++ {
+					r, err := readRequest(br)
+					if err != nil {
+						return
+					}
+					if n == 1 && i == 0 {
+						io.WriteString(c, tt.first)
+						// After the answer is read: unasked bytes.
+						time.Sleep(20 * time.Millisecond)
+						io.WriteString(c, smuggled)
+						close(sent)
+						continue
+					}
+					fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(r.URL.Path), r.URL.Path)
+				}
+			})
+			d, _ := newTestDirect(t, 4, time.Minute)
+			if resp, _, err := get(t, d, tt.method, url+"/a", nil); err != nil || resp.StatusCode != tt.status {
+				t.Fatalf("first %s: %v %v", tt.method, resp, err)
+			}
+			<-sent
+			resp, body, err := get(t, d, "GET", url+"/b", nil)
+			if err != nil || resp.StatusCode != 200 || body != "/b" {
+				t.Fatalf("the next request got %v %q %v; want its own answer, /b", resp, body, err)
+			}
+			if n := conns.Load(); n != 2 {
+				t.Errorf("%d connections; want the tainted one closed and a second", n)
+			}
+		})
+	}
+}
