@@ -273,7 +273,11 @@ func (p *Proxy) serveHTTP(ctx context.Context, conn net.Conn, base *Request, tls
 	protos.SetUnencryptedHTTP2(true)
 	p.m.opened.WithLabelValues("inbound", peer, tlsState).Inc()
 	p.m.open.WithLabelValues("inbound").Inc()
-	p.serveConn(ctx, cn, handler, &protos, true)
+	p.serveConn(ctx, cn, handler, &protos)
+	if gate != nil {
+		// Closed and quiesced: the gate's buffer is free for the next.
+		gate.Release()
+	}
 	p.m.open.WithLabelValues("inbound").Dec()
 	p.m.closed.WithLabelValues("inbound", peer, tlsState).Inc()
 }
@@ -283,31 +287,16 @@ func (p *Proxy) serveHTTP(ctx context.Context, conn net.Conn, base *Request, tls
 // GOAWAY, so a peer's pool stops sending new requests here, and requests
 // in progress finish (until the drain timeout closes what is left).
 // Requests are not cancelled by the proxy's shutdown.
-//
-// graceful false keeps serving until the drain timeout instead: the
-// outbound side, whose application may still be finishing its own work
-// (and calling others) while its pod shuts down.
-func (p *Proxy) serveConn(ctx context.Context, cn *closeNotifier, handler http.Handler, protos *http.Protocols, graceful bool) {
-	srv := &http.Server{
-		Handler:           handler,
-		Protocols:         protos,
-		ReadHeaderTimeout: p.cfg.DetectTimeout,
-		MaxHeaderBytes:    MaxHeaderBytes,
-		IdleTimeout:       5 * time.Minute,
-		ErrorLog:          log.New(slogWriter{p}, "", 0),
-		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
-	}
+func (p *Proxy) serveConn(ctx context.Context, cn *closeNotifier, handler http.Handler, protos *http.Protocols) {
+	srv := p.newServer(handler, protos)
+	srv.BaseContext = func(net.Listener) context.Context { return context.WithoutCancel(ctx) }
 	l := &oneConn{c: cn, done: cn.closed}
 	stop := make(chan struct{})
 	stopped := make(chan struct{})
-	draining := p.draining
-	if !graceful {
-		draining = nil
-	}
 	go func() {
 		defer close(stopped)
 		select {
-		case <-draining:
+		case <-p.draining:
 			sctx, cancel := context.WithTimeout(context.Background(), p.cfg.DrainTimeout)
 			defer cancel()
 			_ = srv.Shutdown(sctx)
@@ -321,6 +310,19 @@ func (p *Proxy) serveConn(ctx context.Context, cn *closeNotifier, handler http.H
 	<-stopped
 	// HTTP/2's frame reader may still be returning from its last read.
 	cn.quiesce()
+}
+
+// newServer is an HTTP server for the connections of applications and
+// peers, with the proxy's bounds on what it reads.
+func (p *Proxy) newServer(handler http.Handler, protos *http.Protocols) *http.Server {
+	return &http.Server{
+		Handler:           handler,
+		Protocols:         protos,
+		ReadHeaderTimeout: p.cfg.DetectTimeout,
+		MaxHeaderBytes:    MaxHeaderBytes,
+		IdleTimeout:       5 * time.Minute,
+		ErrorLog:          log.New(slogWriter{p}, "", 0),
+	}
 }
 
 // badRequest is why a request is refused with 400: a bounded label for the

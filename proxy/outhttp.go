@@ -139,17 +139,11 @@ func (p *Proxy) newOutboundServer() *connServer {
 	var protos http.Protocols
 	protos.SetHTTP1(true)
 	protos.SetUnencryptedHTTP2(true)
-	return newConnServer(&http.Server{
-		Handler:           http.HandlerFunc(p.outHTTP.serveConn),
-		Protocols:         &protos,
-		ReadHeaderTimeout: p.cfg.DetectTimeout,
-		MaxHeaderBytes:    MaxHeaderBytes,
-		IdleTimeout:       5 * time.Minute,
-		ErrorLog:          log.New(slogWriter{p}, "", 0),
-		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			return context.WithValue(ctx, outConnKey{}, c)
-		},
-	})
+	srv := p.newServer(http.HandlerFunc(p.outHTTP.serveConn), &protos)
+	srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+		return context.WithValue(ctx, outConnKey{}, c)
+	}
+	return newConnServer(srv)
 }
 
 // serveConn is the outbound server's handler: every request of every
@@ -250,8 +244,8 @@ func (o *outboundHTTP) RoundTrip(req *http.Request) (*http.Response, error) {
 	upgrade := httpguts.HeaderValuesContainsToken(req.Header["Connection"], "Upgrade") && req.Header.Get("Upgrade") != ""
 	var tried []endpointKey
 	var lastErr error
-	// again is the body's reader for the next attempt, when it was taken
-	// in deciding to try again.
+	// again is the body's reader for the next attempt, taken in deciding
+	// to try again.
 	var again io.ReadCloser
 	for attempt := 0; attempt < maxAttempts; attempt++ {
 		ep, st, ok := p.bal.pick(or.eps, func(ep Endpoint) bool { return slices.Contains(tried, keyOf(ep)) })
@@ -266,14 +260,13 @@ func (o *outboundHTTP) RoundTrip(req *http.Request) (*http.Response, error) {
 		out.URL = &u
 		out.URL.Host = ep.Addr.String()
 		if body != nil {
-			rd, err := again, error(nil)
-			if again = nil; rd == nil {
-				rd, err = body.next()
+			if again == nil {
+				var err error
+				if again, err = body.next(); err != nil {
+					break
+				}
 			}
-			if err != nil {
-				break
-			}
-			out.Body = rd
+			out.Body, again = again, nil
 			out.GetBody = body.next
 		}
 		t := &target{key: keyOf(ep), connectTimeout: or.dest.ConnectTimeout, src: or.src}
@@ -313,9 +306,9 @@ func (o *outboundHTTP) RoundTrip(req *http.Request) (*http.Response, error) {
 			}
 		}
 		// The body's next reader is taken in the same step as asking
-		// whether there can be one: this attempt's body writer may still
-		// start reading in between, and a body it began is no longer
-		// whole (replayable, then next, failed 503 spuriously).
+		// whether there can be one (next): this attempt's body writer may
+		// still start reading in between, and a body it began is no
+		// longer whole (asking first, then taking, failed 503 spuriously).
 		if ep.Meshed && resp.Header.Get(notDeliveredHeader) != "" && attempt+1 < maxAttempts &&
 			hasOther(or.eps, append(tried, keyOf(ep))) && (body == nil || body.take(&again)) {
 			// Its proxy could not reach the application (a pod shutting

@@ -213,7 +213,7 @@ func (pl *pool) dial(ctx context.Context, call *dialCall, t *target) {
 			return nil, &connectError{addr, "http2_failed", err}
 		}
 		p.m.opened.WithLabelValues("outbound", pc.peer, "mtls").Inc()
-		p.m.open.WithLabelValues("outbound").Inc()
+		p.m.openOut.Inc()
 		// Revocation (revoke.go) closes it if the pod at addr changes.
 		if !p.trackPooled(pc, t.key.addr, t.key.id) {
 			cc.Close()
@@ -251,7 +251,7 @@ func (c *pooledConn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(func() {
 		c.p.untrackPooled(c)
-		c.p.m.open.WithLabelValues("outbound").Dec()
+		c.p.m.openOut.Dec()
 		c.p.m.closed.WithLabelValues("outbound", c.peer, "mtls").Inc()
 	})
 	return err

@@ -44,16 +44,9 @@ func (b *replayBody) next() (io.ReadCloser, error) {
 	return &replayReader{b: b, attempt: b.attempt}, nil
 }
 
-// replayable reports whether another attempt can have the body.
-func (b *replayBody) replayable() bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return !b.started || !b.overflow && b.eof
-}
-
 // take sets *rd to a reader for a new attempt and reports true, if another
-// attempt can have the body; asking and taking in one step, so that an
-// earlier attempt's reader cannot start reading in between.
+// attempt can have the body: asking and taking in one step (next), so that
+// an earlier attempt's reader cannot start reading in between.
 func (b *replayBody) take(rd *io.ReadCloser) bool {
 	r, err := b.next()
 	if err != nil {
