@@ -85,7 +85,19 @@ type Table struct {
 	httpPorts    []uint16
 	// warnings are rule parts that could not be compiled as written.
 	warnings []string
+	// applied are the policies that apply, in order.
+	applied []Applied
 }
+
+// Applied names a policy a table was compiled from.
+type Applied struct {
+	Namespace, Name string
+	Generation      int64
+}
+
+// Applied returns the policies that apply to the table's workload, sorted
+// by namespace and name: what the proxy reports it enforces.
+func (t *Table) Applied() []Applied { return slices.Clone(t.applied) }
 
 // ruleSet indexes rules by the exact caller identities they name, so a
 // table of thousands of identity rules is searched in one map lookup; the
@@ -221,6 +233,7 @@ func Compile(in Input) (*Table, error) {
 				continue
 			}
 		}
+		t.applied = append(t.applied, Applied{Namespace: p.Namespace, Name: p.Name, Generation: p.Generation})
 		cp, warnings := compilePolicy(p, in.Workload.Ports)
 		t.warnings = append(t.warnings, warnings...)
 		if !p.Spec.DryRun && p.Spec.Action != v1alpha1.Audit {

@@ -2,6 +2,7 @@ package authz_test
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -470,5 +471,50 @@ spec:
 		case tc.err != "" && (len(errs) == 0 || !strings.Contains(errs.ToAggregate().Error(), tc.err)):
 			t.Errorf("%q: errors %v, want one containing %q", tc.path, errs, tc.err)
 		}
+	}
+}
+
+// TestApplied: a table names the policies that apply to its workload, and
+// only those (the proxy's /policy reports them): its namespace's whose
+// selector matches, and the root namespace's, sorted, with generations.
+func TestApplied(t *testing.T) {
+	ps := policies(t, `
+apiVersion: security.mesh.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: z-backend, namespace: shop, generation: 4}
+spec: {selector: {matchLabels: {app: backend}}, action: ALLOW, rules: [{from: [{namespaces: [shop]}]}]}
+---
+apiVersion: security.mesh.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: frontend, namespace: shop, generation: 1}
+spec: {selector: {matchLabels: {app: frontend}}, action: ALLOW, rules: [{from: [{namespaces: [shop]}]}]}
+---
+apiVersion: security.mesh.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: a-all, namespace: shop, generation: 2}
+spec: {action: AUDIT, rules: [{}]}
+---
+apiVersion: security.mesh.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: elsewhere, namespace: billing, generation: 1}
+spec: {action: DENY, rules: [{}]}
+---
+apiVersion: security.mesh.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: mesh-wide, namespace: mesh-system, generation: 7}
+spec: {action: DENY, rules: [{from: [{namespaces: [untrusted]}]}]}
+`)
+	tbl, err := authz.Compile(authz.Input{TrustDomain: td, Workload: backend(nil), Policies: ps})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []authz.Applied{{"mesh-system", "mesh-wide", 7}, {"shop", "a-all", 2}, {"shop", "z-backend", 4}}
+	if got := tbl.Applied(); !slices.Equal(got, want) {
+		t.Errorf("Applied() = %v, want %v", got, want)
+	}
+	// A copy: the caller cannot change the table's.
+	tbl.Applied()[0].Name = "changed"
+	if got := tbl.Applied(); !slices.Equal(got, want) {
+		t.Errorf("Applied() after changing a returned copy = %v", got)
 	}
 }

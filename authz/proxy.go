@@ -3,9 +3,10 @@ package authz
 import (
 	"sync"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mesh-dev/mesh/authz/audit"
 	"github.com/mesh-dev/mesh/proxy"

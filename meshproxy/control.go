@@ -3,17 +3,20 @@ package meshproxy
 import (
 	"fmt"
 	"log/slog"
+	"sync/atomic"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/mesh-dev/mesh/authz"
 	controlplanev1 "github.com/mesh-dev/mesh/controlplane/api/v1"
 	"github.com/mesh-dev/mesh/controlplane/client"
+	"github.com/mesh-dev/mesh/proxy"
 )
 
 // enforcePolicy returns the client's Policy callback: compile, swap in,
-// log what the controller warned of.
-func enforcePolicy(td spiffeid.TrustDomain, ns, pod string, enf *authz.Enforcer, log *slog.Logger) func(*controlplanev1.Policy) error {
+// record what is in force for /policy, log what the controller warned of.
+func enforcePolicy(td spiffeid.TrustDomain, ns, pod string, enf *authz.Enforcer, inForce *atomic.Pointer[proxy.PolicyInfo], log *slog.Logger) func(*controlplanev1.Policy) error {
 	return func(p *controlplanev1.Policy) error {
 		t, err := client.CompilePolicy(td, ns, pod, p)
 		if err != nil {
@@ -21,10 +24,16 @@ func enforcePolicy(td spiffeid.TrustDomain, ns, pod string, enf *authz.Enforcer,
 			return err
 		}
 		enf.Swap(t)
+		info := &proxy.PolicyInfo{
+			Source: proxy.SourceController, Version: p.GetVersion(), DefaultMode: p.GetDefaultMode(),
+			Policies: make([]proxy.PolicyRef, 0, len(p.GetApplied())), Warnings: p.GetWarnings(), Since: time.Now(),
+		}
 		var names []string
 		for _, r := range p.GetApplied() {
+			info.Policies = append(info.Policies, proxy.PolicyRef{Namespace: r.GetNamespace(), Name: r.GetName(), Generation: r.GetGeneration()})
 			names = append(names, fmt.Sprintf("%s/%s@%d", r.GetNamespace(), r.GetName(), r.GetGeneration()))
 		}
+		inForce.Store(info)
 		log.Info("policy in force", "version", p.GetVersion(), "default", p.GetDefaultMode(), "policies", names)
 		for _, w := range p.GetWarnings() {
 			log.Warn("policy", "warning", w)

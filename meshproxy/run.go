@@ -104,9 +104,11 @@ func runCommand() command {
 // settings are the flags checked and parsed: everything run needs that
 // does not touch the network or the disk.
 type settings struct {
-	td     spiffeid.TrustDomain
-	ctlID  spiffeid.ID
-	table  *authz.Table
+	td    spiffeid.TrustDomain
+	ctlID spiffeid.ID
+	table *authz.Table
+	// static is what /policy says of table; nil without --policies.
+	static *proxy.PolicyInfo
 	health http.Handler
 	proxy  proxy.Config
 	// wapiUIDs may use the Workload API; nil if it is not served.
@@ -151,7 +153,7 @@ func (o *runOptions) parse() (*settings, error) {
 	if o.podNS == "" || o.podName == "" {
 		return nil, fmt.Errorf("--pod-namespace and --pod-name (or POD_NAMESPACE and POD_NAME) are required")
 	}
-	if s.table, err = o.compile(s.td); err != nil {
+	if s.table, s.static, err = o.compile(s.td); err != nil {
 		return nil, err
 	}
 	if s.wapiUIDs, err = o.workloadAPI.parse(); err != nil {
@@ -172,43 +174,52 @@ func (o *runOptions) parse() (*settings, error) {
 	return &s, nil
 }
 
-// compile compiles this pod's table from the static policies.
-func (o *runOptions) compile(td spiffeid.TrustDomain) (*authz.Table, error) {
+// compile compiles this pod's table from the static policies, and says
+// which they are for /policy.
+func (o *runOptions) compile(td spiffeid.TrustDomain) (*authz.Table, *proxy.PolicyInfo, error) {
 	// The workload flags are checked whether or not --policies is given:
 	// a typo must fail at start, not when a policy file is added.
 	mode, err := authz.ParseDefaultMode(o.defaultPolicy)
 	if err != nil {
-		return nil, fmt.Errorf("--default-policy: %w", err)
+		return nil, nil, fmt.Errorf("--default-policy: %w", err)
 	}
 	lbls, err := parsePairs(o.podLabels, "--pod-labels")
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	named, err := parsePairs(o.podPorts, "--container-ports")
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	portMap := map[string]uint16{}
 	for name, v := range named {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > 65535 {
-			return nil, fmt.Errorf("--container-ports: %s=%s is not a port", name, v)
+			return nil, nil, fmt.Errorf("--container-ports: %s=%s is not a port", name, v)
 		}
 		portMap[name] = uint16(n)
 	}
 	if o.policyFile == "" {
-		return nil, nil // the controller streams the policy
+		return nil, nil, nil // the controller streams the policy
 	}
 	b, err := os.ReadFile(o.policyFile)
 	if err != nil {
-		return nil, fmt.Errorf("--policies: %w", err)
+		return nil, nil, fmt.Errorf("--policies: %w", err)
 	}
 	policies, err := authz.ParsePolicies(b)
 	if err != nil {
-		return nil, fmt.Errorf("--policies %s: %w", o.policyFile, err)
+		return nil, nil, fmt.Errorf("--policies %s: %w", o.policyFile, err)
 	}
-	return authz.Compile(authz.Input{TrustDomain: td, MeshDefault: mode, Policies: policies,
+	t, err := authz.Compile(authz.Input{TrustDomain: td, MeshDefault: mode, Policies: policies,
 		Workload: authz.Workload{Namespace: o.podNS, Pod: o.podName, Labels: lbls, Ports: portMap}})
+	if err != nil {
+		return nil, nil, err
+	}
+	info := &proxy.PolicyInfo{Source: proxy.SourceFile, DefaultMode: string(mode), Policies: []proxy.PolicyRef{}, Warnings: t.Warnings(), Since: time.Now()}
+	for _, a := range t.Applied() {
+		info.Policies = append(info.Policies, proxy.PolicyRef{Namespace: a.Namespace, Name: a.Name, Generation: a.Generation})
+	}
+	return t, info, nil
 }
 
 // run starts the SVID source, the audit writer and the proxy, and stops
@@ -310,8 +321,11 @@ func run(ctx context.Context, o *runOptions) error {
 		Bundle: src.SetBundle, Destinations: cfg.Destinations == nil, PendingWait: o.pendingWait,
 		Logger: log, Registerer: prometheus.DefaultRegisterer,
 	}
+	var inForce atomic.Pointer[proxy.PolicyInfo]
+	inForce.Store(s.static)
+	cfg.Policy = inForce.Load
 	if s.table == nil {
-		ccfg.Policy = enforcePolicy(s.td, o.podNS, o.podName, enf, log)
+		ccfg.Policy = enforcePolicy(s.td, o.podNS, o.podName, enf, &inForce, log)
 	}
 	ctl, err := client.New(ccfg)
 	if err != nil {

@@ -59,8 +59,8 @@ func keyType(pub any) string {
 	return fmt.Sprintf("%T", pub)
 }
 
-// AdminHandler serves /metrics, /ready, /live, /identity, the rewritten
-// kubelet probes under /app-health/, and /shutdown.
+// AdminHandler serves /metrics, /ready, /live, /identity, /policy, the
+// rewritten kubelet probes under /app-health/, and /shutdown.
 //
 // The admin port is not intercepted (the kubelet must reach it), so anyone
 // who can reach the pod can reach it: it serves nothing secret, and what
@@ -104,6 +104,7 @@ func (p *Proxy) AdminHandler() http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(info)
 	})
+	mux.HandleFunc("GET /policy", p.servePolicy)
 	if p.cfg.AppHealth != nil {
 		// A pod is ready only when its proxy is: until the proxy has its
 		// SVID, policy and destinations, requests sent to the pod would

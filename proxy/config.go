@@ -213,6 +213,11 @@ type Config struct {
 	// control-plane client is, once it has its first policy, destinations
 	// and trust bundle. Zero means the SVID and the policy only.
 	Readiness Readier
+	// Policy, when set, says which policy the proxy enforces now, for the
+	// admin endpoint's /policy (meshctl check compares it with what the
+	// controller computes for the pod). Zero, or a nil answer, means
+	// /policy answers 503.
+	Policy func() *PolicyInfo
 	// Registerer receives the proxy's metrics. Zero means none.
 	Registerer prometheus.Registerer
 	// Gatherer serves /metrics. Zero means prometheus.DefaultGatherer.

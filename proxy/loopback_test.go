@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"reflect"
 	"runtime"
 	"strings"
 	"sync/atomic"
@@ -257,9 +258,11 @@ func TestAdmin(t *testing.T) {
 	src := pki.Source(t, serverID.String())
 	reg := prometheus.NewRegistry()
 	admin := freeAddr(t)
+	var inForce atomic.Pointer[proxy.PolicyInfo]
 	p, err := proxy.New(proxy.Config{
 		Identity: src, TrustDomain: pki.TD, Destinations: proxy.StaticDestinations{},
 		InboundAddr: "127.0.0.1:0", OutboundAddr: "127.0.0.1:0", AdminAddr: admin,
+		Policy:     inForce.Load,
 		Registerer: reg, Gatherer: reg, Logger: slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
@@ -313,6 +316,25 @@ func TestAdmin(t *testing.T) {
 	}
 	if strings.Contains(b, "PRIVATE") {
 		t.Fatal("/identity leaks key material")
+	}
+	// /policy: 503 until a policy is in force, then what it is.
+	if code, b := body("GET", "/policy"); code != http.StatusServiceUnavailable {
+		t.Fatalf("/policy with none in force = %d %q, want 503", code, b)
+	}
+	since := time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
+	want := proxy.PolicyInfo{Source: proxy.SourceController, Version: "v1", DefaultMode: "deny",
+		Policies: []proxy.PolicyRef{{Namespace: "shop", Name: "backend", Generation: 3}}, Since: since}
+	inForce.Store(&want)
+	code, b = body("GET", "/policy")
+	var got proxy.PolicyInfo
+	if err := json.Unmarshal([]byte(b), &got); code != 200 || err != nil || !reflect.DeepEqual(got, want) {
+		t.Fatalf("/policy = %d %q (%v), want %+v", code, b, err, want)
+	}
+	// The documented JSON names (docs/meshctl.md) are an interface.
+	for _, k := range []string{`"source"`, `"version"`, `"defaultMode"`, `"policies"`, `"namespace"`, `"name"`, `"generation"`, `"since"`} {
+		if !strings.Contains(b, k) {
+			t.Errorf("/policy lacks %s: %s", k, b)
+		}
 	}
 	if code, b := body("GET", "/metrics"); code != 200 || !strings.Contains(b, "mesh_proxy_svid_expiry_timestamp_seconds") {
 		t.Fatalf("/metrics = %d, missing the SVID expiry", code)

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -35,6 +36,7 @@ import (
 	"github.com/mesh-dev/mesh/e2e/meshtest"
 	"github.com/mesh-dev/mesh/e2e/node"
 	"github.com/mesh-dev/mesh/e2e/prereq"
+	"github.com/mesh-dev/mesh/proxy"
 )
 
 func TestMain(m *testing.M) { os.Exit(clustertest.Run(m)) }
@@ -208,9 +210,29 @@ spec:
 	until(t, 2*time.Second, "edited policy allows /admin", allowed("/admin"))
 	until(t, 2*time.Second, "edited policy denies /api/orders", denied("/api/orders"))
 	e.waitStatus(t, "backend", 2, "1/1")
+	// The proxy says what it enforces: the policy at the generation the
+	// status counts, by name only.
+	info, raw, err := adminPolicy(e.ips["backend"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Source != proxy.SourceController || info.Version == "" || info.DefaultMode != "allow-mesh" ||
+		!slices.Equal(info.Policies, []proxy.PolicyRef{{Namespace: ns, Name: "backend", Generation: 2}}) {
+		t.Errorf("backend's /policy = %s, want shop/backend at generation 2 from the controller", raw)
+	}
+	if strings.Contains(raw, "frontend") || strings.Contains(raw, "/admin") {
+		t.Errorf("backend's /policy shows the policy's rules: %s", raw)
+	}
 
 	kubectl(t, e.c, "", "-n", ns, "delete", "authorizationpolicy", "backend")
 	until(t, 2*time.Second, "deleting the policy restores the default", allowed("/api/orders"))
+	until(t, 2*time.Second, "backend's /policy lists no policy", func() error {
+		info, raw, err := adminPolicy(e.ips["backend"])
+		if err != nil || len(info.Policies) != 0 || info.Source != proxy.SourceController {
+			return fmt.Errorf("%s: %v", raw, err)
+		}
+		return nil
+	})
 
 	// A policy that selects nothing says so.
 	e.apply(t, `apiVersion: security.mesh.dev/v1alpha1
@@ -632,6 +654,28 @@ func adminIdentity(ip string) (*identityInfo, error) {
 		return nil, err
 	}
 	return &info, nil
+}
+
+// adminPolicy reads a proxy's /policy, and returns it raw too.
+func adminPolicy(ip string) (*proxy.PolicyInfo, string, error) {
+	hc := http.Client{Timeout: 2 * time.Second}
+	resp, err := hc.Get("http://" + ip + ":15020/policy")
+	if err != nil {
+		return nil, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, string(b), fmt.Errorf("/policy: %s", resp.Status)
+	}
+	var info proxy.PolicyInfo
+	if err := json.Unmarshal(b, &info); err != nil {
+		return nil, string(b), err
+	}
+	return &info, string(b), nil
 }
 
 // testReplicas: with two replicas, killing the leader moves leadership
