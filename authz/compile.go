@@ -99,6 +99,9 @@ type Applied struct {
 // by namespace and name: what the proxy reports it enforces.
 func (t *Table) Applied() []Applied { return slices.Clone(t.applied) }
 
+// DefaultMode is what the table decides when no policy matches.
+func (t *Table) DefaultMode() DefaultMode { return t.defaultMode }
+
 // ruleSet indexes rules by the exact caller identities they name, so a
 // table of thousands of identity rules is searched in one map lookup; the
 // rules that need a scan (prefixes, namespaces, unauthenticated, any

@@ -11,10 +11,12 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mesh-dev/mesh/authz/api/v1alpha1/policyclient"
 	"github.com/spf13/cobra"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
 )
 
 // A checker is one line of `meshctl check`: Linkerd's Checker shape
@@ -106,6 +108,10 @@ type checkEnv struct {
 	// serverDate asks the API server something and returns its Date
 	// header, with meshctl's clock just before and after the request.
 	serverDate func(ctx context.Context) (date, before, after time.Time, err error)
+
+	// policyInformer returns a new informer of the AuthorizationPolicies,
+	// not started.
+	policyInformer func() cache.SharedIndexInformer
 
 	// ids is the last reading of the proxies' identities, at idsAt
 	// (readIdentities); the checks run one at a time.
@@ -275,8 +281,10 @@ webhook, a valid one accepted, and a pod in a namespace labelled for
 injection injected); the CA's root and issuer are valid for more than
 --root-margin and --issuer-margin and its published status is fresh; every
 meshed pod's proxy is ready, serves a valid SVID and trusts every root of the
-CA (read from the proxy itself through the API server), and every policy's
-current generation is enforced by all the proxies it selects.
+CA, and enforces the policy the controller computes for its pod now (both
+read from the proxy itself through the API server, the policy compared with
+the controller's own computation); every policy's status counts its current
+generation enforced by all the proxies it selects.
 
 --pre, before install: the API server is reachable and its version
 supported, native sidecars work (a dry-run pod keeps an init container's
@@ -354,8 +362,13 @@ func newCheckEnv(kube *genericclioptions.ConfigFlags, meshNS string, opts checkO
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
+	pc, err := policyclient.New(rc)
+	if err != nil {
+		return nil, fmt.Errorf("policy client: %w", err)
+	}
 	return &checkEnv{
 		kube: cs, dyn: dyn, meshNS: meshNS, opts: opts, now: time.Now,
+		policyInformer: func() cache.SharedIndexInformer { return policyclient.NewInformer(pc, 0) },
 		serverDate: func(ctx context.Context) (time.Time, time.Time, time.Time, error) {
 			before := time.Now()
 			_, err := cs.Discovery().RESTClient().Get().AbsPath("/version").Do(ctx).Raw()

@@ -96,8 +96,13 @@ func meshCategories() []category {
 				run:         checkProxiesTrustRoots,
 			},
 			{
-				description: "every proxy enforces its policies' current generation",
-				hint:        "kubectl get authorizationpolicies -A shows ENFORCED n/m; the proxies that lag are not connected to a controller: check the controller and the pods' mesh-proxy logs",
+				description: "every proxy enforces the policy the controller computes for its pod",
+				hint:        "a proxy that lags is not connected to a controller, or refused the policy: kubectl logs -c mesh-proxy says which (\"policy in force\" and \"policy refused\" lines); check the controller's pods and logs",
+				run:         checkProxiesPolicyCurrent,
+			},
+			{
+				description: "every policy's status counts its current generation enforced",
+				hint:        "kubectl get authorizationpolicies -A shows ENFORCED n/m; the leader writes it from the proxies' acknowledgements: check that a controller leads and that the proxies above are current",
 				run:         checkPolicyEnforced,
 			},
 		}},

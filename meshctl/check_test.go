@@ -25,14 +25,19 @@ import (
 	"k8s.io/apimachinery/pkg/version"
 	fakediscovery "k8s.io/client-go/discovery/fake"
 	dynamicfake "k8s.io/client-go/dynamic/fake"
+	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/rest"
 	k8stesting "k8s.io/client-go/testing"
+	"k8s.io/client-go/tools/cache"
 
+	"github.com/mesh-dev/mesh/authz"
 	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
 	"github.com/mesh-dev/mesh/ca"
 	"github.com/mesh-dev/mesh/controlplane/castatus"
 	"github.com/mesh-dev/mesh/meshcontroller"
+	"github.com/mesh-dev/mesh/proxy"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 var checkNow = time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
@@ -794,5 +799,87 @@ func TestPreHints(t *testing.T) {
 	}
 	if len(want) > 0 {
 		t.Errorf("no checks %v", want)
+	}
+}
+
+// policyAnswer is a proxy's /policy answer.
+func policyAnswer(t *testing.T, source, version, mode string, refs ...proxy.PolicyRef) proxyAnswer {
+	t.Helper()
+	b, err := json.Marshal(proxy.PolicyInfo{Source: source, Version: version, DefaultMode: mode, Policies: refs, Since: checkNow})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return proxyAnswer{body: b}
+}
+
+// TestCheckProxiesPolicyCurrent: each proxy's /policy is compared with
+// what the controller's inventory computes for its pod from the same
+// pods and policies; every proxy that differs is named, with how.
+func TestCheckProxiesPolicyCurrent(t *testing.T) {
+	a, b := meshedPod("a", corev1.PodRunning), meshedPod("b", corev1.PodRunning)
+	pods := []runtime.Object{a, b, pod("shop", "plain", true), meshedPod("done", corev1.PodSucceeded)}
+	shopPolicy := testPolicy("shop", "backend", v1alpha1.Allow, nil, v1alpha1.Rule{From: fromSA("shop", "frontend")})
+	shopPolicy.Generation = 2
+	invalidDeny := testPolicy("shop", "broken", v1alpha1.Deny, nil, v1alpha1.Rule{From: []v1alpha1.Source{{Identities: []string{"spiffe://cluster.local/ns/*/sa/x"}}}})
+	policies := []v1alpha1.AuthorizationPolicy{shopPolicy}
+
+	// What the controller pushes to a, computed as it does.
+	e0, _, _ := env(t, pods, nil)
+	inv, stop, err := runInventory(t.Context(), meshConfig{TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"), MeshDefault: authz.DefaultAllowMesh},
+		informers.NewSharedInformerFactory(e0.kube, 0), policyInformer(policies))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := inv.Policy("shop", "a")
+	stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	current := policyAnswer(t, proxy.SourceController, want.Version, "allow-mesh", proxy.PolicyRef{Namespace: "shop", Name: "backend", Generation: 2})
+	const version = "; version old, the controller's " // followed by want.Version's first 12 characters
+	for _, tc := range []struct {
+		name     string
+		objs     []runtime.Object
+		policies []v1alpha1.AuthorizationPolicy
+		answers  map[string]proxyAnswer
+		result   string
+		detail   string
+	}{
+		{"no meshed pods", []runtime.Object{pod("shop", "plain", true)}, policies, nil, ResultSuccess, "no meshed pods"},
+		{"both current", pods, policies, map[string]proxyAnswer{"a": current, "b": current}, ResultSuccess, "2 proxies"},
+		{"an older generation", pods, policies, map[string]proxyAnswer{"a": current,
+			"b": policyAnswer(t, proxy.SourceController, "old", "allow-mesh", proxy.PolicyRef{Namespace: "shop", Name: "backend", Generation: 1})},
+			ResultError, "1 of 2 proxies; lagging: shop/b (enforces shop/backend at generation 1, not 2" + version + want.Version[:12] + ")"},
+		{"a policy missing, a deleted one kept, another default", pods, policies, map[string]proxyAnswer{"a": current,
+			"b": policyAnswer(t, proxy.SourceController, "old", "deny", proxy.PolicyRef{Namespace: "shop", Name: "gone", Generation: 1})},
+			ResultError, "shop/b (lacks shop/backend, still enforces shop/gone, default deny, not allow-mesh" + version},
+		{"same policies, another version", pods, policies, map[string]proxyAnswer{"a": current,
+			"b": policyAnswer(t, proxy.SourceController, "old", "allow-mesh", proxy.PolicyRef{Namespace: "shop", Name: "backend", Generation: 2})},
+			ResultError, "shop/b (the same policies, compiled for an older version of the pod or its policies" + version},
+		{"a policy file, not the controller's", pods, policies, map[string]proxyAnswer{"a": current,
+			"b": policyAnswer(t, proxy.SourceFile, "", "allow-mesh", proxy.PolicyRef{Namespace: "shop", Name: "backend", Generation: 2})},
+			ResultError, `shop/b (enforces policy from "file", not the controller's)`},
+		{"unreachable and unreadable", pods, policies, map[string]proxyAnswer{"a": {err: errors.New("connection refused")}, "b": {body: []byte("<html>")}},
+			ResultError, "2 of 2 proxies; unreadable: shop/a (the proxy's admin endpoint (port 15020) did not answer /policy through the API server: connection refused), shop/b (the proxy's /policy answered something meshctl cannot read"},
+		{"an invalid DENY: the controller sends nothing new", pods, append(slices.Clone(policies), invalidDeny), map[string]proxyAnswer{"a": current, "b": current},
+			ResultError, "2 of 2 proxies; lagging: shop/a (an enforced DENY policy that selects it is invalid"},
+	} {
+		e, cs, _ := env(t, tc.objs, nil)
+		e.policyInformer = func() cache.SharedIndexInformer { return policyInformer(tc.policies) }
+		cs.PrependProxyReactor("pods", func(act k8stesting.Action) (bool, rest.ResponseWrapper, error) {
+			g := act.(k8stesting.ProxyGetAction)
+			if g.GetPath() != "/policy" || g.GetPort() != "15020" {
+				return true, proxyAnswer{err: fmt.Errorf("unexpected %s:%s", g.GetPort(), g.GetPath())}, nil
+			}
+			ans, ok := tc.answers[g.GetName()]
+			if !ok {
+				return true, proxyAnswer{err: fmt.Errorf("no proxy in pod %s", g.GetName())}, nil
+			}
+			return true, ans, nil
+		})
+		r := runOne(t.Context(), e, checker{description: "x", hint: "h", run: checkProxiesPolicyCurrent}, time.Time{}, time.Millisecond, 10*time.Second)
+		if r.Result != tc.result || !strings.Contains(r.Detail, tc.detail) {
+			t.Errorf("%s: %s %q;\nwant %s containing %q", tc.name, r.Result, r.Detail, tc.result, tc.detail)
+		}
 	}
 }

@@ -98,22 +98,11 @@ type checkRequest struct {
 // way the controller pushes it, then compiles and evaluates it as the
 // destination's proxy does.
 func decide(ctx context.Context, mesh meshConfig, factory informers.SharedInformerFactory, policies cache.SharedIndexInformer, req checkRequest) (*Verdict, error) {
-	inv, err := inventory.New(inventory.Config{TrustDomain: mesh.TrustDomain, MeshDefault: mesh.MeshDefault, Informers: factory, Policies: policies})
+	inv, stop, err := runInventory(ctx, mesh, factory, policies)
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	defer func() {
-		cancel()
-		factory.Shutdown()
-		wg.Wait()
-	}()
-	factory.Start(ctx.Done())
-	wg.Go(func() { policies.Run(ctx.Done()) })
-	if !cache.WaitForCacheSync(ctx.Done(), inv.HasSynced) {
-		return nil, fmt.Errorf("meshctl: the pods, namespaces and policies were not listed in time: %w", context.Cause(ctx))
-	}
+	defer stop()
 
 	dest, err := inv.Pod(req.ToNamespace, req.To)
 	if apierrors.IsNotFound(err) {
@@ -181,6 +170,30 @@ func decide(ctx context.Context, mesh meshConfig, factory informers.SharedInform
 	}
 	v.Warnings = append(v.Warnings, pol.Warnings...)
 	return v, nil
+}
+
+// runInventory runs the controller's own inventory over the informers,
+// which it starts, until it has synced; stop stops them and waits.
+func runInventory(ctx context.Context, mesh meshConfig, factory informers.SharedInformerFactory, policies cache.SharedIndexInformer) (inv *inventory.Inventory, stop func(), err error) {
+	inv, err = inventory.New(inventory.Config{TrustDomain: mesh.TrustDomain, MeshDefault: mesh.MeshDefault, Informers: factory, Policies: policies})
+	if err != nil {
+		return nil, nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	stop = func() {
+		cancel()
+		factory.Shutdown()
+		wg.Wait()
+	}
+	factory.Start(ctx.Done())
+	wg.Go(func() { policies.Run(ctx.Done()) })
+	if !cache.WaitForCacheSync(ctx.Done(), inv.HasSynced) {
+		err := fmt.Errorf("meshctl: the pods, namespaces and policies were not listed in time: %w", context.Cause(ctx))
+		stop()
+		return nil, nil, err
+	}
+	return inv, stop, nil
 }
 
 // destinationPort reads --port: a number, or the name of one of the

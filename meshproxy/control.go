@@ -14,6 +14,15 @@ import (
 	"github.com/mesh-dev/mesh/proxy"
 )
 
+// fileInfo is what /policy says of a table compiled from a file.
+func fileInfo(t *authz.Table) *proxy.PolicyInfo {
+	info := &proxy.PolicyInfo{Source: proxy.SourceFile, DefaultMode: string(t.DefaultMode()), Policies: []proxy.PolicyRef{}, Warnings: t.Warnings(), Since: time.Now()}
+	for _, a := range t.Applied() {
+		info.Policies = append(info.Policies, proxy.PolicyRef{Namespace: a.Namespace, Name: a.Name, Generation: a.Generation})
+	}
+	return info
+}
+
 // enforcePolicy returns the client's Policy callback: compile, swap in,
 // record what is in force for /policy, log what the controller warned of.
 func enforcePolicy(td spiffeid.TrustDomain, ns, pod string, enf *authz.Enforcer, inForce *atomic.Pointer[proxy.PolicyInfo], log *slog.Logger) func(*controlplanev1.Policy) error {

@@ -215,11 +215,7 @@ func (o *runOptions) compile(td spiffeid.TrustDomain) (*authz.Table, *proxy.Poli
 	if err != nil {
 		return nil, nil, err
 	}
-	info := &proxy.PolicyInfo{Source: proxy.SourceFile, DefaultMode: string(mode), Policies: []proxy.PolicyRef{}, Warnings: t.Warnings(), Since: time.Now()}
-	for _, a := range t.Applied() {
-		info.Policies = append(info.Policies, proxy.PolicyRef{Namespace: a.Namespace, Name: a.Name, Generation: a.Generation})
-	}
-	return t, info, nil
+	return t, fileInfo(t), nil
 }
 
 // run starts the SVID source, the audit writer and the proxy, and stops

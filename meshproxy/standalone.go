@@ -126,6 +126,10 @@ func runStandalone(ctx context.Context, path string, stdout, logOut io.Writer) e
 	if s.admin != "" {
 		cfg.AdminAddr = s.admin
 	}
+	if s.table != nil {
+		info := fileInfo(s.table)
+		cfg.Policy = func() *proxy.PolicyInfo { return info }
+	}
 	p, err := proxy.New(cfg)
 	if err != nil {
 		return err

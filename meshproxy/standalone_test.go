@@ -5,12 +5,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -287,6 +289,33 @@ admin: %[11]s
 		status, body, err := get(keepAlive, tc.path)
 		if err != nil || status != tc.status || (tc.body != "" && body != tc.body) {
 			t.Fatalf("GET %s: %d %q %v; want %d %q", tc.path, status, body, err, tc.status, tc.body)
+		}
+	}
+	// The server's admin port says which policy is in force, from the
+	// file; the client, with no inbound, has none.
+	for _, tc := range []struct {
+		admin string
+		code  int
+		want  proxy.PolicyInfo
+	}{
+		{srvAdmin, http.StatusOK, proxy.PolicyInfo{Source: proxy.SourceFile, DefaultMode: "deny", Policies: []proxy.PolicyRef{{Namespace: "shop", Name: "api"}}}},
+		{cliAdmin, http.StatusServiceUnavailable, proxy.PolicyInfo{}},
+	} {
+		resp, err := http.Get("http://" + tc.admin + "/policy")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got proxy.PolicyInfo
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			if err := json.Unmarshal(b, &got); err != nil {
+				t.Fatalf("%s/policy: %v: %s", tc.admin, err, b)
+			}
+			got.Since = time.Time{}
+		}
+		if resp.StatusCode != tc.code || !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("%s/policy = %d %s, want %d %+v", tc.admin, resp.StatusCode, b, tc.code, tc.want)
 		}
 	}
 	// A destination that is not the configured peer is refused.

@@ -91,7 +91,8 @@ spec:
 		"✔ the injector adds the proxy to a pod (server-side dry run) (in namespace " + appNS + ")",
 		"✔ every meshed pod's proxy is ready and serves a valid SVID (2 pods)",
 		"✔ every proxy trusts every root of the CA (2 proxies, 1 root)",
-		"✔ every proxy enforces its policies' current generation (1 policy)",
+		"✔ every proxy enforces the policy the controller computes for its pod (2 proxies)",
+		"✔ every policy's status counts its current generation enforced (1 policy)",
 	} {
 		if !hasLine(lines, want) {
 			t.Errorf("check: no line %q", want)
@@ -116,6 +117,9 @@ spec:
 	}); err != nil {
 		t.Fatal(err)
 	}
+	// A policy deleted meanwhile (deletes pass no webhook) stays in force
+	// in the proxies until a controller returns: check names each of them.
+	m.MustRun(t, "kubectl", "-n", appNS, "delete", "authorizationpolicy", "echo-from-shop")
 	out, code = runMeshctl(t, m, "check")
 	t.Logf("meshctl check with the controller at 0:\n%s", out)
 	if code != 1 {
@@ -127,9 +131,15 @@ spec:
 		"✖ the leader Lease is held by a live controller pod",
 		"✖ the policy webhook refuses an invalid AuthorizationPolicy (server-side dry run)",
 		"✖ the injector adds the proxy to a pod (server-side dry run)",
+		"✖ every proxy enforces the policy the controller computes for its pod: 2 of 2 proxies; lagging: " + appNS + "/echo-",
 	} {
 		if !hasLine(lines, want) {
 			t.Errorf("check with the controller at 0: no line starting %q", want)
+		}
+	}
+	for _, l := range lines {
+		if strings.Contains(l, "every proxy enforces the policy") && strings.Count(l, "(still enforces "+appNS+"/echo-from-shop; version ") != 2 {
+			t.Errorf("check with the controller at 0: the policy line does not say that both proxies still enforce the deleted policy: %q", l)
 		}
 	}
 	if !strings.Contains(out, "    hint: kubectl -n "+system+" get deploy,pods") {
