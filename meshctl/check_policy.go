@@ -17,6 +17,7 @@ import (
 
 	controlplanev1 "github.com/mesh-dev/mesh/controlplane/api/v1"
 	"github.com/mesh-dev/mesh/controlplane/inventory"
+	"github.com/mesh-dev/mesh/inject"
 	"github.com/mesh-dev/mesh/proxy"
 )
 
@@ -43,27 +44,14 @@ func checkProxiesPolicyCurrent(ctx context.Context, e *checkEnv) (string, error)
 		return "", err
 	}
 	defer stop()
-	got := readProxyPolicies(ctx, e.kube, pods)
 	var lag, unread []string
-	for i := range pods {
-		p := &pods[i]
-		name := p.Namespace + "/" + p.Name
-		want, err := inv.Policy(p.Namespace, p.Name)
+	for _, r := range comparePolicies(ctx, e.kube, inv, pods) {
+		name := r.Namespace + "/" + r.Pod
 		switch {
-		case errors.Is(err, inventory.ErrInvalidDeny):
-			lag = append(lag, name+" (an enforced DENY policy that selects it is invalid, so the controller sends it nothing new: fix or delete that policy)")
-			continue
-		case err != nil:
-			// The pod came or went between the two lists.
-			unread = append(unread, fmt.Sprintf("%s (%v)", name, err))
-			continue
-		}
-		if got[i].err != "" {
-			unread = append(unread, fmt.Sprintf("%s (%s)", name, got[i].err))
-			continue
-		}
-		if d := policyDiff(got[i].info, want); d != "" {
-			lag = append(lag, fmt.Sprintf("%s (%s)", name, d))
+		case r.Error != "":
+			unread = append(unread, fmt.Sprintf("%s (%s)", name, r.Error))
+		case !r.Current:
+			lag = append(lag, fmt.Sprintf("%s (%s)", name, r.Difference))
 		}
 	}
 	if len(lag)+len(unread) > 0 {
@@ -77,6 +65,62 @@ func checkProxiesPolicyCurrent(ctx context.Context, e *checkEnv) (string, error)
 		return "", errors.New(msg)
 	}
 	return fmt.Sprintf("%d %s", len(pods), plural(len(pods), "proxy", "proxies")), nil
+}
+
+// PodPolicy is one pod's entry of `meshctl policy show -o json|yaml`: the
+// policy its proxy enforces beside the one the controller computes for it
+// now.
+type PodPolicy struct {
+	Namespace string `json:"namespace"`
+	Pod       string `json:"pod"`
+	// Proxy is what the pod's proxy says it enforces (its /policy).
+	Proxy *proxy.PolicyInfo `json:"proxy,omitempty"`
+	// Controller is what the controller computes for the pod now.
+	Controller *ControllerPolicy `json:"controller,omitempty"`
+	// Current: the proxy enforces what the controller computes.
+	Current bool `json:"current"`
+	// Difference says how they differ when they do.
+	Difference string `json:"difference,omitempty"`
+	// Error says why either could not be read.
+	Error string `json:"error,omitempty"`
+}
+
+// ControllerPolicy is the policy the controller computes for a pod, by
+// the same names as the proxy's.
+type ControllerPolicy struct {
+	Version     string            `json:"version"`
+	DefaultMode string            `json:"defaultMode"`
+	Policies    []proxy.PolicyRef `json:"policies"`
+	Warnings    []string          `json:"warnings,omitempty"`
+}
+
+// comparePolicies reads each pod's proxy policy and compares it with what
+// the inventory computes for the pod, in the pods' order.
+func comparePolicies(ctx context.Context, cs kubernetes.Interface, inv *inventory.Inventory, pods []corev1.Pod) []PodPolicy {
+	got := readProxyPolicies(ctx, cs, pods)
+	out := make([]PodPolicy, len(pods))
+	for i := range pods {
+		p, r := &pods[i], &out[i]
+		r.Namespace, r.Pod, r.Proxy = p.Namespace, p.Name, got[i].info
+		want, err := inv.Policy(p.Namespace, p.Name)
+		switch {
+		case got[i].err != "":
+			r.Error = got[i].err
+		case errors.Is(err, inventory.ErrInvalidDeny):
+			r.Difference = "an enforced DENY policy that selects it is invalid, so the controller sends it nothing new: fix or delete that policy (" + err.Error() + ")"
+		case err != nil:
+			// The pod came or went between the two readings.
+			r.Error = err.Error()
+		default:
+			r.Controller = &ControllerPolicy{Version: want.GetVersion(), DefaultMode: want.GetDefaultMode(), Policies: []proxy.PolicyRef{}, Warnings: want.GetWarnings()}
+			for _, a := range want.GetApplied() {
+				r.Controller.Policies = append(r.Controller.Policies, proxy.PolicyRef{Namespace: a.GetNamespace(), Name: a.GetName(), Generation: a.GetGeneration()})
+			}
+			r.Difference = policyDiff(got[i].info, want)
+			r.Current = r.Difference == ""
+		}
+	}
+	return out
 }
 
 // policyDiff says how the policy a proxy enforces differs from the one
@@ -159,7 +203,13 @@ func readProxyPolicies(ctx context.Context, cs kubernetes.Interface, pods []core
 }
 
 func readProxyPolicy(ctx context.Context, cs kubernetes.Interface, p *corev1.Pod) proxyPolicy {
-	port, _ := adminPort(p)
+	port, meshed := adminPort(p)
+	if !meshed {
+		return proxyPolicy{err: fmt.Sprintf("not meshed: the pod has no %s container", inject.ProxyContainer)}
+	}
+	if p.Status.PodIP == "" {
+		return proxyPolicy{err: "the pod has no IP yet (phase " + string(p.Status.Phase) + ")"}
+	}
 	raw, err := cs.CoreV1().Pods(p.Namespace).ProxyGet("http", p.Name, strconv.Itoa(port), "/policy", nil).DoRaw(ctx)
 	if err != nil {
 		return proxyPolicy{err: fmt.Sprintf("the proxy's admin endpoint (port %d) did not answer /policy through the API server: %v", port, err)}

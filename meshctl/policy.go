@@ -13,8 +13,8 @@ import (
 )
 
 func policyCmd(kube *genericclioptions.ConfigFlags) *cobra.Command {
-	cmd := &cobra.Command{Use: "policy", Short: "Validate AuthorizationPolicies and ask what the live ones decide"}
-	cmd.AddCommand(policyLintCmd(), policyCheckCmd(kube))
+	cmd := &cobra.Command{Use: "policy", Short: "Validate AuthorizationPolicies, ask what the live ones decide, show what a proxy enforces"}
+	cmd.AddCommand(policyLintCmd(), policyCheckCmd(kube), policyShowCmd(kube))
 	return cmd
 }
 

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"github.com/mesh-dev/mesh/e2e/helminstall"
 	"github.com/mesh-dev/mesh/e2e/meshtest"
 	"github.com/mesh-dev/mesh/meshctl"
+	"github.com/mesh-dev/mesh/proxy"
 )
 
 func TestMain(m *testing.M) { os.Exit(clustertest.Run(m)) }
@@ -103,6 +105,18 @@ spec:
 		t.Errorf("check -o json: success %t, pre %t, %d categories; want true, false, 6", rep.Success, rep.Pre, len(rep.Categories))
 	}
 
+	// policy show: each pod's proxy enforces the one policy, as the
+	// controller computes it.
+	shown := policyShow(t, m, 0)
+	for _, r := range shown {
+		if !r.Current || r.Proxy == nil || !slices.Equal(r.Proxy.Policies, []proxy.PolicyRef{{Namespace: appNS, Name: "echo-from-shop", Generation: 1}}) {
+			t.Errorf("policy show: %+v, want shop/echo-from-shop at generation 1, current", r)
+		}
+	}
+	if len(shown) != 2 {
+		t.Errorf("policy show deploy/echo: %d pods, want 2", len(shown))
+	}
+
 	// The controller at 0: the controller and webhook lines fail.
 	scale(t, m, 0)
 	if err := meshtest.WaitFor(ctx, 2*time.Minute, func() error {
@@ -144,6 +158,11 @@ spec:
 	}
 	if !strings.Contains(out, "    hint: kubectl -n "+system+" get deploy,pods") {
 		t.Errorf("check with the controller at 0: no hint naming the mesh namespace")
+	}
+	out, code = runMeshctl(t, m, "policy", "show", "-n", appNS, "deploy/echo")
+	t.Logf("meshctl policy show with the controller at 0:\n%s", out)
+	if code != 1 || strings.Count(out, ": still enforces "+appNS+"/echo-from-shop; version ") != 2 {
+		t.Errorf("policy show with the controller at 0 exited %d, want 1 and both pods said to still enforce the deleted policy", code)
 	}
 	rep = checkJSON(t, m)
 	if rep.Success || resultOf(rep, "the controller Deployment has a ready replica") != meshctl.ResultError {
@@ -227,6 +246,23 @@ func resultOf(rep meshctl.CheckReport, desc string) string {
 		}
 	}
 	return ""
+}
+
+// policyShow runs policy show deploy/echo -o json, which must exit want.
+func policyShow(t *testing.T, m *helminstall.Mesh, want int) []meshctl.PodPolicy {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	out, stderr, code, err := m.MeshctlSplit(ctx, "policy", "show", "-n", appNS, "deploy/echo", "-o", "json")
+	if err != nil || code != want {
+		t.Fatalf("policy show: exit %d (want %d), %v\n%s%s", code, want, err, out, stderr)
+	}
+	t.Logf("meshctl policy show -n %s deploy/echo -o json:\n%s", appNS, out)
+	var res []meshctl.PodPolicy
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("policy show -o json: %v\n%s", err, out)
+	}
+	return res
 }
 
 func scale(t *testing.T, m *helminstall.Mesh, n int) {
