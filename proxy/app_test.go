@@ -80,6 +80,8 @@ type received struct {
 	Method     string
 	RequestURI string
 	Header     http.Header
+	// Body is what the handler read, where it reads (directApp).
+	Body string `json:",omitempty"`
 }
 
 // appLog appends records to the file named by APP_LOG, if any.
@@ -130,6 +132,7 @@ func serve(name string) error {
 			c.Close()
 		}
 	}()
+	mux.Handle("/d/", directApp(log))
 	mux.Handle("/ws", websocket.Handler(func(ws *websocket.Conn) { io.Copy(ws, ws) }))
 	errc := make(chan error, 4)
 	go func() {

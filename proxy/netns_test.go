@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -167,6 +168,9 @@ type side struct {
 	reg  *prometheus.Registry
 	logs *syncBuffer
 	stop func()
+	// fallbacks counts the inbound HTTP/1.1 requests that went through
+	// http.Transport rather than the direct way (export_test.go).
+	fallbacks *atomic.Int64
 }
 
 // mesh is two pods, A (client) and B (server), joined by a veth pair, each
@@ -250,6 +254,7 @@ func (m *mesh) startProxy(t *testing.T, s *side, inbound proxy.Mode, az proxy.Au
 	if err != nil {
 		t.Fatal(err)
 	}
+	s.fallbacks = proxy.CountFallback(p)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- p.Run(ctx) }()
