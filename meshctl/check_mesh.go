@@ -17,7 +17,6 @@ import (
 
 	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
 	"github.com/mesh-dev/mesh/ca"
-	"github.com/mesh-dev/mesh/controlplane/castatus"
 	"github.com/mesh-dev/mesh/controlplane/inventory"
 	"github.com/mesh-dev/mesh/inject"
 )
@@ -378,7 +377,7 @@ func checkInjector(ctx context.Context, e *checkEnv) (string, error) {
 }
 
 func checkCAStatusFresh(ctx context.Context, e *checkEnv) (string, error) {
-	d, err := castatus.Get(ctx, e.kube, e.meshNS)
+	d, err := e.caStatus(ctx)
 	if err != nil {
 		return "", err
 	}
@@ -410,7 +409,7 @@ func days(d time.Duration) string {
 }
 
 func checkRoot(ctx context.Context, e *checkEnv) (string, error) {
-	d, err := castatus.Get(ctx, e.kube, e.meshNS)
+	d, err := e.caStatus(ctx)
 	if err != nil {
 		return "", err
 	}
@@ -422,7 +421,7 @@ func checkRoot(ctx context.Context, e *checkEnv) (string, error) {
 }
 
 func checkIssuer(ctx context.Context, e *checkEnv) (string, error) {
-	d, err := castatus.Get(ctx, e.kube, e.meshNS)
+	d, err := e.caStatus(ctx)
 	if err != nil {
 		return "", err
 	}
@@ -497,7 +496,7 @@ func plural(n int, one, many string) string {
 }
 
 func checkProxiesTrustRoots(ctx context.Context, e *checkEnv) (string, error) {
-	d, err := castatus.Get(ctx, e.kube, e.meshNS)
+	d, err := e.caStatus(ctx)
 	if err != nil {
 		return "", err
 	}
