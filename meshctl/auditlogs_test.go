@@ -60,14 +60,6 @@ func TestCopyAudit(t *testing.T) {
 	}
 }
 
-func TestTimeLeft(t *testing.T) {
-	for d, want := range map[string]string{"30s": "30s", "47h59m59.5s": "47h59m59s", "48h": "2d0h", "8759h59m43s": "364d23h"} {
-		if got := timeLeft(mustDuration(t, d)); got != want {
-			t.Errorf("timeLeft(%s) = %q, want %q", d, got, want)
-		}
-	}
-}
-
 func mustDuration(t *testing.T, s string) time.Duration {
 	t.Helper()
 	d, err := time.ParseDuration(s)

@@ -395,17 +395,9 @@ func validFor(c ca.CertStatus, now time.Time, margin time.Duration) (string, err
 	}
 	left := c.NotAfter.Sub(now)
 	if left <= margin {
-		return "", fmt.Errorf("%s (%s) expires at %s, in %s, less than %s", c.Subject, c.Role, c.NotAfter.UTC().Format(time.RFC3339), days(left), days(margin))
+		return "", fmt.Errorf("%s (%s) expires at %s, in %s, less than %s", c.Subject, c.Role, c.NotAfter.UTC().Format(time.RFC3339), timeLeft(left), timeLeft(margin))
 	}
-	return fmt.Sprintf("%s left, margin %s", days(left), days(margin)), nil
-}
-
-// days shows a long duration in days and hours.
-func days(d time.Duration) string {
-	if d < 24*time.Hour {
-		return d.Round(time.Second).String()
-	}
-	return fmt.Sprintf("%dd%dh", d/(24*time.Hour), (d%(24*time.Hour))/time.Hour)
+	return fmt.Sprintf("%s left, margin %s", timeLeft(left), timeLeft(margin)), nil
 }
 
 func checkRoot(ctx context.Context, e *checkEnv) (string, error) {
