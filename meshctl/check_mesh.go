@@ -238,36 +238,20 @@ func podReady(p *corev1.Pod) bool {
 
 func checkWebhookConfigs(ctx context.Context, e *checkEnv) (string, error) {
 	var problems []string
-	m, err := e.kube.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, mutatingWebhook, metav1.GetOptions{})
-	switch {
-	case apierrors.IsNotFound(err):
-		problems = append(problems, "MutatingWebhookConfiguration "+mutatingWebhook+" not found")
-	case err != nil:
-		return "", fmt.Errorf("get MutatingWebhookConfiguration %s: %w", mutatingWebhook, err)
-	default:
-		for _, w := range m.Webhooks {
-			if len(w.ClientConfig.CABundle) == 0 {
-				problems = append(problems, fmt.Sprintf("%s webhook %s has no caBundle", mutatingWebhook, w.Name))
+	for _, c := range meshWebhookConfigs {
+		hooks, found, err := c.get(ctx, e.kube)
+		switch {
+		case err != nil:
+			return "", err
+		case !found:
+			problems = append(problems, c.kind+" "+c.name+" not found")
+		case len(hooks) == 0:
+			problems = append(problems, c.name+" has no webhooks")
+		}
+		for _, w := range hooks {
+			if len(w.caBundle) == 0 {
+				problems = append(problems, fmt.Sprintf("%s webhook %s has no caBundle", c.name, w.name))
 			}
-		}
-		if len(m.Webhooks) == 0 {
-			problems = append(problems, mutatingWebhook+" has no webhooks")
-		}
-	}
-	v, err := e.kube.AdmissionregistrationV1().ValidatingWebhookConfigurations().Get(ctx, validatingWebhook, metav1.GetOptions{})
-	switch {
-	case apierrors.IsNotFound(err):
-		problems = append(problems, "ValidatingWebhookConfiguration "+validatingWebhook+" not found")
-	case err != nil:
-		return "", fmt.Errorf("get ValidatingWebhookConfiguration %s: %w", validatingWebhook, err)
-	default:
-		for _, w := range v.Webhooks {
-			if len(w.ClientConfig.CABundle) == 0 {
-				problems = append(problems, fmt.Sprintf("%s webhook %s has no caBundle", validatingWebhook, w.Name))
-			}
-		}
-		if len(v.Webhooks) == 0 {
-			problems = append(problems, validatingWebhook+" has no webhooks")
 		}
 	}
 	if len(problems) > 0 {
