@@ -11,13 +11,12 @@ import (
 	"testing"
 
 	"helm.sh/helm/v3/pkg/chart"
-	"helm.sh/helm/v3/pkg/chart/loader"
 	"helm.sh/helm/v3/pkg/chartutil"
-	"helm.sh/helm/v3/pkg/engine"
 	"helm.sh/helm/v3/pkg/lint"
 	"helm.sh/helm/v3/pkg/lint/support"
 	"helm.sh/helm/v3/pkg/releaseutil"
-	"helm.sh/helm/v3/pkg/strvals"
+
+	"github.com/mesh-dev/mesh/internal/chartrender"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
@@ -32,30 +31,19 @@ const (
 // loadChart loads charts/mesh as helm install does.
 func loadChart(t *testing.T) *chart.Chart {
 	t.Helper()
-	ch, err := loader.Load(chartDir)
+	ch, err := chartrender.Load(chartDir)
 	if err != nil {
-		t.Fatalf("loading the chart: %v", err)
+		t.Fatal(err)
 	}
 	return ch
 }
 
-// userValues merges a values file (if any) and --set arguments, the way
-// `helm install -f file --set a=b` does: --set is parsed by Helm's own
-// strvals, so `--set trustDomain=123` gives the integer Helm gives.
+// userValues is chartrender.Values, failing t.
 func userValues(t *testing.T, file string, sets []string) map[string]any {
 	t.Helper()
-	vals := map[string]any{}
-	if file != "" {
-		v, err := chartutil.ReadValuesFile(file)
-		if err != nil {
-			t.Fatalf("reading %s: %v", file, err)
-		}
-		vals = v.AsMap()
-	}
-	for _, s := range sets {
-		if err := strvals.ParseInto(s, vals); err != nil {
-			t.Fatalf("--set %s: %v", s, err)
-		}
+	vals, err := chartrender.Values(file, sets)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return vals
 }
@@ -71,32 +59,11 @@ type rendered struct {
 // user values, schema validation included: its error is what helm install
 // would print.
 func render(ch *chart.Chart, vals map[string]any) (*rendered, error) {
-	rv, err := chartutil.ToRenderValues(ch, vals, chartutil.ReleaseOptions{
-		Name: releaseName, Namespace: releaseNS, Revision: 1, IsInstall: true,
-	}, chartutil.DefaultCapabilities)
+	r, err := chartrender.Render(ch, releaseName, releaseNS, vals)
 	if err != nil {
 		return nil, err
 	}
-	files, err := engine.Render(ch, rv)
-	if err != nil {
-		return nil, err
-	}
-	out := &rendered{}
-	for name, content := range files {
-		if strings.HasSuffix(name, "NOTES.txt") {
-			out.notes = content
-			delete(files, name)
-		}
-	}
-	hooks, manifests, err := releaseutil.SortManifests(files, nil, releaseutil.InstallOrder)
-	if err != nil {
-		return nil, err
-	}
-	if len(hooks) != 0 {
-		return nil, fmt.Errorf("the chart has %d hooks; none were expected", len(hooks))
-	}
-	out.manifests = manifests
-	return out, nil
+	return &rendered{manifests: r.Manifests, notes: r.Notes}, nil
 }
 
 func mustRender(t *testing.T, file string, sets ...string) *rendered {

@@ -22,9 +22,9 @@ import (
 
 func auditLogsCmd(kube *genericclioptions.ConfigFlags) *cobra.Command {
 	var (
-		output string
-		follow bool
-		tail   int64
+		output           string
+		follow, previous bool
+		tail             int64
 	)
 	cmd := &cobra.Command{
 		Use:   "logs pod/NAME",
@@ -40,6 +40,10 @@ verified: meshctl audit logs pod/NAME -o jsonl | meshctl audit verify --bundle R
 (a log the kubelet rotated lacks its start and fails verification; verify the
 file in the pod's mesh-audit volume, which the proxy keeps whole).
 
+-p reads the previous instance of the mesh-proxy container, as kubectl logs -p
+does: the records a proxy wrote before it restarted (the kubelet keeps one
+previous instance's log). It cannot be followed.
+
 Exit status: 0, 1 when the pod is not meshed or has no log, 2 on a usage error.`,
 		Example: `  # the denials of a pod, as a table
   meshctl audit logs -n shop pod/backend-7d9c5b-x2x8q
@@ -48,7 +52,10 @@ Exit status: 0, 1 when the pod is not meshed or has no log, 2 on a usage error.`
   meshctl audit logs -n shop pod/backend-7d9c5b-x2x8q -f
 
   # verbatim, to verify or ship
-  meshctl audit logs -n shop pod/backend-7d9c5b-x2x8q -o jsonl > backend.audit.jsonl`,
+  meshctl audit logs -n shop pod/backend-7d9c5b-x2x8q -o jsonl > backend.audit.jsonl
+
+  # what the proxy wrote before it restarted
+  meshctl audit logs -n shop pod/backend-7d9c5b-x2x8q --previous`,
 		Args: cobra.ExactArgs(1),
 		ValidArgsFunction: func(cmd *cobra.Command, args []string, toComplete string) ([]string, cobra.ShellCompDirective) {
 			if len(args) > 0 {
@@ -59,6 +66,10 @@ Exit status: 0, 1 when the pod is not meshed or has no log, 2 on a usage error.`
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if output != "table" && output != "jsonl" {
 				return usage(fmt.Errorf("--output %q: want table or jsonl", output))
+			}
+			opts, err := proxyLogOptions(follow, previous)
+			if err != nil {
+				return err
 			}
 			kind, name, err := parseRef(args[0])
 			if err != nil {
@@ -79,13 +90,9 @@ Exit status: 0, 1 when the pod is not meshed or has no log, 2 on a usage error.`
 			if _, meshed := adminPort(&pods[0]); !meshed {
 				return failed(fmt.Errorf("pod %s/%s is not meshed: it has no %s container, so no audit log", ns, name, inject.ProxyContainer))
 			}
-			// No TailLines: the proxy's own log lines are interleaved, so
-			// the last N lines would hold fewer than N records. copyAudit
-			// keeps the last N records instead.
-			opts := &corev1.PodLogOptions{Container: inject.ProxyContainer, Follow: follow}
 			rc, err := cs.CoreV1().Pods(ns).GetLogs(name, opts).Stream(ctx)
 			if err != nil {
-				return failed(fmt.Errorf("reading the %s container's log of pod %s/%s: %w", inject.ProxyContainer, ns, name, err))
+				return failed(fmt.Errorf("reading the %s%s container's log of pod %s/%s: %w", previousWord(previous), inject.ProxyContainer, ns, name, err))
 			}
 			defer rc.Close()
 			return copyAudit(cmd.OutOrStdout(), rc, output, tail, follow)
@@ -93,9 +100,30 @@ Exit status: 0, 1 when the pod is not meshed or has no log, 2 on a usage error.`
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table, or jsonl (the lines verbatim)")
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing records as the proxy writes them")
+	cmd.Flags().BoolVarP(&previous, "previous", "p", false, "read the previous instance of the mesh-proxy container, the one before it restarted")
 	cmd.Flags().Int64Var(&tail, "tail", -1, "print only the last N records that are already written (-1: all)")
 	_ = cmd.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"table", "jsonl"}, cobra.ShellCompDirectiveNoFileComp))
 	return cmd
+}
+
+// proxyLogOptions are the options audit logs reads the mesh-proxy
+// container's log with. --previous and --follow exclude each other: the
+// previous instance has ended, so there is nothing to follow.
+func proxyLogOptions(follow, previous bool) (*corev1.PodLogOptions, error) {
+	if follow && previous {
+		return nil, usage(errors.New("audit logs: --previous reads a container that has ended: it excludes --follow"))
+	}
+	// No TailLines: the proxy's own log lines are interleaved, so the last
+	// N lines would hold fewer than N records. copyAudit keeps the last N
+	// records instead.
+	return &corev1.PodLogOptions{Container: inject.ProxyContainer, Follow: follow, Previous: previous}, nil
+}
+
+func previousWord(previous bool) string {
+	if previous {
+		return "previous "
+	}
+	return ""
 }
 
 // isAuditLine says whether a log line is an audit record: the proxy's own

@@ -1,9 +1,14 @@
 package meshctl
 
 import (
+	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/mesh-dev/mesh/inject"
 )
 
 // A proxy's container log: its own JSON log lines around audit records.
@@ -55,14 +60,6 @@ func TestCopyAudit(t *testing.T) {
 	}
 }
 
-func TestTimeLeft(t *testing.T) {
-	for d, want := range map[string]string{"30s": "30s", "47h59m59.5s": "47h59m59s", "48h": "2d0h", "8759h59m43s": "364d23h"} {
-		if got := timeLeft(mustDuration(t, d)); got != want {
-			t.Errorf("timeLeft(%s) = %q, want %q", d, got, want)
-		}
-	}
-}
-
 func mustDuration(t *testing.T, s string) time.Duration {
 	t.Helper()
 	d, err := time.ParseDuration(s)
@@ -70,4 +67,53 @@ func mustDuration(t *testing.T, s string) time.Duration {
 		t.Fatal(err)
 	}
 	return d
+}
+
+// The options audit logs reads the proxy's log with. That the API server
+// serves the previous instance for Previous is Kubernetes' part; a fake
+// clientset would not prove it, so this tests what meshctl asks for.
+func TestProxyLogOptions(t *testing.T) {
+	for _, tc := range []struct {
+		follow, previous bool
+		want             *corev1.PodLogOptions // nil: a usage error
+	}{
+		{false, false, &corev1.PodLogOptions{Container: inject.ProxyContainer}},
+		{true, false, &corev1.PodLogOptions{Container: inject.ProxyContainer, Follow: true}},
+		{false, true, &corev1.PodLogOptions{Container: inject.ProxyContainer, Previous: true}},
+		{true, true, nil},
+	} {
+		got, err := proxyLogOptions(tc.follow, tc.previous)
+		switch {
+		case tc.want == nil && (err == nil || ExitCode(err) != 2 || !strings.Contains(err.Error(), "--previous") || !strings.Contains(err.Error(), "--follow")):
+			t.Errorf("follow %v previous %v: %+v, %v; want a usage error naming both flags", tc.follow, tc.previous, got, err)
+		case tc.want != nil && (err != nil || !reflect.DeepEqual(got, tc.want)):
+			t.Errorf("follow %v previous %v: %+v, %v; want %+v", tc.follow, tc.previous, got, err, tc.want)
+		}
+	}
+}
+
+// The flags reach proxyLogOptions, and the usage error comes before any
+// cluster is asked: a kubeconfig that does not exist fails only later.
+func TestAuditLogsPreviousFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		code int
+		msg  string
+	}{
+		{[]string{"-p", "-f"}, 2, "excludes --follow"},
+		{[]string{"--previous", "--follow"}, 2, "excludes --follow"},
+		{[]string{"--follow=false", "-p"}, 1, "kubeconfig"},
+		{[]string{"-p"}, 1, "kubeconfig"},
+		{[]string{"-p=maybe"}, 2, "invalid argument"},
+	} {
+		cmd := New()
+		var out strings.Builder
+		cmd.SetOut(&out)
+		cmd.SetErr(&out)
+		cmd.SetArgs(append([]string{"audit", "logs", "pod/x", "--kubeconfig", "/nonexistent/kubeconfig"}, tc.args...))
+		err := cmd.Execute()
+		if err == nil || ExitCode(err) != tc.code || !strings.Contains(err.Error(), tc.msg) {
+			t.Errorf("audit logs %s: exit %d, %v; want exit %d and %q", strings.Join(tc.args, " "), ExitCode(err), err, tc.code, tc.msg)
+		}
+	}
 }

@@ -114,16 +114,6 @@ func printCAStatus(w io.Writer, output string, d *castatus.Document, now time.Ti
 	return tw.Flush()
 }
 
-// timeLeft is d for a person: days and hours past two days, else as Go
-// prints it, to the second.
-func timeLeft(d time.Duration) string {
-	if d < 48*time.Hour {
-		return d.Truncate(time.Second).String()
-	}
-	days := d / (24 * time.Hour)
-	return fmt.Sprintf("%dd%dh", days, (d-days*24*time.Hour)/time.Hour)
-}
-
 // rotationPhase says where a root rotation stands, and what comes next.
 func rotationPhase(d *castatus.Document, now time.Time) string {
 	if r, ok := d.Root(ca.RoleRetiring); ok {

@@ -117,6 +117,8 @@ type checkEnv struct {
 	// (readIdentities); the checks run one at a time.
 	ids   []PodIdentity
 	idsAt time.Time
+	// caRead is the CA status read in this pass (caStatus).
+	caRead passCAStatus
 }
 
 // runChecks runs the categories in order. A failing check is retried
@@ -126,6 +128,7 @@ type checkEnv struct {
 // A fatal failure ends the run.
 func runChecks(ctx context.Context, e *checkEnv, cats []category, wait, retryEvery, attemptTimeout time.Duration) CheckReport {
 	deadline := e.now().Add(wait)
+	e.newPass()
 	rep := CheckReport{Success: true}
 	for _, cat := range cats {
 		cc := CheckCategory{Name: cat.name}
@@ -178,6 +181,7 @@ func runOne(ctx context.Context, e *checkEnv, c checker, deadline time.Time, ret
 			return r
 		case <-time.After(retryEvery):
 		}
+		e.newPass()
 	}
 }
 

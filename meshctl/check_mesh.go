@@ -17,7 +17,6 @@ import (
 
 	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
 	"github.com/mesh-dev/mesh/ca"
-	"github.com/mesh-dev/mesh/controlplane/castatus"
 	"github.com/mesh-dev/mesh/controlplane/inventory"
 	"github.com/mesh-dev/mesh/inject"
 )
@@ -244,36 +243,20 @@ func podReady(p *corev1.Pod) bool {
 
 func checkWebhookConfigs(ctx context.Context, e *checkEnv) (string, error) {
 	var problems []string
-	m, err := e.kube.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, mutatingWebhook, metav1.GetOptions{})
-	switch {
-	case apierrors.IsNotFound(err):
-		problems = append(problems, "MutatingWebhookConfiguration "+mutatingWebhook+" not found")
-	case err != nil:
-		return "", fmt.Errorf("get MutatingWebhookConfiguration %s: %w", mutatingWebhook, err)
-	default:
-		for _, w := range m.Webhooks {
-			if len(w.ClientConfig.CABundle) == 0 {
-				problems = append(problems, fmt.Sprintf("%s webhook %s has no caBundle", mutatingWebhook, w.Name))
+	for _, c := range meshWebhookConfigs {
+		hooks, found, err := c.get(ctx, e.kube)
+		switch {
+		case err != nil:
+			return "", err
+		case !found:
+			problems = append(problems, c.kind+" "+c.name+" not found")
+		case len(hooks) == 0:
+			problems = append(problems, c.name+" has no webhooks")
+		}
+		for _, w := range hooks {
+			if len(w.caBundle) == 0 {
+				problems = append(problems, fmt.Sprintf("%s webhook %s has no caBundle", c.name, w.name))
 			}
-		}
-		if len(m.Webhooks) == 0 {
-			problems = append(problems, mutatingWebhook+" has no webhooks")
-		}
-	}
-	v, err := e.kube.AdmissionregistrationV1().ValidatingWebhookConfigurations().Get(ctx, validatingWebhook, metav1.GetOptions{})
-	switch {
-	case apierrors.IsNotFound(err):
-		problems = append(problems, "ValidatingWebhookConfiguration "+validatingWebhook+" not found")
-	case err != nil:
-		return "", fmt.Errorf("get ValidatingWebhookConfiguration %s: %w", validatingWebhook, err)
-	default:
-		for _, w := range v.Webhooks {
-			if len(w.ClientConfig.CABundle) == 0 {
-				problems = append(problems, fmt.Sprintf("%s webhook %s has no caBundle", validatingWebhook, w.Name))
-			}
-		}
-		if len(v.Webhooks) == 0 {
-			problems = append(problems, validatingWebhook+" has no webhooks")
 		}
 	}
 	if len(problems) > 0 {
@@ -383,7 +366,7 @@ func checkInjector(ctx context.Context, e *checkEnv) (string, error) {
 }
 
 func checkCAStatusFresh(ctx context.Context, e *checkEnv) (string, error) {
-	d, err := castatus.Get(ctx, e.kube, e.meshNS)
+	d, err := e.caStatus(ctx)
 	if err != nil {
 		return "", err
 	}
@@ -401,21 +384,13 @@ func validFor(c ca.CertStatus, now time.Time, margin time.Duration) (string, err
 	}
 	left := c.NotAfter.Sub(now)
 	if left <= margin {
-		return "", fmt.Errorf("%s (%s) expires at %s, in %s, less than %s", c.Subject, c.Role, c.NotAfter.UTC().Format(time.RFC3339), days(left), days(margin))
+		return "", fmt.Errorf("%s (%s) expires at %s, in %s, less than %s", c.Subject, c.Role, c.NotAfter.UTC().Format(time.RFC3339), timeLeft(left), timeLeft(margin))
 	}
-	return fmt.Sprintf("%s left, margin %s", days(left), days(margin)), nil
-}
-
-// days shows a long duration in days and hours.
-func days(d time.Duration) string {
-	if d < 24*time.Hour {
-		return d.Round(time.Second).String()
-	}
-	return fmt.Sprintf("%dd%dh", d/(24*time.Hour), (d%(24*time.Hour))/time.Hour)
+	return fmt.Sprintf("%s left, margin %s", timeLeft(left), timeLeft(margin)), nil
 }
 
 func checkRoot(ctx context.Context, e *checkEnv) (string, error) {
-	d, err := castatus.Get(ctx, e.kube, e.meshNS)
+	d, err := e.caStatus(ctx)
 	if err != nil {
 		return "", err
 	}
@@ -427,7 +402,7 @@ func checkRoot(ctx context.Context, e *checkEnv) (string, error) {
 }
 
 func checkIssuer(ctx context.Context, e *checkEnv) (string, error) {
-	d, err := castatus.Get(ctx, e.kube, e.meshNS)
+	d, err := e.caStatus(ctx)
 	if err != nil {
 		return "", err
 	}
@@ -502,7 +477,7 @@ func plural(n int, one, many string) string {
 }
 
 func checkProxiesTrustRoots(ctx context.Context, e *checkEnv) (string, error) {
-	d, err := castatus.Get(ctx, e.kube, e.meshNS)
+	d, err := e.caStatus(ctx)
 	if err != nil {
 		return "", err
 	}

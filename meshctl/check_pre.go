@@ -157,15 +157,14 @@ func checkNoConflictingCRD(ctx context.Context, e *checkEnv) (string, error) {
 
 func checkNoWebhooks(ctx context.Context, e *checkEnv) (string, error) {
 	var found []string
-	if _, err := e.kube.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, mutatingWebhook, metav1.GetOptions{}); err == nil {
-		found = append(found, "MutatingWebhookConfiguration "+mutatingWebhook)
-	} else if !apierrors.IsNotFound(err) {
-		return "", fmt.Errorf("get MutatingWebhookConfiguration %s: %w", mutatingWebhook, err)
-	}
-	if _, err := e.kube.AdmissionregistrationV1().ValidatingWebhookConfigurations().Get(ctx, validatingWebhook, metav1.GetOptions{}); err == nil {
-		found = append(found, "ValidatingWebhookConfiguration "+validatingWebhook)
-	} else if !apierrors.IsNotFound(err) {
-		return "", fmt.Errorf("get ValidatingWebhookConfiguration %s: %w", validatingWebhook, err)
+	for _, c := range meshWebhookConfigs {
+		_, exists, err := c.get(ctx, e.kube)
+		if err != nil {
+			return "", err
+		}
+		if exists {
+			found = append(found, c.kind+" "+c.name)
+		}
 	}
 	if len(found) > 0 {
 		return "", fmt.Errorf("%s already %s", strings.Join(found, " and "), plural(len(found), "exists", "exist"))

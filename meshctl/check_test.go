@@ -455,12 +455,16 @@ func TestCheckInjector(t *testing.T) {
 	}
 }
 
+// activeRootFP is caDoc's active root's fingerprint: hex, as the CA and
+// the proxies write them.
+var activeRootFP = strings.Repeat("a", 64)
+
 func caDoc(t *testing.T, updated time.Time, rootLeft, issuerLeft time.Duration) *corev1.ConfigMap {
 	t.Helper()
 	d := castatus.Document{
 		Status: ca.Status{
-			Roots:  []ca.CertStatus{{Role: ca.RoleActive, Fingerprint: "sha256:aaaa", Subject: "CN=root", NotBefore: checkNow.Add(-time.Hour), NotAfter: checkNow.Add(rootLeft)}},
-			Issuer: ca.CertStatus{Role: ca.RoleActive, Fingerprint: "sha256:bbbb", Subject: "CN=issuer", NotBefore: checkNow.Add(-time.Hour), NotAfter: checkNow.Add(issuerLeft)},
+			Roots:  []ca.CertStatus{{Role: ca.RoleActive, Fingerprint: activeRootFP, Subject: "CN=root", NotBefore: checkNow.Add(-time.Hour), NotAfter: checkNow.Add(rootLeft)}},
+			Issuer: ca.CertStatus{Role: ca.RoleActive, Fingerprint: strings.Repeat("b", 64), Root: activeRootFP, Subject: "CN=issuer", NotBefore: checkNow.Add(-time.Hour), NotAfter: checkNow.Add(issuerLeft)},
 		},
 		UpdatedAt: updated, Replica: "ctl-a",
 	}
@@ -669,17 +673,17 @@ func TestCheckDataPlane(t *testing.T) {
 		{"no meshed pods", []runtime.Object{unmeshed, done, going}, nil,
 			checkCase{result: ResultSuccess, detail: "no meshed pods"}, checkCase{result: ResultSuccess, detail: "no meshed pods"}},
 		{"healthy", []runtime.Object{meshedPod("a", corev1.PodRunning), meshedPod("b", corev1.PodRunning), unmeshed, done},
-			map[string]proxyAnswer{"a": {body: identityJSON(t, true, hour, "sha256:aaaa")}, "b": {body: identityJSON(t, true, hour, "sha256:old", "sha256:aaaa")}},
+			map[string]proxyAnswer{"a": {body: identityJSON(t, true, hour, activeRootFP)}, "b": {body: identityJSON(t, true, hour, "sha256:old", activeRootFP)}},
 			checkCase{result: ResultSuccess, detail: "2 pods"}, checkCase{result: ResultSuccess, detail: "2 proxies, 1 root"}},
 		{"one not ready, one expired, one unreachable, one lacking the root", []runtime.Object{meshedPod("a", corev1.PodRunning), meshedPod("b", corev1.PodRunning), meshedPod("c", corev1.PodRunning), meshedPod("d", corev1.PodRunning)},
 			map[string]proxyAnswer{
-				"a": {body: identityJSON(t, false, hour, "sha256:aaaa")},
-				"b": {body: identityJSON(t, true, checkNow.Add(-time.Second), "sha256:aaaa")},
+				"a": {body: identityJSON(t, false, hour, activeRootFP)},
+				"b": {body: identityJSON(t, true, checkNow.Add(-time.Second), activeRootFP)},
 				"c": {err: errors.New("connection refused")},
 				"d": {body: identityJSON(t, true, hour, "sha256:old")},
 			},
 			checkCase{result: ResultError, detail: "3 of 4 not healthy: shop/a (ready false, SVID valid 2026-11-24T11:59:00Z to 2026-11-24T13:00:00Z), shop/b (ready true"},
-			checkCase{result: ResultError, detail: "2 of 4 proxies; missing roots: shop/d (lacks active aaaa); unreadable: shop/c"}},
+			checkCase{result: ResultError, detail: "2 of 4 proxies; missing roots: shop/d (lacks active aaaaaaaaaaaa); unreadable: shop/c"}},
 		{"a proxy answering garbage", []runtime.Object{meshedPod("a", corev1.PodRunning)},
 			map[string]proxyAnswer{"a": {body: []byte("<html>")}},
 			checkCase{result: ResultError, detail: "shop/a (the proxy's /identity answered something meshctl cannot read"},
@@ -756,7 +760,7 @@ func TestIdentitiesReused(t *testing.T) {
 	reads := 0
 	cs.PrependProxyReactor("pods", func(k8stesting.Action) (bool, rest.ResponseWrapper, error) {
 		reads++
-		return true, proxyAnswer{body: identityJSON(t, true, checkNow.Add(time.Hour), "sha256:aaaa")}, nil
+		return true, proxyAnswer{body: identityJSON(t, true, checkNow.Add(time.Hour), activeRootFP)}, nil
 	})
 	for _, step := range []struct {
 		run   func(context.Context, *checkEnv) (string, error)

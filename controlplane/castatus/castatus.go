@@ -19,7 +19,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"time"
 
@@ -107,14 +106,15 @@ func (s Step) Valid() error {
 	return fmt.Errorf("unknown step %q (want one of prepare-root, activate-root, retire-root, rotate-issuer)", string(s))
 }
 
-// ParseDocument reads a StatusKey's value.
+// ParseDocument reads a StatusKey's value, and refuses a document that
+// describes no CA that can exist (see Document.check).
 func ParseDocument(s string) (*Document, error) {
 	var d Document
 	if err := json.Unmarshal([]byte(s), &d); err != nil {
 		return nil, fmt.Errorf("castatus: %s: %w", StatusKey, err)
 	}
-	if d.Issuer.Fingerprint == "" || len(d.Roots) == 0 {
-		return nil, errors.New("castatus: " + StatusKey + " has no issuer or no roots")
+	if err := d.check(); err != nil {
+		return nil, fmt.Errorf("castatus: %s: %w", StatusKey, err)
 	}
 	return &d, nil
 }
