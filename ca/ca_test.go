@@ -342,6 +342,24 @@ func TestConcurrentBootstrapConverges(t *testing.T) {
 	}
 }
 
+// TestStatusOneEntryPerRoot: a user-supplied bundle.pem that holds the root
+// twice is one root in the status (castatus refuses two active roots).
+func TestStatusOneEntryPerRoot(t *testing.T) {
+	src := &ca.MemoryStore{}
+	newCA(t, src, &clock{now: t0})
+	data, _, _ := src.Load(t.Context())
+	data[ca.KeyBundle] = append(append([]byte(nil), data[ca.KeyBundle]...), data[ca.KeyBundle]...)
+	delete(data, ca.KeyRootKey)
+	c, err := ca.New(t.Context(), ca.Config{TrustDomain: td, Store: storeWith(t, data), External: true, Now: (&clock{now: t0}).Now, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := c.Status()
+	if len(st.Roots) != 1 || st.Roots[0].Role != ca.RoleActive {
+		t.Fatalf("status roots %+v, want the one root, active", st.Roots)
+	}
+}
+
 func TestExternalCA(t *testing.T) {
 	// A user-supplied CA: made here by a CA of our own, then handed over
 	// without its root key.

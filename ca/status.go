@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"slices"
 	"time"
 )
 
@@ -61,7 +62,11 @@ func (c *CA) Status() Status {
 	st := c.st
 	s := Status{TrustDomain: c.cfg.TrustDomain.Name(), External: c.cfg.External, SVIDTTL: c.cfg.SVIDTTL, MaxSVIDTTL: c.cfg.MaxSVIDTTL}
 	active := st.root.cert()
-	for _, r := range st.bundle {
+	for i, r := range st.bundle {
+		// A user-supplied bundle may hold a root twice: it is one root.
+		if slices.ContainsFunc(st.bundle[:i], r.Equal) {
+			continue
+		}
 		role := RoleTrusted
 		switch {
 		case r.Equal(active):
