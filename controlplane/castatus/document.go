@@ -10,10 +10,11 @@ import (
 
 // check says whether d describes a CA as ca.CA.Status publishes one: one
 // active root, under which the issuers are, at most one prepared and one
-// retiring root, fingerprints that are SHA-256s, each root once. Anyone allowed to patch the ConfigMap can write
-// it, and meshctl decides rotation steps and check results from it, so a
-// document that names no active root, or an issuer under a root the bundle
-// lacks, is refused here rather than misread there.
+// retiring root, fingerprints that are SHA-256s, each root once. Anyone
+// allowed to patch the ConfigMap can write it, and meshctl decides
+// rotation steps and check results from it, so a document that names no
+// active root, or an issuer under a root the bundle lacks, is refused here
+// rather than misread there.
 func (d *Document) check() error {
 	if d.Issuer.Fingerprint == "" || len(d.Roots) == 0 {
 		return errors.New("no issuer or no roots")
