@@ -95,7 +95,10 @@ func needs(selfSigned bool) []request {
 		{"list", "", "services", "", ""}, {"watch", "", "services", "", ""},
 		{"list", "", "namespaces", "", ""}, {"watch", "", "namespaces", "", ""},
 		{"list", "discovery.k8s.io", "endpointslices", "", ""}, {"watch", "discovery.k8s.io", "endpointslices", "", ""},
-		{"list", "", "configmaps", "", ""}, {"watch", "", "configmaps", "", ""},
+		// ConfigMaps: the trust-bundle ones by name (a metadata.name field
+		// selector) in every namespace, the controller's own namespace's.
+		{"list", "", "configmaps", "", "mesh-trust-bundle"}, {"watch", "", "configmaps", "", "mesh-trust-bundle"},
+		{"list", "", "configmaps", ns, ""}, {"watch", "", "configmaps", ns, ""},
 		{"list", "security.mesh.dev", "authorizationpolicies", "", ""}, {"watch", "security.mesh.dev", "authorizationpolicies", "", ""},
 		// controlplane/policystatus Writer.
 		{"update", "security.mesh.dev", "authorizationpolicies/status", shop, "allow-web"},
@@ -136,6 +139,13 @@ func forbidden(selfSigned bool) []request {
 		{"create", "", "pods/exec", shop, "web-1"},
 		{"create", "", "serviceaccounts/token", shop, "web"},
 		{"update", "", "configmaps", shop, "app-config"},
+		// Reading other ConfigMaps: application configuration, which may
+		// hold credentials.
+		{"list", "", "configmaps", "", ""},
+		{"watch", "", "configmaps", "", ""},
+		{"list", "", "configmaps", shop, ""},
+		{"get", "", "configmaps", shop, "app-config"},
+		{"list", "", "configmaps", "", "app-config"},
 		{"delete", "", "configmaps", shop, "kube-root-ca.crt"},
 		{"update", "", "namespaces", "", shop},
 		{"update", "", "services", shop, "web"},

@@ -174,9 +174,15 @@ func run(ctx context.Context, o options) error {
 	}
 
 	// Shared informers: the whole cluster's pods, Services,
-	// EndpointSlices, namespaces and ConfigMaps, and the policies; the
+	// EndpointSlices and namespaces, and the policies. ConfigMaps only
+	// those mesh reads, so that the controller neither caches nor may
+	// read any other: the trust-bundle ones by name in every namespace,
+	// and its own namespace's (enforcement reports, the CA status). The
 	// CA's one Secret on its own.
 	factory := informers.NewSharedInformerFactory(kube, 0)
+	bundleCMs := informers.NewSharedInformerFactoryWithOptions(kube, 0,
+		informers.WithTweakListOptions(func(lo *metav1.ListOptions) { lo.FieldSelector = "metadata.name=" + trustbundle.ConfigMapName }))
+	meshCMs := informers.NewSharedInformerFactoryWithOptions(kube, 0, informers.WithNamespace(o.namespace))
 	policyInformer := policyclient.NewInformer(policies, 0)
 	inv, err := inventory.New(inventory.Config{TrustDomain: td, MeshDefault: meshDefault, Informers: factory, Policies: policyInformer, Logger: log})
 	if err != nil {
@@ -191,17 +197,17 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	statusWriter, err := policystatus.NewWriter(policystatus.WriterConfig{
-		Policies: policies, PolicyInformer: policyInformer, Informers: factory,
+		Policies: policies, PolicyInformer: policyInformer, Informers: factory, ReportInformers: meshCMs,
 		Namespace: o.namespace, Logger: log, Registerer: reg,
 	})
 	if err != nil {
 		return err
 	}
-	bundles, err := trustbundle.New(trustbundle.Config{Kube: kube, Informers: factory, Bundle: authority, Namespaces: []string{o.namespace}, Logger: log, Registerer: reg})
+	bundles, err := trustbundle.New(trustbundle.Config{Kube: kube, Informers: factory, ConfigMapInformers: bundleCMs, Bundle: authority, Namespaces: []string{o.namespace}, Logger: log, Registerer: reg})
 	if err != nil {
 		return err
 	}
-	caStatus, err := castatus.New(castatus.Config{Kube: kube, Informers: factory, CA: authority, Namespace: o.namespace, Replica: o.replica, Logger: log})
+	caStatus, err := castatus.New(castatus.Config{Kube: kube, Informers: meshCMs, CA: authority, Namespace: o.namespace, Replica: o.replica, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -240,13 +246,15 @@ func run(ctx context.Context, o options) error {
 	cp.Register(gs)
 
 	g, gctx := errgroup.WithContext(ctx)
-	factory.Start(gctx.Done())
-	secretFactory.Start(gctx.Done())
+	for _, f := range []informers.SharedInformerFactory{factory, bundleCMs, meshCMs, secretFactory} {
+		f.Start(gctx.Done())
+	}
 	go policyInformer.Run(gctx.Done())
 	g.Go(func() error {
 		<-gctx.Done()
-		factory.Shutdown()
-		secretFactory.Shutdown()
+		for _, f := range []informers.SharedInformerFactory{factory, bundleCMs, meshCMs, secretFactory} {
+			f.Shutdown()
+		}
 		return nil
 	})
 	g.Go(func() error {

@@ -39,7 +39,8 @@ type Config struct {
 	// Kube writes the ConfigMap. Required.
 	Kube kubernetes.Interface
 	// Informers provides the ConfigMaps; the caller starts the factory.
-	// Required.
+	// Only Namespace's are read: a factory limited to it caches no other
+	// (the controller's is). Required.
 	Informers informers.SharedInformerFactory
 	// CA is the authority. Required.
 	CA Authority

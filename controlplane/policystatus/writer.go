@@ -45,6 +45,11 @@ type WriterConfig struct {
 	// ConfigMaps (of Namespace). NewWriter registers those informers; the
 	// caller starts the factory. Required.
 	Informers informers.SharedInformerFactory
+	// ReportInformers, when set, provides the report ConfigMaps instead:
+	// a factory limited to Namespace, so that the controller caches no
+	// other namespace's ConfigMaps and RBAC grants it list and watch in
+	// Namespace alone. Zero means Informers.
+	ReportInformers informers.SharedInformerFactory
 	// Namespace is the controller's, where the replicas' reports are.
 	// Required.
 	Namespace string
@@ -124,7 +129,11 @@ func NewWriter(cfg WriterConfig) (*Writer, error) {
 		reportSel: labels.SelectorFromSet(labels.Set{ReportLabel: "true"}),
 	}
 	// Asking for the informers is what makes the factory start them.
-	w.pods, w.configMaps = core.Pods().Informer(), core.ConfigMaps().Informer()
+	cms := core.ConfigMaps()
+	if cfg.ReportInformers != nil {
+		cms = cfg.ReportInformers.Core().V1().ConfigMaps()
+	}
+	w.pods, w.configMaps = core.Pods().Informer(), cms.Informer()
 	return w, nil
 }
 

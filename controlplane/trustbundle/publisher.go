@@ -63,6 +63,11 @@ type Config struct {
 	// reads. New registers those informers; the caller starts the factory,
 	// on every replica. Required.
 	Informers informers.SharedInformerFactory
+	// ConfigMapInformers, when set, provides the ConfigMaps instead: a
+	// factory whose lists select metadata.name=ConfigMapName, so that the
+	// controller caches no other ConfigMap and RBAC grants it list and
+	// watch of that name alone. Zero means Informers.
+	ConfigMapInformers informers.SharedInformerFactory
 	// Bundle is the trust bundle to publish. Required.
 	Bundle Source
 	// Namespaces always get the ConfigMap, meshed pods or not (the
@@ -115,16 +120,20 @@ func New(cfg Config) (*Publisher, error) {
 		return nil, err
 	}
 	core := cfg.Informers.Core().V1()
+	cms := core.ConfigMaps()
+	if cfg.ConfigMapInformers != nil {
+		cms = cfg.ConfigMapInformers.Core().V1().ConfigMaps()
+	}
 	p := &Publisher{
 		cfg:       cfg,
 		log:       cfg.Logger,
 		metrics:   m,
 		podLister: core.Pods().Lister(),
 		nsLister:  core.Namespaces().Lister(),
-		cmLister:  core.ConfigMaps().Lister(),
+		cmLister:  cms.Lister(),
 	}
 	// Asking for the informers is what makes the factory start them.
-	p.pods, p.namespaces, p.configMaps = core.Pods().Informer(), core.Namespaces().Informer(), core.ConfigMaps().Informer()
+	p.pods, p.namespaces, p.configMaps = core.Pods().Informer(), core.Namespaces().Informer(), cms.Informer()
 	return p, nil
 }
 
