@@ -12,19 +12,14 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
-	"k8s.io/client-go/tools/cache"
 
 	"github.com/mesh-dev/mesh/authz"
 	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
 	"github.com/mesh-dev/mesh/controlplane/inventory"
+	"github.com/mesh-dev/mesh/internal/policyinformer"
 )
-
-type listWatch struct{ *cache.ListWatch }
-
-func (listWatch) IsWatchListSemanticsUnSupported() bool { return true }
 
 // newInventory is an inventory over a fake clientset and a fixed list of
 // policies: a unit test of the compilation, not of the informers.
@@ -38,12 +33,7 @@ func newInventory(t *testing.T, policies []v1alpha1.AuthorizationPolicy, objs ..
 func startInventory(t *testing.T, cs *fake.Clientset, policiesOnly bool, policies []v1alpha1.AuthorizationPolicy) *inventory.Inventory {
 	t.Helper()
 	factory := informers.NewSharedInformerFactory(cs, 0)
-	pinf := cache.NewSharedIndexInformer(listWatch{&cache.ListWatch{
-		ListFunc: func(metav1.ListOptions) (runtime.Object, error) {
-			return &v1alpha1.AuthorizationPolicyList{Items: policies}, nil
-		},
-		WatchFunc: func(metav1.ListOptions) (watch.Interface, error) { return watch.NewFake(), nil },
-	}}, &v1alpha1.AuthorizationPolicy{}, 0, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
+	pinf := policyinformer.Static(policies)
 	inv, err := inventory.New(inventory.Config{TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"), Informers: factory, Policies: pinf, PoliciesOnly: policiesOnly})
 	if err != nil {
 		t.Fatal(err)
