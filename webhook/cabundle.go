@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -56,43 +57,51 @@ func (s *Server) report(kind, name string, changed bool, err error) {
 }
 
 func (s *Server) syncMutating(ctx context.Context, want []byte) (bool, error) {
-	api := s.cfg.Kube.AdmissionregistrationV1().MutatingWebhookConfigurations()
-	cfg, err := api.Get(ctx, s.cfg.MutatingWebhook, metav1.GetOptions{})
-	if err != nil {
-		return false, err
-	}
-	changed := false
-	for i := range cfg.Webhooks {
-		if !bytes.Equal(cfg.Webhooks[i].ClientConfig.CABundle, want) {
-			cfg.Webhooks[i].ClientConfig.CABundle, changed = want, true
-		}
-	}
-	if !changed {
-		return false, nil
-	}
-	if _, err := api.Update(ctx, cfg, metav1.UpdateOptions{}); err != nil {
-		return false, fmt.Errorf("webhook: update %s: %w", s.cfg.MutatingWebhook, err)
-	}
-	return true, nil
+	return syncCABundles(ctx, s.cfg.Kube.AdmissionregistrationV1().MutatingWebhookConfigurations(), s.cfg.MutatingWebhook, want,
+		func(c *admissionregistrationv1.MutatingWebhookConfiguration) []*admissionregistrationv1.WebhookClientConfig {
+			out := make([]*admissionregistrationv1.WebhookClientConfig, len(c.Webhooks))
+			for i := range c.Webhooks {
+				out[i] = &c.Webhooks[i].ClientConfig
+			}
+			return out
+		})
 }
 
 func (s *Server) syncValidating(ctx context.Context, want []byte) (bool, error) {
-	api := s.cfg.Kube.AdmissionregistrationV1().ValidatingWebhookConfigurations()
-	cfg, err := api.Get(ctx, s.cfg.ValidatingWebhook, metav1.GetOptions{})
+	return syncCABundles(ctx, s.cfg.Kube.AdmissionregistrationV1().ValidatingWebhookConfigurations(), s.cfg.ValidatingWebhook, want,
+		func(c *admissionregistrationv1.ValidatingWebhookConfiguration) []*admissionregistrationv1.WebhookClientConfig {
+			out := make([]*admissionregistrationv1.WebhookClientConfig, len(c.Webhooks))
+			for i := range c.Webhooks {
+				out[i] = &c.Webhooks[i].ClientConfig
+			}
+			return out
+		})
+}
+
+// webhookConfigs is the client of one kind of webhook configuration.
+type webhookConfigs[T any] interface {
+	Get(ctx context.Context, name string, opts metav1.GetOptions) (T, error)
+	Update(ctx context.Context, obj T, opts metav1.UpdateOptions) (T, error)
+}
+
+// syncCABundles sets the caBundle of every webhook of configuration name
+// to want, and updates it when one differed; it reports whether it did.
+func syncCABundles[T any](ctx context.Context, api webhookConfigs[T], name string, want []byte, clientConfigs func(T) []*admissionregistrationv1.WebhookClientConfig) (bool, error) {
+	cfg, err := api.Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
 		return false, err
 	}
 	changed := false
-	for i := range cfg.Webhooks {
-		if !bytes.Equal(cfg.Webhooks[i].ClientConfig.CABundle, want) {
-			cfg.Webhooks[i].ClientConfig.CABundle, changed = want, true
+	for _, cc := range clientConfigs(cfg) {
+		if !bytes.Equal(cc.CABundle, want) {
+			cc.CABundle, changed = want, true
 		}
 	}
 	if !changed {
 		return false, nil
 	}
 	if _, err := api.Update(ctx, cfg, metav1.UpdateOptions{}); err != nil {
-		return false, fmt.Errorf("webhook: update %s: %w", s.cfg.ValidatingWebhook, err)
+		return false, fmt.Errorf("webhook: update %s: %w", name, err)
 	}
 	return true, nil
 }
