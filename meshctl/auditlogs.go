@@ -56,13 +56,8 @@ Exit status: 0, 1 when the pod is not meshed or has no log, 2 on a usage error.`
 
   # what the proxy wrote before it restarted
   meshctl audit logs -n shop pod/backend-7d9c5b-x2x8q --previous`,
-		Args: cobra.ExactArgs(1),
-		ValidArgsFunction: func(cmd *cobra.Command, args []string, toComplete string) ([]string, cobra.ShellCompDirective) {
-			if len(args) > 0 {
-				return nil, cobra.ShellCompDirectiveNoFileComp
-			}
-			return completeWorkloads(cmd.Context(), kube, toComplete), cobra.ShellCompDirectiveNoFileComp
-		},
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: workloadArg(kube),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if output != "table" && output != "jsonl" {
 				return usage(fmt.Errorf("--output %q: want table or jsonl", output))

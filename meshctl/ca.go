@@ -2,7 +2,6 @@ package meshctl
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,7 +13,6 @@ import (
 	"github.com/spf13/cobra"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/client-go/kubernetes"
-	"sigs.k8s.io/yaml"
 
 	"github.com/mesh-dev/mesh/ca"
 	"github.com/mesh-dev/mesh/controlplane/castatus"
@@ -71,20 +69,7 @@ Exit status: 0, or 1 when the status cannot be read.`,
 }
 
 func printCAStatus(w io.Writer, output string, d *castatus.Document, now time.Time) error {
-	switch output {
-	case "json":
-		b, err := json.MarshalIndent(d, "", "  ")
-		if err != nil {
-			return err
-		}
-		_, err = fmt.Fprintf(w, "%s\n", b)
-		return err
-	case "yaml":
-		b, err := yaml.Marshal(d)
-		if err != nil {
-			return err
-		}
-		_, err = w.Write(b)
+	if done, err := printStructured(w, output, d); done {
 		return err
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)

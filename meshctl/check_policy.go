@@ -8,8 +8,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/informers"
@@ -187,18 +185,7 @@ type proxyPolicy struct {
 // few at a time, in the pods' order.
 func readProxyPolicies(ctx context.Context, cs kubernetes.Interface, pods []corev1.Pod) []proxyPolicy {
 	out := make([]proxyPolicy, len(pods))
-	sem := make(chan struct{}, proxyReaders)
-	var wg sync.WaitGroup
-	for i := range pods {
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			defer cancel()
-			out[i] = readProxyPolicy(rctx, cs, &pods[i])
-		})
-	}
-	wg.Wait()
+	eachProxy(ctx, pods, func(ctx context.Context, i int) { out[i] = readProxyPolicy(ctx, cs, &pods[i]) })
 	return out
 }
 

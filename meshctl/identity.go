@@ -17,7 +17,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/client-go/kubernetes"
-	"sigs.k8s.io/yaml"
 
 	"github.com/mesh-dev/mesh/inject"
 	"github.com/mesh-dev/mesh/proxy"
@@ -58,13 +57,8 @@ shown is meshed and healthy, 1 otherwise, 2 on a usage error.`,
 
   # every pod of a Deployment, as JSON
   meshctl identity show -n shop deploy/backend -o json`,
-		Args: cobra.ExactArgs(1),
-		ValidArgsFunction: func(cmd *cobra.Command, args []string, toComplete string) ([]string, cobra.ShellCompDirective) {
-			if len(args) > 0 {
-				return nil, cobra.ShellCompDirectiveNoFileComp
-			}
-			return completeWorkloads(cmd.Context(), kube, toComplete), cobra.ShellCompDirectiveNoFileComp
-		},
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: workloadArg(kube),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkOutput(output); err != nil {
 				return err
@@ -227,24 +221,7 @@ func adminPort(p *corev1.Pod) (int, bool) {
 }
 
 func printIdentities(w io.Writer, output string, ids []PodIdentity) error {
-	switch output {
-	case "json":
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		if len(ids) == 1 {
-			return enc.Encode(ids[0])
-		}
-		return enc.Encode(map[string]any{"items": ids})
-	case "yaml":
-		var v any = ids[0]
-		if len(ids) != 1 {
-			v = map[string]any{"items": ids}
-		}
-		b, err := yaml.Marshal(v)
-		if err != nil {
-			return err
-		}
-		_, err = w.Write(b)
+	if done, err := printStructured(w, output, oneOrItems(ids)); done {
 		return err
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)

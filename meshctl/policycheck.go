@@ -2,7 +2,6 @@ package meshctl
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -21,7 +20,6 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
-	"sigs.k8s.io/yaml"
 
 	"github.com/mesh-dev/mesh/authz"
 	"github.com/mesh-dev/mesh/authz/api/v1alpha1/policyclient"
@@ -390,17 +388,7 @@ func controllerArgs(d *appsv1.Deployment, td, mode string) (string, string) {
 }
 
 func printVerdict(w io.Writer, output string, v *Verdict) error {
-	switch output {
-	case "json":
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(v)
-	case "yaml":
-		b, err := yaml.Marshal(v)
-		if err != nil {
-			return err
-		}
-		_, err = w.Write(b)
+	if done, err := printStructured(w, output, v); done {
 		return err
 	}
 	from := v.From

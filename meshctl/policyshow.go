@@ -2,7 +2,6 @@ package meshctl
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
@@ -12,7 +11,6 @@ import (
 	"github.com/spf13/cobra"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/client-go/informers"
-	"sigs.k8s.io/yaml"
 
 	"github.com/mesh-dev/mesh/authz/api/v1alpha1/policyclient"
 	"github.com/mesh-dev/mesh/proxy"
@@ -44,13 +42,8 @@ meshed or cannot be read, 2 on a usage error.`,
 
   # every pod of a Deployment, as JSON
   meshctl policy show -n shop deploy/backend -o json`,
-		Args: cobra.ExactArgs(1),
-		ValidArgsFunction: func(cmd *cobra.Command, args []string, toComplete string) ([]string, cobra.ShellCompDirective) {
-			if len(args) > 0 {
-				return nil, cobra.ShellCompDirectiveNoFileComp
-			}
-			return completeWorkloads(cmd.Context(), kube, toComplete), cobra.ShellCompDirectiveNoFileComp
-		},
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: workloadArg(kube),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkOutput(output); err != nil {
 				return err
@@ -116,17 +109,7 @@ meshed or cannot be read, 2 on a usage error.`,
 // printPodPolicies prints policy show's answer: a table with a line per
 // pod, then how each pod that is not current differs, or JSON/YAML.
 func printPodPolicies(w io.Writer, output string, res []PodPolicy) error {
-	switch output {
-	case "json":
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(res)
-	case "yaml":
-		b, err := yaml.Marshal(res)
-		if err != nil {
-			return err
-		}
-		_, err = w.Write(b)
+	if done, err := printStructured(w, output, oneOrItems(res)); done {
 		return err
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)

@@ -40,8 +40,9 @@ shop/c: not meshed: the pod has no mesh-proxy container
 	if err := printPodPolicies(&out, "json", res); err != nil {
 		t.Fatal(err)
 	}
-	var back []PodPolicy
-	if err := json.Unmarshal(out.Bytes(), &back); err != nil || !reflect.DeepEqual(back, res) {
+	// Several pods: a list, as kubectl prints one ({"items": [...]}).
+	var back struct{ Items []PodPolicy }
+	if err := json.Unmarshal(out.Bytes(), &back); err != nil || !reflect.DeepEqual(back.Items, res) {
 		t.Errorf("json does not read back: %v\n%s", err, out.String())
 	}
 	// The documented names (docs/meshctl.md).
@@ -49,5 +50,17 @@ shop/c: not meshed: the pod has no mesh-proxy container
 		if !strings.Contains(out.String(), k) {
 			t.Errorf("json lacks %s", k)
 		}
+	}
+}
+
+// One pod: its object alone, as identity show prints it.
+func TestPrintPodPolicyOne(t *testing.T) {
+	one := PodPolicy{Namespace: "shop", Pod: "a", Current: true}
+	var out bytes.Buffer
+	if err := printPodPolicies(&out, "yaml", []PodPolicy{one}); err != nil {
+		t.Fatal(err)
+	}
+	if want := "current: true\nnamespace: shop\npod: a\n"; out.String() != want {
+		t.Errorf("yaml of one pod:\n%s\nwant:\n%s", out.String(), want)
 	}
 }

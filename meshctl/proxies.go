@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"sort"
-	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -37,18 +36,7 @@ func meshedPods(ctx context.Context, cs kubernetes.Interface) ([]corev1.Pod, err
 // namespace and name.
 func readProxies(ctx context.Context, cs kubernetes.Interface, pods []corev1.Pod, now time.Time) []PodIdentity {
 	out := make([]PodIdentity, len(pods))
-	sem := make(chan struct{}, proxyReaders)
-	var wg sync.WaitGroup
-	for i := range pods {
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			defer cancel()
-			out[i] = readIdentity(rctx, cs, &pods[i], now)
-		})
-	}
-	wg.Wait()
+	eachProxy(ctx, pods, func(ctx context.Context, i int) { out[i] = readIdentity(ctx, cs, &pods[i], now) })
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].Namespace != out[j].Namespace {
 			return out[i].Namespace < out[j].Namespace

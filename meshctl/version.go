@@ -2,7 +2,6 @@ package meshctl
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"sort"
@@ -15,7 +14,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/client-go/kubernetes"
-	"sigs.k8s.io/yaml"
 )
 
 // Version is meshctl's release: mesh's (package version).
@@ -138,17 +136,7 @@ func imageTag(ref string) string {
 }
 
 func printVersion(w io.Writer, output string, info VersionInfo) error {
-	switch output {
-	case "json":
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(info)
-	case "yaml":
-		b, err := yaml.Marshal(info)
-		if err != nil {
-			return err
-		}
-		_, err = w.Write(b)
+	if done, err := printStructured(w, output, info); done {
 		return err
 	}
 	ctl := info.Controller

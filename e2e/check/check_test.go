@@ -258,11 +258,12 @@ func policyShow(t *testing.T, m *helminstall.Mesh, want int) []meshctl.PodPolicy
 		t.Fatalf("policy show: exit %d (want %d), %v\n%s%s", code, want, err, out, stderr)
 	}
 	t.Logf("meshctl policy show -n %s deploy/echo -o json:\n%s", appNS, out)
-	var res []meshctl.PodPolicy
+	// Several pods: a list, as kubectl prints one.
+	var res struct{ Items []meshctl.PodPolicy }
 	if err := json.Unmarshal([]byte(out), &res); err != nil {
 		t.Fatalf("policy show -o json: %v\n%s", err, out)
 	}
-	return res
+	return res.Items
 }
 
 func scale(t *testing.T, m *helminstall.Mesh, n int) {
