@@ -19,12 +19,12 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
-	"k8s.io/client-go/tools/cache"
 
 	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
 	"github.com/mesh-dev/mesh/controlplane"
 	controlplanev1 "github.com/mesh-dev/mesh/controlplane/api/v1"
 	"github.com/mesh-dev/mesh/controlplane/inventory"
+	"github.com/mesh-dev/mesh/internal/policyinformer"
 	"github.com/mesh-dev/mesh/internal/testpki"
 )
 
@@ -39,12 +39,6 @@ type harness struct {
 	srv      *controlplane.Server
 }
 
-// listWatch is a fake policy source: its watcher cannot stream the
-// initial list (the reflector must list first).
-type listWatch struct{ *cache.ListWatch }
-
-func (listWatch) IsWatchListSemanticsUnSupported() bool { return true }
-
 func meshedPod(ns, name, sa, ip string, labels map[string]string) *corev1.Pod {
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: labels},
@@ -58,10 +52,8 @@ func newHarness(t *testing.T, anyAddress bool, objs ...runtime.Object) *harness 
 	t.Helper()
 	h := &harness{pki: testpki.New(t, "cluster.local"), kube: fake.NewClientset(objs...), policies: watch.NewFake()}
 	factory := informers.NewSharedInformerFactory(h.kube, 0)
-	pinf := cache.NewSharedIndexInformer(listWatch{&cache.ListWatch{
-		ListFunc:  func(metav1.ListOptions) (runtime.Object, error) { return &v1alpha1.AuthorizationPolicyList{}, nil },
-		WatchFunc: func(metav1.ListOptions) (watch.Interface, error) { return h.policies, nil },
-	}}, &v1alpha1.AuthorizationPolicy{}, 0, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
+	pinf := policyinformer.New(func() *v1alpha1.AuthorizationPolicyList { return &v1alpha1.AuthorizationPolicyList{} },
+		func() watch.Interface { return h.policies })
 	inv, err := inventory.New(inventory.Config{TrustDomain: h.pki.TD, Informers: factory, Policies: pinf})
 	if err != nil {
 		t.Fatal(err)

@@ -175,7 +175,9 @@ func decide(ctx context.Context, mesh meshConfig, factory informers.SharedInform
 // runInventory runs the controller's own inventory over the informers,
 // which it starts, until it has synced; stop stops them and waits.
 func runInventory(ctx context.Context, mesh meshConfig, factory informers.SharedInformerFactory, policies cache.SharedIndexInformer) (inv *inventory.Inventory, stop func(), err error) {
-	inv, err = inventory.New(inventory.Config{TrustDomain: mesh.TrustDomain, MeshDefault: mesh.MeshDefault, Informers: factory, Policies: policies})
+	// Policies alone: meshctl reads no Services, and computes no
+	// destinations.
+	inv, err = inventory.New(inventory.Config{TrustDomain: mesh.TrustDomain, MeshDefault: mesh.MeshDefault, Informers: factory, Policies: policies, PoliciesOnly: true})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -10,9 +10,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/tools/cache"
@@ -20,21 +18,13 @@ import (
 	"github.com/mesh-dev/mesh/authz"
 	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
 	"github.com/mesh-dev/mesh/controlplane/inventory"
+	"github.com/mesh-dev/mesh/internal/policyinformer"
 )
-
-type staticListWatch struct{ *cache.ListWatch }
-
-func (staticListWatch) IsWatchListSemanticsUnSupported() bool { return true }
 
 // policyInformer serves a fixed list of policies, as the controller's
 // informer would after its first list.
 func policyInformer(policies []v1alpha1.AuthorizationPolicy) cache.SharedIndexInformer {
-	return cache.NewSharedIndexInformer(staticListWatch{&cache.ListWatch{
-		ListFunc: func(metav1.ListOptions) (runtime.Object, error) {
-			return &v1alpha1.AuthorizationPolicyList{Items: policies}, nil
-		},
-		WatchFunc: func(metav1.ListOptions) (watch.Interface, error) { return watch.NewFake(), nil },
-	}}, &v1alpha1.AuthorizationPolicy{}, 0, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
+	return policyinformer.Static(policies)
 }
 
 func testPod(ns, name, sa string, meshed bool, labels map[string]string) *corev1.Pod {

@@ -37,6 +37,11 @@ type Config struct {
 	// Policies is an informer of *v1alpha1.AuthorizationPolicy, started by
 	// the caller. Required.
 	Policies cache.SharedIndexInformer
+	// PoliciesOnly makes an inventory that answers Pod and Policy alone:
+	// it asks Informers for no Service or EndpointSlice informer and
+	// computes no destinations. meshctl computes pods' policies so, with
+	// no need to read the cluster's Services. Zero: everything.
+	PoliciesOnly bool
 	// Logger. Zero means discard.
 	Logger *slog.Logger
 }
@@ -72,15 +77,12 @@ func New(cfg Config) (*Inventory, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	podInf := cfg.Informers.Core().V1().Pods()
-	svcInf := cfg.Informers.Core().V1().Services()
-	sliceInf := cfg.Informers.Discovery().V1().EndpointSlices()
 	nsInf := cfg.Informers.Core().V1().Namespaces()
 	if err := podInf.Informer().AddIndexers(cache.Indexers{podIPIndex: podIPs}); err != nil {
 		return nil, fmt.Errorf("inventory: pod index: %w", err)
 	}
 	inv := &Inventory{
-		cfg: cfg, pods: podInf.Lister(), podIndex: podInf.Informer().GetIndexer(),
-		services: svcInf.Lister(), slices: sliceInf.Lister(), nss: nsInf.Lister(),
+		cfg: cfg, pods: podInf.Lister(), podIndex: podInf.Informer().GetIndexer(), nss: nsInf.Lister(),
 		policies: cfg.Policies.GetIndexer(),
 		dests:    map[string]*controlplanev1.Destination{}, subs: map[*Subscription]struct{}{},
 	}
@@ -89,10 +91,18 @@ func New(cfg Config) (*Inventory, error) {
 		on  func(old, cur any)
 	}{
 		{podInf.Informer(), inv.onPod},
-		{svcInf.Informer(), inv.onService},
-		{sliceInf.Informer(), inv.onSlice},
 		{nsInf.Informer(), inv.onNamespace},
 		{cfg.Policies, inv.onPolicy},
+	}
+	if !cfg.PoliciesOnly {
+		// Asking for an informer is what makes the factory start it.
+		svcInf := cfg.Informers.Core().V1().Services()
+		sliceInf := cfg.Informers.Discovery().V1().EndpointSlices()
+		inv.services, inv.slices = svcInf.Lister(), sliceInf.Lister()
+		handlers = append(handlers, []struct {
+			inf cache.SharedIndexInformer
+			on  func(old, cur any)
+		}{{svcInf.Informer(), inv.onService}, {sliceInf.Informer(), inv.onSlice}}...)
 	}
 	for _, h := range handlers {
 		on := h.on
@@ -150,6 +160,21 @@ func canonicalIP(s string) string {
 }
 
 func (inv *Inventory) onPod(old, cur any) {
+	if !inv.cfg.PoliciesOnly {
+		inv.podDestinations(old, cur)
+	}
+	// Its labels decide which policies select it; its ports, what named
+	// ports resolve to.
+	for _, obj := range []any{cur, old} {
+		if pod, ok := obj.(*corev1.Pod); ok {
+			inv.policyChanged(pod.Namespace, pod.Name)
+			break
+		}
+	}
+}
+
+// podDestinations recomputes the destinations a pod's change touches.
+func (inv *Inventory) podDestinations(old, cur any) {
 	var keys []string
 	namespaces := map[string]bool{}
 	for _, obj := range []any{old, cur} {
@@ -167,14 +192,6 @@ func (inv *Inventory) onPod(old, cur any) {
 		keys = append(keys, inv.serviceKeysIn(ns)...)
 	}
 	inv.recompute(keys)
-	// Its labels decide which policies select it; its ports, what named
-	// ports resolve to.
-	for _, obj := range []any{cur, old} {
-		if pod, ok := obj.(*corev1.Pod); ok {
-			inv.policyChanged(pod.Namespace, pod.Name)
-			break
-		}
-	}
 }
 
 func (inv *Inventory) onService(old, cur any) {

@@ -12,32 +12,29 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
-	"k8s.io/client-go/tools/cache"
 
 	"github.com/mesh-dev/mesh/authz"
 	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
 	"github.com/mesh-dev/mesh/controlplane/inventory"
+	"github.com/mesh-dev/mesh/internal/policyinformer"
 )
-
-type listWatch struct{ *cache.ListWatch }
-
-func (listWatch) IsWatchListSemanticsUnSupported() bool { return true }
 
 // newInventory is an inventory over a fake clientset and a fixed list of
 // policies: a unit test of the compilation, not of the informers.
 func newInventory(t *testing.T, policies []v1alpha1.AuthorizationPolicy, objs ...runtime.Object) *inventory.Inventory {
 	t.Helper()
-	factory := informers.NewSharedInformerFactory(fake.NewClientset(objs...), 0)
-	pinf := cache.NewSharedIndexInformer(listWatch{&cache.ListWatch{
-		ListFunc: func(metav1.ListOptions) (runtime.Object, error) {
-			return &v1alpha1.AuthorizationPolicyList{Items: policies}, nil
-		},
-		WatchFunc: func(metav1.ListOptions) (watch.Interface, error) { return watch.NewFake(), nil },
-	}}, &v1alpha1.AuthorizationPolicy{}, 0, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
-	inv, err := inventory.New(inventory.Config{TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"), Informers: factory, Policies: pinf})
+	return startInventory(t, fake.NewClientset(objs...), false, policies)
+}
+
+// startInventory starts an inventory over cs and a fixed list of policies,
+// and waits for it to sync.
+func startInventory(t *testing.T, cs *fake.Clientset, policiesOnly bool, policies []v1alpha1.AuthorizationPolicy) *inventory.Inventory {
+	t.Helper()
+	factory := informers.NewSharedInformerFactory(cs, 0)
+	pinf := policyinformer.Static(policies)
+	inv, err := inventory.New(inventory.Config{TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"), Informers: factory, Policies: pinf, PoliciesOnly: policiesOnly})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,5 +163,41 @@ func TestNamedPortsResolved(t *testing.T) {
 	}
 	if got.DefaultMode != "allow-mesh" {
 		t.Fatalf("default = %q with no namespace annotation, want allow-mesh", got.DefaultMode)
+	}
+}
+
+// TestPoliciesOnly: an inventory for policies alone lists no Services or
+// EndpointSlices (meshctl needs no right to), computes no destinations,
+// and gives each pod the very policy the full inventory gives it.
+func TestPoliciesOnly(t *testing.T) {
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "web"},
+		Spec: corev1.ServiceSpec{ClusterIP: "198.18.192.20", Selector: map[string]string{"app": "web"}, Ports: []corev1.ServicePort{{Port: 80}}}}
+	policies := []v1alpha1.AuthorizationPolicy{policy("shop", "web", v1alpha1.Allow, map[string]string{"app": "web"}, intstr.FromString("http"))}
+	objs := []runtime.Object{pod(map[string]string{"app": "web"}), svc}
+	full := startInventory(t, fake.NewClientset(objs...), false, policies)
+	cs := fake.NewClientset(objs...)
+	only := startInventory(t, cs, true, policies)
+
+	for _, a := range cs.Actions() {
+		if r := a.GetResource().Resource; r == "services" || r == "endpointslices" {
+			t.Errorf("a policies-only inventory asked for %s: %s", r, a.GetVerb())
+		}
+	}
+	if d := only.Destinations(); len(d) != 0 {
+		t.Errorf("a policies-only inventory computed %d destinations", len(d))
+	}
+	if len(full.Destinations()) == 0 {
+		t.Fatal("the full inventory computed no destinations: the fixture proves nothing")
+	}
+	want, err := full.Policy("shop", "web-0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := only.Policy("shop", "web-0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Version != want.Version || len(got.Applied) != 1 {
+		t.Errorf("policies-only: version %s, applied %v; the full inventory's: %s, %v", got.Version, got.Applied, want.Version, want.Applied)
 	}
 }

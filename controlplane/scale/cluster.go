@@ -1,7 +1,6 @@
 package scale
 
 import (
-	"context"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -21,6 +20,7 @@ import (
 	"github.com/mesh-dev/mesh/authz"
 	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
 	"github.com/mesh-dev/mesh/controlplane/inventory"
+	"github.com/mesh-dev/mesh/internal/policyinformer"
 )
 
 // The simulated cluster. Pod i belongs to app i%Apps, and app a
@@ -174,32 +174,24 @@ type policySource struct {
 	watcher *watch.RaceFreeFakeWatcher // the reflector's current watch
 }
 
-func (s *policySource) listWatch() cache.ListerWatcher {
-	return listThenWatch{&cache.ListWatch{
-		ListWithContextFunc: func(context.Context, metav1.ListOptions) (kruntime.Object, error) {
-			s.mu.Lock()
-			defer s.mu.Unlock()
-			l := &v1alpha1.AuthorizationPolicyList{ListMeta: metav1.ListMeta{ResourceVersion: s.root.ResourceVersion}}
-			l.Items = append(slices.Clone(s.apps), *s.root.DeepCopy())
-			return l, nil
-		},
-		WatchFuncWithContext: func(context.Context, metav1.ListOptions) (watch.Interface, error) {
-			s.mu.Lock()
-			defer s.mu.Unlock()
-			// A new watch each time: a reflector that restarts its watch
-			// lists again first, so it sees every change either way.
-			s.watcher = watch.NewRaceFreeFake()
-			return s.watcher, nil
-		},
-	}}
+// informer is the policies' informer: the list is the policies as they
+// are now; each watch is a new fake, which setRoot sends to.
+func (s *policySource) informer() cache.SharedIndexInformer {
+	return policyinformer.New(func() *v1alpha1.AuthorizationPolicyList {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		l := &v1alpha1.AuthorizationPolicyList{ListMeta: metav1.ListMeta{ResourceVersion: s.root.ResourceVersion}}
+		l.Items = append(slices.Clone(s.apps), *s.root.DeepCopy())
+		return l
+	}, func() watch.Interface {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		// A new watch each time: a reflector that restarts its watch
+		// lists again first, so it sees every change either way.
+		s.watcher = watch.NewRaceFreeFake()
+		return s.watcher
+	})
 }
-
-// listThenWatch tells the reflector that the fake watch does not do
-// client-go's streaming list (the WatchListClient feature): it lists, then
-// watches.
-type listThenWatch struct{ *cache.ListWatch }
-
-func (listThenWatch) IsWatchListSemanticsUnSupported() bool { return true }
 
 // setRoot makes p the root policy and sends it to the current watch.
 func (s *policySource) setRoot(p *v1alpha1.AuthorizationPolicy) error {

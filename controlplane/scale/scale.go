@@ -24,7 +24,6 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/mesh-dev/mesh/authz"
-	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
 	"github.com/mesh-dev/mesh/ca"
 	"github.com/mesh-dev/mesh/controlplane"
 	controlplanev1 "github.com/mesh-dev/mesh/controlplane/api/v1"
@@ -239,8 +238,7 @@ func Start(ctx context.Context, cfg Config) (_ *Fixture, err error) {
 	f.Setup.HeapWithAPI, _ = heapInUse()
 	f.policies = &policySource{root: rootAt(f.gen), apps: appPolicies()}
 	factory := informers.NewSharedInformerFactory(kube, 0)
-	policyInf := cache.NewSharedIndexInformer(f.policies.listWatch(), &v1alpha1.AuthorizationPolicy{}, 0,
-		cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
+	policyInf := f.policies.informer()
 	inv, err := inventory.New(inventory.Config{TrustDomain: trustDomain, Informers: factory, Policies: policyInf})
 	if err != nil {
 		return nil, fmt.Errorf("scale: %w", err)
