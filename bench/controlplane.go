@@ -89,15 +89,22 @@ type Issuance struct {
 // PushFigures are the policy push's: change → acknowledgements over
 // Changes changes, and the memory with every stream up.
 type PushFigures struct {
-	Pods, Proxies, Changes      int
-	LastAckP50Ms, LastAckP99Ms  float64
-	AckP50Ms, AckP99Ms          float64
-	HeapMiB, ControllerHeapMiB  float64
-	ProxiesHeapMiB              float64
-	Goroutines, CtlGoroutines   int
-	SyncSeconds, ConnectSeconds float64
-	FirstError                  string `json:",omitempty"`
-	Failures                    int64
+	Pods              int     `json:"pods"`
+	Proxies           int     `json:"proxies"`
+	Changes           int     `json:"changes"`
+	LastAckP50Ms      float64 `json:"lastAckP50Ms"`
+	LastAckP99Ms      float64 `json:"lastAckP99Ms"`
+	AckP50Ms          float64 `json:"ackP50Ms"`
+	AckP99Ms          float64 `json:"ackP99Ms"`
+	HeapMiB           float64 `json:"heapMiB"`
+	ControllerHeapMiB float64 `json:"controllerHeapMiB"`
+	ProxiesHeapMiB    float64 `json:"proxiesHeapMiB"`
+	Goroutines        int     `json:"goroutines"`
+	CtlGoroutines     int     `json:"ctlGoroutines"`
+	SyncSeconds       float64 `json:"syncSeconds"`
+	ConnectSeconds    float64 `json:"connectSeconds"`
+	FirstError        string  `json:"firstError,omitempty"`
+	Failures          int64   `json:"failures"`
 }
 
 // splitScenarios separates -scenarios into the data plane's list (for

@@ -114,7 +114,9 @@ func setup(ctx context.Context, work string, install bool) (*env, error) {
 }
 
 // buildFlags are the Makefile's GO_BUILD_FLAGS: the benchmark measures the
-// proxy as it ships (TestBuildMeshProxy checks the binary's build settings).
+// proxy as it ships. TestBuildMeshProxy reads GO_BUILD_FLAGS from the
+// Makefile with make and fails unless these are the same words and the
+// binary carries their build settings.
 var buildFlags = []string{"-trimpath", "-tags", "grpcnotrace"}
 
 // buildMeshProxy builds mesh-proxy into out as make build does.
