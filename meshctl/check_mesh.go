@@ -436,6 +436,22 @@ func readAllIdentities(ctx context.Context, e *checkEnv) ([]PodIdentity, error) 
 	return readProxies(ctx, e.kube, pods, e.now()), nil
 }
 
+// proxiesFailed is a data-plane check's failure, naming the proxies found
+// wanting (as what) and those that could not be read; nil if none.
+func proxiesFailed(of int, what string, bad, unread []string) error {
+	if len(bad)+len(unread) == 0 {
+		return nil
+	}
+	msg := fmt.Sprintf("%d of %d proxies", len(bad)+len(unread), of)
+	if len(bad) > 0 {
+		msg += "; " + what + ": " + listed(bad)
+	}
+	if len(unread) > 0 {
+		msg += "; unreadable: " + listed(unread)
+	}
+	return errors.New(msg)
+}
+
 // listed shows at most 5 items, and how many more.
 func listed(items []string) string {
 	sort.Strings(items)
@@ -505,15 +521,8 @@ func checkProxiesTrustRoots(ctx context.Context, e *checkEnv) (string, error) {
 			bad = append(bad, fmt.Sprintf("%s (lacks %s)", name, strings.Join(missing, ", ")))
 		}
 	}
-	if len(bad)+len(unread) > 0 {
-		msg := fmt.Sprintf("%d of %d proxies", len(bad)+len(unread), len(ids))
-		if len(bad) > 0 {
-			msg += "; missing roots: " + listed(bad)
-		}
-		if len(unread) > 0 {
-			msg += "; unreadable: " + listed(unread)
-		}
-		return "", errors.New(msg)
+	if err := proxiesFailed(len(ids), "missing roots", bad, unread); err != nil {
+		return "", err
 	}
 	return fmt.Sprintf("%d %s, %d %s", len(ids), plural(len(ids), "proxy", "proxies"), len(d.Roots), plural(len(d.Roots), "root", "roots")), nil
 }

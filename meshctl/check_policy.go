@@ -52,15 +52,8 @@ func checkProxiesPolicyCurrent(ctx context.Context, e *checkEnv) (string, error)
 			lag = append(lag, fmt.Sprintf("%s (%s)", name, r.Difference))
 		}
 	}
-	if len(lag)+len(unread) > 0 {
-		msg := fmt.Sprintf("%d of %d proxies", len(lag)+len(unread), len(pods))
-		if len(lag) > 0 {
-			msg += "; lagging: " + listed(lag)
-		}
-		if len(unread) > 0 {
-			msg += "; unreadable: " + listed(unread)
-		}
-		return "", errors.New(msg)
+	if err := proxiesFailed(len(pods), "lagging", lag, unread); err != nil {
+		return "", err
 	}
 	return fmt.Sprintf("%d %s", len(pods), plural(len(pods), "proxy", "proxies")), nil
 }
