@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mesh-dev/mesh/identity/appsvid"
 	"github.com/smallstep/certificates/cas/apiv1"
 	"github.com/smallstep/certificates/cas/softcas"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -320,6 +321,11 @@ func (c *CA) SignSVID(csr *x509.CertificateRequest, id spiffeid.ID, ttl time.Dur
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		BasicConstraintsValid: true,
 		PublicKey:             csr.PublicKey,
+	}
+	if appsvid.Requested(csr) {
+		// The one thing copied from a CSR: a mark that only narrows what
+		// the SVID is trusted for (it may not sign a proxy's audit).
+		tmpl.Policies = []x509.OID{appsvid.OID}
 	}
 	resp, err := signer.CreateCertificate(&apiv1.CreateCertificateRequest{Template: tmpl, Lifetime: ttl, Backdate: c.cfg.Backdate})
 	if err != nil {

@@ -8,6 +8,8 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"log/slog"
 	"maps"
 	"strings"
@@ -20,6 +22,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/mesh-dev/mesh/ca"
+	"github.com/mesh-dev/mesh/identity/appsvid"
 )
 
 var (
@@ -429,4 +432,43 @@ func storeWith(t *testing.T, data map[string][]byte) *ca.MemoryStore {
 		t.Fatal(err)
 	}
 	return s
+}
+
+// TestAppSVIDMark: the CA marks an SVID whose CSR asks for the app mark,
+// copies nothing else a CSR asks for (names, other extensions), and marks
+// no other SVID.
+func TestAppSVIDMark(t *testing.T) {
+	c := newCA(t, &ca.MemoryStore{}, &clock{now: t0})
+	id := spiffeid.RequireFromString("spiffe://cluster.local/ns/shop/sa/web")
+	sign := func(req *x509.CertificateRequest) *x509.Certificate {
+		t.Helper()
+		der, err := x509.CreateCertificateRequest(rand.Reader, req, p256(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		csr, err := x509.ParseCertificateRequest(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		svid, err := c.SignSVID(csr, id, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return svid.Chain[0]
+	}
+	marked := sign(&x509.CertificateRequest{DNSNames: []string{"evil.example"}, ExtraExtensions: []pkix.Extension{appsvid.Request(), {Id: asn1.ObjectIdentifier{1, 2, 3, 4}, Value: []byte{0x05, 0x00}}}})
+	if !appsvid.Marked(marked) {
+		t.Error("an SVID asked with the app mark is not marked")
+	}
+	if len(marked.DNSNames) != 0 || len(marked.URIs) != 1 || marked.URIs[0].String() != id.String() {
+		t.Errorf("the CA copied names from the CSR: DNS %v, URIs %v", marked.DNSNames, marked.URIs)
+	}
+	for _, e := range marked.Extensions {
+		if e.Id.Equal(asn1.ObjectIdentifier{1, 2, 3, 4}) {
+			t.Error("the CA copied another extension from the CSR")
+		}
+	}
+	if appsvid.Marked(sign(&x509.CertificateRequest{})) {
+		t.Error("an SVID asked without the mark is marked")
+	}
 }

@@ -2,6 +2,7 @@ package meshproxy
 
 import (
 	"context"
+	"crypto/x509"
 	"flag"
 	"fmt"
 	"io"
@@ -244,15 +245,28 @@ func run(ctx context.Context, o *runOptions) error {
 		return err
 	}
 	defer conn.Close()
-	src, err := source.New(ctx, source.Config{
+	svidConfig := source.Config{
 		Certifier: identityv1.NewIdentityClient(conn), TrustDomain: s.td, Logger: log,
 		Token: func() (string, error) { b, err := os.ReadFile(o.tokenFile); return strings.TrimSpace(string(b)), err },
-	})
+	}
+	src, err := source.New(ctx, svidConfig)
 	if err != nil {
 		return err
 	}
 	defer src.Close()
 	bundles.src.Store(src)
+	// The Workload API hands the app an SVID of its own, with a key of its
+	// own, certified apart: the proxy's key, which also signs its audit
+	// checkpoints, never leaves the proxy.
+	var appSrc *source.Source
+	if s.wapiUIDs != nil {
+		appConfig := svidConfig
+		appConfig.Logger, appConfig.App = log.With("svid", "workload-api"), true
+		if appSrc, err = source.New(ctx, appConfig); err != nil {
+			return fmt.Errorf("workload API SVID: %w", err)
+		}
+		defer appSrc.Close()
+	}
 
 	var out io.Writer = &lineCopy{w: os.Stdout}
 	if o.auditLog != "-" {
@@ -314,7 +328,14 @@ func run(ctx context.Context, o *runOptions) error {
 	defer ctlConn.Close()
 	ccfg := client.Config{
 		Conn: ctlConn, Namespace: o.podNS, Pod: o.podName, TrustDomain: s.td,
-		Bundle: src.SetBundle, Destinations: cfg.Destinations == nil, PendingWait: o.pendingWait,
+		Bundle: func(roots []*x509.Certificate) error {
+			if appSrc != nil {
+				if err := appSrc.SetBundle(roots); err != nil {
+					return err
+				}
+			}
+			return src.SetBundle(roots)
+		}, Destinations: cfg.Destinations == nil, PendingWait: o.pendingWait,
 		Logger: log, Registerer: prometheus.DefaultRegisterer,
 	}
 	var inForce atomic.Pointer[proxy.PolicyInfo]
@@ -337,7 +358,7 @@ func run(ctx context.Context, o *runOptions) error {
 	}
 	var wapi *workloadapi.Server
 	if s.wapiUIDs != nil {
-		wapi, err = workloadapi.New(workloadapi.Config{Source: src, TrustDomain: s.td, SocketPath: o.workloadAPI.socket, AllowedUIDs: s.wapiUIDs, Logger: log})
+		wapi, err = workloadapi.New(workloadapi.Config{Source: appSrc, TrustDomain: s.td, SocketPath: o.workloadAPI.socket, AllowedUIDs: s.wapiUIDs, Logger: log})
 		if err != nil {
 			return fmt.Errorf("--workload-api-socket: %w", err)
 		}

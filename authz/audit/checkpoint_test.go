@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/ecdsa"
+	"crypto/rand"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -17,9 +19,11 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/mesh-dev/mesh/authz/audit"
+	"github.com/mesh-dev/mesh/identity/appsvid"
 	"github.com/mesh-dev/mesh/internal/testpki"
 )
 
@@ -528,3 +532,40 @@ func (l *lockedBuffer) String() string {
 }
 
 func (l *lockedBuffer) count(s string) int { return strings.Count(l.String(), s) }
+
+// TestCheckpointByAppSVIDRefused: the app's SVID (the Workload API's,
+// marked by the CA) has the pod's identity and a valid chain, but its key
+// is the app's: a log whose checkpoints it signed does not verify; the
+// same log signed by an unmarked SVID of the same identity does.
+func TestCheckpointByAppSVIDRefused(t *testing.T) {
+	pki := testpki.New(t, "cluster.local")
+	key := newKey(t, "p256")
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{ExtraExtensions: []pkix.Extension{appsvid.Request()}}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := spiffeid.RequireFromString(backendID)
+	signed, err := pki.CA.SignSVID(csr, id, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	app := &x509svid.SVID{ID: id, Certificates: signed.Chain, PrivateKey: key}
+	for _, tc := range []struct {
+		name string
+		svid *x509svid.SVID
+		want string // "" verifies
+	}{
+		{"the proxy's", pki.SVID(t, backendID), ""},
+		{"the app's", app, "signed with the SVID of the pod's application (Workload API), not its proxy's"},
+	} {
+		lines := signedLog(t, &sequence{svids: []*x509svid.SVID{tc.svid}}, "shop/backend-0@t", 4, 2)
+		_, err := audit.Verify(strings.NewReader(strings.Join(lines, "\n")+"\n"), audit.VerifyOptions{Bundle: pki.Bundle()})
+		if (tc.want == "" && err != nil) || (tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want))) {
+			t.Errorf("%s: Verify = %v, want %q", tc.name, err, tc.want)
+		}
+	}
+}

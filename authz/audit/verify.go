@@ -18,6 +18,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
+	"github.com/mesh-dev/mesh/identity/appsvid"
 	"github.com/mesh-dev/mesh/identity/meshid"
 )
 
@@ -272,6 +273,12 @@ func checkCheckpoint(raw []byte, l *line, st *stream, opts VerifyOptions) error 
 	}
 	if leaf := certs[0]; leaf.KeyUsage != 0 && leaf.KeyUsage&x509.KeyUsageDigitalSignature == 0 {
 		return fmt.Errorf("signer %s: its certificate may not sign (no digitalSignature key usage)", id)
+	}
+	if appsvid.Marked(certs[0]) {
+		// The app's SVID has the pod's identity too, but its key is the
+		// app's: only the proxy, whose key never leaves it, vouches for
+		// its audit log.
+		return fmt.Errorf("signer %s: signed with the SVID of the pod's application (Workload API), not its proxy's", id)
 	}
 	if l.Signer != id.String() {
 		return fmt.Errorf("checkpoint.signer %q is not the certificate's identity %s", l.Signer, id)

@@ -2,8 +2,9 @@
 // with its pod (mesh.dev/workload-api: enabled) on the local cluster: a pod
 // injected by package inject, with a real controller, node agent and
 // proxy, whose SPIFFE-native app (e2e/cmd/mesh-e2e-spiffe, go-spiffe's own
-// client) gets the pod's SVID, while containers of the same pod running as
-// UIDs the injector did not declare are refused.
+// client) gets an SVID of the pod's identity with a key of its own, not
+// the proxy's, while containers of the same pod running as UIDs the
+// injector did not declare are refused.
 package workloadapi_test
 
 import (
@@ -35,6 +36,7 @@ import (
 	"github.com/mesh-dev/mesh/e2e/clustertest"
 	"github.com/mesh-dev/mesh/e2e/meshtest"
 	"github.com/mesh-dev/mesh/e2e/node"
+	"github.com/mesh-dev/mesh/identity/appsvid"
 	"github.com/mesh-dev/mesh/inject"
 	"github.com/mesh-dev/mesh/proxy"
 )
@@ -54,6 +56,7 @@ type result struct {
 	Serial      string `json:"serial"`
 	PublicKey   []byte `json:"publicKey"`
 	KeyMatches  bool   `json:"keyMatches"`
+	AppMarked   bool   `json:"appMarked"`
 	BundleRoots int    `json:"bundleRoots"`
 	Code        string `json:"code"`
 	Error       string `json:"error"`
@@ -131,11 +134,11 @@ func TestWorkloadAPI(t *testing.T) {
 
 	want := spiffeid.RequireFromString("spiffe://cluster.local/ns/" + ns + "/sa/app")
 	first := lines(t, cs, pod.Name, "app", 1)[0]
-	if first.SPIFFEID != want.String() || !first.KeyMatches || first.BundleRoots < 1 {
-		t.Fatalf("the app got %+v, want %s with its key and the bundle", first, want)
+	if first.SPIFFEID != want.String() || !first.KeyMatches || !first.AppMarked || first.BundleRoots < 1 {
+		t.Fatalf("the app got %+v, want %s with its key, the CA's app mark and the bundle", first, want)
 	}
-	checkServed(t, ip, first)
-	t.Logf("the app has %s, serial %s, the key the proxy serves", first.SPIFFEID, first.Serial)
+	checkOwnKey(t, ip, want, first)
+	t.Logf("the app has %s, serial %s, with a key of its own", first.SPIFFEID, first.Serial)
 
 	// The socket, as the proxy left it in the pod's emptyDir.
 	fi, err := os.Lstat(filepath.Join(nodeDir, "pods", podUID(t, cs, pod.Name), "volumes", "mesh-workload-api", "socket"))
@@ -157,13 +160,14 @@ func TestWorkloadAPI(t *testing.T) {
 		t.Logf("%s refused: %s", tc.container, got.Error)
 	}
 
-	// Renewal: the proxy renews at about half of 30s; the app's stream
-	// delivers the new SVID, again the one the proxy serves.
+	// Renewal: the proxy renews the app's SVID at about half of 30s; the
+	// app's stream delivers the new one, with a new key, again not the
+	// proxy's.
 	second := lines(t, cs, pod.Name, "app", 2)[1]
-	if second.SPIFFEID != want.String() || !second.KeyMatches || second.Serial == first.Serial || bytes.Equal(second.PublicKey, first.PublicKey) {
+	if second.SPIFFEID != want.String() || !second.KeyMatches || !second.AppMarked || second.Serial == first.Serial || bytes.Equal(second.PublicKey, first.PublicKey) {
 		t.Fatalf("after renewal the app has %+v (before: serial %s)", second, first.Serial)
 	}
-	checkServed(t, ip, second)
+	checkOwnKey(t, ip, want, second)
 	t.Logf("renewed: serial %s", second.Serial)
 }
 
@@ -212,47 +216,46 @@ func injected(t *testing.T) *corev1.Pod {
 	return &got
 }
 
-// checkServed: the certificate the proxy presents on the pod's inbound
-// port has the public key the app got.
-func checkServed(t *testing.T, ip string, r result) {
+// checkOwnKey: the proxy presents a certificate for the same SPIFFE ID on
+// the pod's inbound port, with another key than the app's: the proxy's
+// key, which signs its audit checkpoints, is not the one the app holds.
+func checkOwnKey(t *testing.T, ip string, want spiffeid.ID, r result) {
 	t.Helper()
 	var served *x509.Certificate
-	err := meshtest.WaitFor(t.Context(), 30*time.Second, func() error {
-		var got *x509.Certificate
-		conf := &tls.Config{
-			MinVersion: tls.VersionTLS13, NextProtos: []string{proxy.ALPN},
-			// The test has no SVID: it reads the proxy's certificate and
-			// is refused after.
-			InsecureSkipVerify: true,
-			VerifyConnection: func(cs tls.ConnectionState) error {
-				got = cs.PeerCertificates[0]
-				return nil
-			},
-		}
+	conf := &tls.Config{
+		MinVersion: tls.VersionTLS13, NextProtos: []string{proxy.ALPN},
+		// The test has no SVID: it reads the proxy's certificate and is
+		// refused after.
+		InsecureSkipVerify: true,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			served = cs.PeerCertificates[0]
+			return nil
+		},
+	}
+	if err := meshtest.WaitFor(t.Context(), 30*time.Second, func() error {
 		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", net.JoinHostPort(ip, "8080"), conf)
 		if err == nil {
 			conn.Close()
 		}
-		if got == nil {
+		if served == nil {
 			return fmt.Errorf("no certificate from the proxy: %v", err)
 		}
-		pub, err := x509.MarshalPKIXPublicKey(got.PublicKey)
-		if err != nil {
-			return err
-		}
-		// Right after a renewal the proxy may still serve the old one
-		// for the handshake in flight.
-		if !bytes.Equal(pub, r.PublicKey) {
-			return fmt.Errorf("the proxy serves serial %s, the app has %s", got.SerialNumber.Text(16), r.Serial)
-		}
-		served = got
 		return nil
-	})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(served.URIs) != 1 || served.URIs[0].String() != want.String() {
+		t.Errorf("the proxy presents %v, want %s", served.URIs, want)
+	}
+	pub, err := x509.MarshalPKIXPublicKey(served.PublicKey)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if served.SerialNumber.Text(16) != r.Serial {
-		t.Errorf("served serial %s, app's %s", served.SerialNumber.Text(16), r.Serial)
+	if bytes.Equal(pub, r.PublicKey) || served.SerialNumber.Text(16) == r.Serial {
+		t.Errorf("the proxy presents the app's own SVID (serial %s): the app holds the proxy's key", r.Serial)
+	}
+	if appsvid.Marked(served) {
+		t.Errorf("the proxy presents an SVID with the app mark (serial %s)", served.SerialNumber.Text(16))
 	}
 }
 

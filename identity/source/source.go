@@ -14,6 +14,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -27,6 +28,7 @@ import (
 	"google.golang.org/grpc"
 
 	identityv1 "github.com/mesh-dev/mesh/identity/api/v1"
+	"github.com/mesh-dev/mesh/identity/appsvid"
 )
 
 // Certifier is the identity service as the source uses it.
@@ -55,6 +57,11 @@ type Config struct {
 	// OnRenew, if set, is called after every successful renewal, for
 	// metrics.
 	OnRenew func(*x509svid.SVID)
+	// App makes the SVIDs an application's, for the Workload API: each CSR
+	// asks the CA for appsvid's mark, and an SVID without it is refused,
+	// since in the app's hands it could sign its proxy's audit
+	// checkpoints. Zero: the proxy's own SVIDs, unmarked.
+	App bool
 }
 
 // Source holds the current SVID and trust bundle and renews them.
@@ -177,7 +184,11 @@ func (s *Source) renew(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("source: generate key: %w", err)
 	}
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	req := &x509.CertificateRequest{}
+	if s.cfg.App {
+		req.ExtraExtensions = []pkix.Extension{appsvid.Request()}
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, req, key)
 	if err != nil {
 		return fmt.Errorf("source: create CSR: %w", err)
 	}
@@ -225,6 +236,9 @@ func (s *Source) parse(resp *identityv1.CertifyResponse, key crypto.Signer) (*x5
 	}
 	if !chain[0].PublicKey.(interface{ Equal(crypto.PublicKey) bool }).Equal(key.Public()) {
 		return nil, nil, errors.New("source: the identity service returned an SVID for another key")
+	}
+	if s.cfg.App && !appsvid.Marked(chain[0]) {
+		return nil, nil, errors.New("source: the identity service returned an app's SVID without the app mark: upgrade mesh-controller before the proxies")
 	}
 	return &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: key}, bundle, nil
 }

@@ -20,6 +20,7 @@ import (
 
 	"github.com/mesh-dev/mesh/ca"
 	identityv1 "github.com/mesh-dev/mesh/identity/api/v1"
+	"github.com/mesh-dev/mesh/identity/appsvid"
 	"github.com/mesh-dev/mesh/identity/source"
 )
 
@@ -318,4 +319,57 @@ func TestSetBundle(t *testing.T) {
 			t.Fatalf("bundle after SetBundle has %d roots, want the CA's 2", len(b.X509Authorities()))
 		}
 	})
+}
+
+// TestAppSVIDs: an app's source asks for the mark and gets it; the
+// proxy's does not; an app's SVID without the mark is refused.
+func TestAppSVIDs(t *testing.T) {
+	c := newCertifier(t, webID)
+	for _, app := range []bool{false, true} {
+		s, err := source.New(t.Context(), source.Config{Certifier: c, TrustDomain: td, Logger: quiet, App: app, Token: func() (string, error) { return "t", nil }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		svid, err := s.GetX509SVID()
+		s.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := appsvid.Marked(svid.Certificates[0]); got != app {
+			t.Errorf("App %t: the SVID is marked %t", app, got)
+		}
+	}
+	// A CA that does not mark (an older controller): refused.
+	unmarked := certifierFunc(func(ctx context.Context, req *identityv1.CertifyRequest) (*identityv1.CertifyResponse, error) {
+		csr, err := x509.ParseCertificateRequest(req.Csr)
+		if err != nil {
+			return nil, err
+		}
+		csr.Extensions = nil
+		svid, err := c.ca.SignSVID(csr, c.id, 0)
+		if err != nil {
+			return nil, err
+		}
+		resp := &identityv1.CertifyResponse{SpiffeId: c.id.String()}
+		for _, x := range svid.Chain {
+			resp.SvidChain = append(resp.SvidChain, x.Raw)
+		}
+		for _, x := range c.ca.Bundle() {
+			resp.TrustBundle = append(resp.TrustBundle, x.Raw)
+		}
+		return resp, nil
+	})
+	for _, app := range []bool{false, true} {
+		ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+		s, err := source.New(ctx, source.Config{Certifier: unmarked, TrustDomain: td, Logger: quiet, App: app, MinBackoff: 10 * time.Millisecond, Token: func() (string, error) { return "t", nil }})
+		cancel()
+		if s != nil {
+			s.Close()
+		}
+		// The proxy's source takes it (the answer is otherwise good); the
+		// app's refuses it.
+		if (err == nil) == app {
+			t.Errorf("App %t: an unmarked SVID: err %v", app, err)
+		}
+	}
 }

@@ -28,6 +28,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mesh-dev/mesh/identity/appsvid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc/status"
@@ -40,7 +41,9 @@ type Result struct {
 	// PublicKey is the SVID's public key, PKIX DER.
 	PublicKey []byte `json:"publicKey,omitempty"`
 	// KeyMatches: the private key served is the certificate's.
-	KeyMatches  bool   `json:"keyMatches,omitempty"`
+	KeyMatches bool `json:"keyMatches,omitempty"`
+	// AppMarked: the SVID carries the CA's mark of an app's SVID.
+	AppMarked   bool   `json:"appMarked,omitempty"`
 	BundleRoots int    `json:"bundleRoots,omitempty"`
 	Code        string `json:"code,omitempty"`
 	Error       string `json:"error,omitempty"`
@@ -129,5 +132,5 @@ func describe(svid *x509svid.SVID) Result {
 	if k, ok := svid.PrivateKey.Public().(interface{ Equal(crypto.PublicKey) bool }); ok {
 		matches = k.Equal(leaf.PublicKey)
 	}
-	return Result{SPIFFEID: svid.ID.String(), Serial: leaf.SerialNumber.Text(16), PublicKey: pub, KeyMatches: matches}
+	return Result{SPIFFEID: svid.ID.String(), Serial: leaf.SerialNumber.Text(16), PublicKey: pub, KeyMatches: matches, AppMarked: appsvid.Marked(leaf)}
 }
