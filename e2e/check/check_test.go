@@ -14,9 +14,6 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
 	"github.com/mesh-dev/mesh/e2e/clustertest"
 	"github.com/mesh-dev/mesh/e2e/helminstall"
 	"github.com/mesh-dev/mesh/e2e/meshtest"
@@ -61,7 +58,9 @@ func TestCheck(t *testing.T) {
 	}
 
 	m.Install(t)
-	deployApp(t, m)
+	// Two echo pods in a namespace labelled for injection.
+	m.Namespace(t, appNS, true)
+	m.DeployEcho(t, appNS, helminstall.EchoApp{Name: "echo", Replicas: 2})
 	// A policy the proxies must enforce: check waits for its status to
 	// count both.
 	m.Apply(t, `apiVersion: security.mesh.dev/v1alpha1
@@ -269,18 +268,4 @@ func policyShow(t *testing.T, m *helminstall.Mesh, want int) []meshctl.PodPolicy
 func scale(t *testing.T, m *helminstall.Mesh, n int) {
 	t.Helper()
 	m.MustRun(t, "kubectl", "scale", "-n", system, "deployment/mesh-controller", fmt.Sprintf("--replicas=%d", n))
-}
-
-// deployApp runs two echo pods in a namespace labelled for injection.
-func deployApp(t *testing.T, m *helminstall.Mesh) {
-	t.Helper()
-	m.Namespace(t, appNS, true)
-	if _, err := m.Kube.CoreV1().ServiceAccounts(appNS).Create(t.Context(), &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "echo"}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	d := helminstall.Deployment(appNS, "echo", 2, helminstall.PodTemplate("echo", helminstall.Echo(true), corev1.RestartPolicyAlways))
-	if _, err := m.Kube.AppsV1().Deployments(appNS).Create(t.Context(), d, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	m.MustRun(t, "kubectl", "rollout", "status", "-n", appNS, "deployment/echo", "--timeout", "3m")
 }

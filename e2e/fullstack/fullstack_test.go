@@ -1,7 +1,6 @@
 package fullstack_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -10,28 +9,18 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-	authnv1 "k8s.io/api/authentication/v1"
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/mesh-dev/mesh/authz"
 	"github.com/mesh-dev/mesh/authz/audit"
-	"github.com/mesh-dev/mesh/ca"
 	"github.com/mesh-dev/mesh/e2e/clustertest"
+	"github.com/mesh-dev/mesh/e2e/meshtest"
 	"github.com/mesh-dev/mesh/identity"
-	identityv1 "github.com/mesh-dev/mesh/identity/api/v1"
+	"github.com/mesh-dev/mesh/identity/identitytest"
 	"github.com/mesh-dev/mesh/identity/source"
 	"github.com/mesh-dev/mesh/proxy"
 )
@@ -39,22 +28,6 @@ import (
 func TestMain(m *testing.M) { os.Exit(clustertest.Run(m)) }
 
 var quiet = slog.New(slog.DiscardHandler)
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) Bytes() []byte {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]byte(nil), s.b.Bytes()...)
-}
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
@@ -76,64 +49,32 @@ func TestPodsTalkThroughTheMesh(t *testing.T) {
 	c := clustertest.Get(t)
 	ctx := t.Context()
 	cs := c.Client()
-	td := spiffeid.RequireTrustDomainFromString("cluster.local")
-	for _, ns := range []string{"mesh-system", "shop"} {
-		if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	td := identitytest.TrustDomain
 
 	// The control plane: the CA in a Secret, the identity service on TLS.
-	authority, err := ca.New(ctx, ca.Config{TrustDomain: td, Logger: quiet, Store: &ca.SecretStore{Client: cs, Namespace: "mesh-system", Name: "mesh-ca"}})
+	svc, err := identitytest.Start(ctx, cs, identity.ServerConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	controllerID := spiffeid.RequireFromString("spiffe://cluster.local/ns/mesh-system/sa/mesh-controller")
-	self, err := identity.NewSelfSource(authority, controllerID)
-	if err != nil {
+	t.Cleanup(svc.Close)
+	if err := identitytest.Namespace(ctx, cs, "shop", "frontend", "backend"); err != nil {
 		t.Fatal(err)
 	}
-	svc, err := identity.NewServer(identity.ServerConfig{CA: authority, Kube: cs, Audit: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts, err := identity.ServerOptions(identity.TransportConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer(append(opts, grpc.Creds(credentials.NewTLS(tlsconfig.TLSServerConfig(self))))...)
-	svc.Register(gs)
-	go gs.Serve(lis)
-	t.Cleanup(gs.Stop)
-	bundle := x509bundle.FromX509Authorities(td, authority.Bundle())
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(credentials.NewTLS(tlsconfig.TLSClientConfig(bundle, tlsconfig.AuthorizeID(controllerID)))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
 
-	// Two pods, each proving who it is with its own projected token.
+	// Two pods, each proving who it is with its own pod-bound token.
 	sourceFor := func(sa, pod string) *source.Source {
 		t.Helper()
-		if _, err := cs.CoreV1().ServiceAccounts("shop").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		p, err := cs.CoreV1().Pods("shop").Create(ctx, &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Name: pod, Labels: map[string]string{"app": sa}},
-			Spec:       corev1.PodSpec{ServiceAccountName: sa, NodeName: "node-1", Containers: []corev1.Container{{Name: "app", Image: "mesh-e2e/echo"}}},
-		}, metav1.CreateOptions{})
+		p, err := identitytest.Pod(ctx, cs, "shop", pod, sa)
 		if err != nil {
 			t.Fatal(err)
 		}
-		tokenFile := filepath.Join(t.TempDir(), "token")
-		writeToken(t, cs, p, tokenFile)
+		token, err := identitytest.Token(ctx, cs, p, identity.DefaultAudience, true)
+		if err != nil {
+			t.Fatal(err)
+		}
 		src, err := source.New(ctx, source.Config{
-			Certifier: identityv1.NewIdentityClient(conn), TrustDomain: td, Logger: quiet,
-			Token: func() (string, error) { b, err := os.ReadFile(tokenFile); return string(b), err },
+			Certifier: svc.Client, TrustDomain: td, Logger: quiet,
+			Token: func() (string, error) { return token, nil },
 		})
 		if err != nil {
 			t.Fatalf("SVID for %s: %v", pod, err)
@@ -175,7 +116,7 @@ spec:
 	if err != nil {
 		t.Fatal(err)
 	}
-	var auditLog syncBuffer
+	var auditLog meshtest.SyncBuffer
 	// Signed with the SVID the identity service issued to backend.
 	w, err := audit.New(audit.Config{Out: &auditLog, Stream: "shop/backend-0", SVIDs: backend})
 	if err != nil {
@@ -247,22 +188,8 @@ spec:
 	if err := <-auditDone; err != nil {
 		t.Fatal(err)
 	}
-	res, err := audit.Verify(bytes.NewReader(auditLog.Bytes()), audit.VerifyOptions{Bundle: x509bundle.FromX509Authorities(td, authority.Bundle()), Strict: true})
-	if err != nil || len(res.Streams) != 1 || res.Streams[0].Signer != backendID || res.Streams[0].Checkpoints == 0 || res.Streams[0].Unanchored != 0 || !strings.Contains(string(auditLog.Bytes()), `"source.identity":"spiffe://cluster.local/ns/shop/sa/frontend"`) {
-		t.Fatalf("audit log (%+v, %v):\n%s", res, err, auditLog.Bytes())
-	}
-}
-
-func writeToken(t *testing.T, cs kubernetes.Interface, p *corev1.Pod, path string) {
-	t.Helper()
-	tr, err := cs.CoreV1().ServiceAccounts(p.Namespace).CreateToken(t.Context(), p.Spec.ServiceAccountName, &authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{
-		Audiences:      []string{identity.DefaultAudience},
-		BoundObjectRef: &authnv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: p.Name, UID: p.UID},
-	}}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, []byte(tr.Status.Token), 0o600); err != nil {
-		t.Fatal(err)
+	res, err := audit.Verify(strings.NewReader(auditLog.String()), audit.VerifyOptions{Bundle: svc.Bundle, Strict: true})
+	if err != nil || len(res.Streams) != 1 || res.Streams[0].Signer != backendID || res.Streams[0].Checkpoints == 0 || res.Streams[0].Unanchored != 0 || !strings.Contains(auditLog.String(), `"source.identity":"spiffe://cluster.local/ns/shop/sa/frontend"`) {
+		t.Fatalf("audit log (%+v, %v):\n%s", res, err, auditLog.String())
 	}
 }

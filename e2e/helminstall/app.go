@@ -55,15 +55,6 @@ func Deployment(ns, name string, replicas int32, tmpl corev1.PodTemplateSpec) *a
 	}
 }
 
-// Load is the JSON summary the echo app's load modes print.
-type Load struct {
-	Calls    int            `json:"calls"`
-	Failed   int            `json:"failed"`
-	Hosts    map[string]int `json:"hosts"`
-	Statuses map[string]int `json:"statuses"`
-	Errors   []string       `json:"errors"`
-}
-
 // InPod runs the echo app's client mode in pod ns/name for at most bound,
 // and returns its standard output (where load modes print JSON), or with
 // an error its standard error too.

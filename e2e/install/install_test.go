@@ -20,17 +20,16 @@ import (
 	"testing"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/mesh-dev/mesh/e2e/cluster"
 	"github.com/mesh-dev/mesh/e2e/clustertest"
 	"github.com/mesh-dev/mesh/e2e/helminstall"
+	"github.com/mesh-dev/mesh/e2e/load"
 	"github.com/mesh-dev/mesh/e2e/meshtest"
 	"github.com/mesh-dev/mesh/e2e/node"
 	"github.com/mesh-dev/mesh/e2e/prereq"
@@ -152,28 +151,11 @@ func (e *env) controllers(t *testing.T) []corev1.Pod {
 func (e *env) testApp(t *testing.T) {
 	ctx := t.Context()
 	e.Namespace(t, ns, true)
-	for _, sa := range []string{"server", "client", "migrate"} {
-		if _, err := e.cs.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, d := range []*appsv1.Deployment{
-		helminstall.Deployment(ns, "server", 2, helminstall.PodTemplate("server", helminstall.Echo(true), corev1.RestartPolicyAlways)),
-		helminstall.Deployment(ns, "client", 1, helminstall.PodTemplate("client", helminstall.Echo(true), corev1.RestartPolicyAlways)),
-	} {
-		if _, err := e.cs.AppsV1().Deployments(ns).Create(ctx, d, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := e.cs.CoreV1().Services(ns).Create(ctx, &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: "server"},
-		Spec:       corev1.ServiceSpec{Selector: map[string]string{"app": "server"}, Ports: []corev1.ServicePort{{Name: "http", Port: 8080, TargetPort: intstr.FromInt32(8080)}}},
-	}, metav1.CreateOptions{}); err != nil {
+	// The Job's ServiceAccount (testJob).
+	if _, err := e.cs.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "migrate"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	for _, d := range []string{"server", "client"} {
-		e.MustRun(t, "kubectl", "rollout", "status", "-n", ns, "deployment/"+d, "--timeout", "3m")
-	}
+	e.DeployEcho(t, ns, helminstall.EchoApp{Name: "server", Replicas: 2, Service: true}, helminstall.EchoApp{Name: "client", Replicas: 1})
 	pods, err := e.cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -421,20 +403,13 @@ func (e *env) testKillLeader(t *testing.T) {
 		t.Fatalf("the lease holder %q is none of the controller pods %v", leader, names)
 	}
 	type result struct {
-		l   helminstall.Load
+		l   load.Summary
 		err error
 	}
 	done := make(chan result, 1)
 	go func() {
 		// 1,500 calls at 100/s: 15 s, across the kill and the re-election.
-		out, err := e.inPodBound(ctx, time.Minute, e.client, "http-load", serverURL, "1500", "4", "100", "keepalive")
-		var l helminstall.Load
-		if err == nil {
-			err = json.Unmarshal([]byte(out), &l)
-		}
-		if err != nil {
-			err = fmt.Errorf("%w: %s", err, out)
-		}
+		l, err := helminstall.Load(ctx, time.Minute, ns, e.client, "http-load", serverURL, "1500", "4", "100", "keepalive")
 		done <- result{l, err}
 	}()
 	time.Sleep(3 * time.Second)
@@ -530,11 +505,7 @@ func (e *env) meshctl(t *testing.T, args ...string) (string, error) {
 }
 
 func (e *env) inPod(ctx context.Context, pod string, args ...string) (string, error) {
-	return e.inPodBound(ctx, 20*time.Second, pod, args...)
-}
-
-func (e *env) inPodBound(ctx context.Context, bound time.Duration, pod string, args ...string) (string, error) {
-	return helminstall.InPod(ctx, bound, ns, pod, args...)
+	return helminstall.InPod(ctx, 20*time.Second, ns, pod, args...)
 }
 
 func (e *env) podIP(t *testing.T, name string) string {

@@ -21,7 +21,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/mesh-dev/mesh/authz/audit"
 	"github.com/mesh-dev/mesh/ca"
@@ -29,6 +28,7 @@ import (
 	"github.com/mesh-dev/mesh/controlplane/trustbundle"
 	"github.com/mesh-dev/mesh/e2e/clustertest"
 	"github.com/mesh-dev/mesh/e2e/helminstall"
+	"github.com/mesh-dev/mesh/e2e/load"
 	"github.com/mesh-dev/mesh/e2e/meshtest"
 	"github.com/mesh-dev/mesh/e2e/node"
 	"github.com/mesh-dev/mesh/e2e/prereq"
@@ -96,25 +96,7 @@ func (e *env) meshctl(t *testing.T, want int, args ...string) string {
 func (e *env) deploy(t *testing.T) {
 	ctx := t.Context()
 	e.Namespace(t, ns, true)
-	for _, sa := range []string{"server", "client"} {
-		if _, err := e.Kube.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, d := range []struct {
-		name string
-		n    int32
-	}{{"server", 2}, {"client", 1}} {
-		if _, err := e.Kube.AppsV1().Deployments(ns).Create(ctx, helminstall.Deployment(ns, d.name, d.n, helminstall.PodTemplate(d.name, helminstall.Echo(true), corev1.RestartPolicyAlways)), metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := e.Kube.CoreV1().Services(ns).Create(ctx, &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: "server"},
-		Spec:       corev1.ServiceSpec{Selector: map[string]string{"app": "server"}, Ports: []corev1.ServicePort{{Name: "http", Port: 8080, TargetPort: intstr.FromInt32(8080)}}},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	e.DeployEcho(t, ns, helminstall.EchoApp{Name: "server", Replicas: 2, Service: true}, helminstall.EchoApp{Name: "client", Replicas: 1})
 	// An unmeshed pod, from whose network namespace openssl reads what a
 	// server's proxy presents (a meshed pod's own proxy would intercept).
 	e.Namespace(t, outside, false)
@@ -122,9 +104,6 @@ func (e *env) deploy(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.Apply(t, policy)
-	for _, d := range []string{"server", "client"} {
-		e.MustRun(t, "kubectl", "rollout", "status", "-n", ns, "deployment/"+d, "--timeout", "3m")
-	}
 	pods, err := e.Kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -407,7 +386,7 @@ func (e *env) testRotateUnderTraffic(t *testing.T) {
 		t.Fatalf("no prepared root to resume from: %+v", before.Roots)
 	}
 	type result struct {
-		l   helminstall.Load
+		l   load.Summary
 		err error
 	}
 	done := make(chan result, 1)
@@ -416,14 +395,7 @@ func (e *env) testRotateUnderTraffic(t *testing.T) {
 		// 100 s, longer than the rotation and inside the load mode's own
 		// 2-minute bound. Every tenth asks the server for a 503, which the
 		// load counts as a success.
-		out, err := helminstall.InPod(ctx, 4*time.Minute, ns, e.client, "http-load", serverURL, "10000", "4", "100", "close")
-		var l helminstall.Load
-		if err == nil {
-			err = json.Unmarshal([]byte(out), &l)
-		}
-		if err != nil {
-			err = fmt.Errorf("%w: %s", err, out)
-		}
+		l, err := helminstall.Load(ctx, 4*time.Minute, ns, e.client, "http-load", serverURL, "10000", "4", "100", "close")
 		done <- result{l, err}
 	}()
 	time.Sleep(3 * time.Second)

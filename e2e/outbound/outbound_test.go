@@ -8,7 +8,6 @@ package outbound_test
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -34,6 +33,7 @@ import (
 	"github.com/mesh-dev/mesh/authz/api/v1alpha1/crdtest"
 	"github.com/mesh-dev/mesh/controlplane/trustbundle"
 	"github.com/mesh-dev/mesh/e2e/clustertest"
+	"github.com/mesh-dev/mesh/e2e/load"
 	"github.com/mesh-dev/mesh/e2e/meshtest"
 	"github.com/mesh-dev/mesh/e2e/node"
 	"github.com/mesh-dev/mesh/e2e/prereq"
@@ -49,18 +49,6 @@ const (
 type env struct {
 	cs        kubernetes.Interface
 	clusterIP string
-}
-
-// load is what mesh-e2e-echo's load modes print.
-type load struct {
-	Calls     int              `json:"calls"`
-	OK        int              `json:"ok"`
-	Failed    int              `json:"failed"`
-	Hosts     map[string]int   `json:"hosts"`
-	FirstSeen map[string]int64 `json:"firstSeen"`
-	Codes     map[string]int   `json:"codes"`
-	Statuses  map[string]int   `json:"statuses"`
-	Errors    []string         `json:"errors"`
 }
 
 // TestOutbound: the acceptance of the outbound issue, on the local
@@ -196,7 +184,7 @@ func (e *env) testKill(t *testing.T) {
 	pods := e.serverPods(t)
 	victim := pods[0].Name
 	const concurrency = 4
-	done := make(chan load, 1)
+	done := make(chan load.Summary, 1)
 	go func() {
 		done <- e.run(t, "grpc-load", fmt.Sprintf("%s:9090", e.clusterIP), "3000", fmt.Sprint(concurrency), "150")
 	}()
@@ -226,7 +214,7 @@ func (e *env) testScaleUp(t *testing.T) {
 	for _, p := range e.serverPods(t) {
 		old[p.Name] = true
 	}
-	done := make(chan load, 1)
+	done := make(chan load.Summary, 1)
 	go func() { done <- e.run(t, "grpc-load", fmt.Sprintf("%s:9090", e.clusterIP), "6000", "4", "200") }()
 	time.Sleep(2 * time.Second)
 	scale, err := e.cs.AppsV1().Deployments(ns).GetScale(ctx, "server", metav1.GetOptions{})
@@ -336,18 +324,18 @@ func (e *env) testHTTP(t *testing.T) {
 }
 
 // run runs a load mode of mesh-e2e-echo in the client pod.
-func (e *env) run(t *testing.T, args ...string) load {
+func (e *env) run(t *testing.T, args ...string) load.Summary {
 	cmd := meshtest.InPod(t.Context(), ns, "client", append([]string{filepath.Join(prereq.BinDir(), "mesh-e2e-echo")}, args...)...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
 		t.Errorf("%s: %v\n%s", strings.Join(args, " "), err, stderr.String())
-		return load{}
+		return load.Summary{}
 	}
-	var l load
-	if err := json.Unmarshal(out, &l); err != nil {
-		t.Errorf("%s: %v: %q", strings.Join(args, " "), err, out)
+	l, err := load.Parse(out)
+	if err != nil {
+		t.Errorf("%s: %v", strings.Join(args, " "), err)
 	}
 	return l
 }

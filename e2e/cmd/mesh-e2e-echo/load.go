@@ -18,33 +18,17 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
-)
 
-// Summary is what a load run prints: the client's own count of what
-// happened, which tests compare with the mesh's metrics.
-type Summary struct {
-	Calls  int `json:"calls"`
-	OK     int `json:"ok"`
-	Failed int `json:"failed"`
-	// Hosts counts answers by the pod that answered; FirstSeen is when
-	// each first answered (Unix milliseconds).
-	Hosts     map[string]int   `json:"hosts"`
-	FirstSeen map[string]int64 `json:"firstSeen"`
-	// Codes counts gRPC status codes; Statuses HTTP statuses ("error"
-	// for a request that got no response).
-	Codes    map[string]int `json:"codes,omitempty"`
-	Statuses map[string]int `json:"statuses,omitempty"`
-	// Errors are the first few failures, for the test's log.
-	Errors []string `json:"errors,omitempty"`
-}
+	"github.com/mesh-dev/mesh/e2e/load"
+)
 
 type recorder struct {
 	mu sync.Mutex
-	s  Summary
+	s  load.Summary
 }
 
 func newRecorder(calls int) *recorder {
-	return &recorder{s: Summary{Calls: calls, Hosts: map[string]int{}, FirstSeen: map[string]int64{}, Codes: map[string]int{}, Statuses: map[string]int{}}}
+	return &recorder{s: load.Summary{Calls: calls, Hosts: map[string]int{}, FirstSeen: map[string]int64{}, Codes: map[string]int{}, Statuses: map[string]int{}}}
 }
 
 func (r *recorder) add(host, code string, ok bool, failure string, codes map[string]int) {
@@ -107,7 +91,7 @@ func loadArgs(args []string) (calls, concurrency int, perSecond float64, err err
 	return calls, concurrency, perSecond, nil
 }
 
-func printSummary(s Summary) error {
+func printSummary(s load.Summary) error {
 	return json.NewEncoder(os.Stdout).Encode(s)
 }
 
