@@ -18,6 +18,18 @@ const (
 	URISchemeHTTPS = "HTTPS"
 )
 
+// HTTPGetAction.Protocol's values.
+const (
+	HTTPProtocolHTTP1 = "HTTP1"
+	HTTPProtocolHTTP2 = "HTTP2"
+)
+
+// GRPCAction.Mode's values.
+const (
+	GRPCProbeModePlaintext = "Plaintext"
+	GRPCProbeModeTLS       = "TLS"
+)
+
 // HTTPGetAction is an HTTP GET probe.
 type HTTPGetAction struct {
 	// Path to GET; it must start with "/".
@@ -30,9 +42,9 @@ type HTTPGetAction struct {
 	Scheme string `json:"scheme,omitempty"`
 	// HTTPHeaders are sent with the request.
 	HTTPHeaders []HTTPHeader `json:"httpHeaders,omitempty"`
-	// Protocol is Kubernetes' alpha HTTP1 or HTTP2 (gate H2CContainerProbe),
-	// carried as written. The proxy probes over HTTP/1.1 whatever it says,
-	// as it did when it read Kubernetes' type.
+	// Protocol is Kubernetes' alpha HTTPProtocol (gate H2CContainerProbe):
+	// nil or HTTP1 probes over HTTP/1.1, HTTP2 over cleartext HTTP/2 with
+	// prior knowledge (h2c), which, as for the kubelet, needs scheme HTTP.
 	Protocol *string `json:"protocol,omitempty"`
 }
 
@@ -56,8 +68,8 @@ type GRPCAction struct {
 	// Service is the name sent in the HealthCheckRequest; nil is "", the
 	// whole server.
 	Service *string `json:"service"`
-	// Mode is Kubernetes' alpha Plaintext or TLS (gate
-	// GRPCContainerProbeTLS), carried as written. The proxy probes in
-	// plaintext whatever it says, as it did when it read Kubernetes' type.
+	// Mode is Kubernetes' alpha GRPCProbeMode (gate GRPCContainerProbeTLS):
+	// nil or Plaintext probes in plaintext, TLS over TLS without verifying
+	// the app's certificate, as the kubelet.
 	Mode *string `json:"mode,omitempty"`
 }

@@ -37,7 +37,8 @@ type Handler struct {
 	target netip.Addr
 	dialFn func(ctx context.Context, network, addr string) (net.Conn, error)
 	checks map[string]check
-	client *http.Client
+	// client probes over HTTP/1.1, h2cClient over cleartext HTTP/2.
+	client, h2cClient *http.Client
 }
 
 // check is one compiled prober.
@@ -65,7 +66,7 @@ func New(cfg Config) (*Handler, error) {
 	if h.dialFn == nil {
 		h.dialFn = (&net.Dialer{}).DialContext
 	}
-	h.client = newHTTPClient(h.dial)
+	h.client, h.h2cClient = newHTTPClient(h.dial, false), newHTTPClient(h.dial, true)
 	for path, p := range cfg.Probers {
 		if err := validate(path, p); err != nil {
 			return nil, err

@@ -21,12 +21,14 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/mesh-dev/mesh/internal/accepttest"
+	"github.com/mesh-dev/mesh/internal/testpki"
 	"github.com/mesh-dev/mesh/proxy/probe"
 )
 
@@ -722,4 +724,120 @@ func settle(want int) int {
 		n = runtime.NumGoroutine()
 	}
 	return n
+}
+
+// TestH2CProbe: protocol HTTP2 probes over cleartext HTTP/2 with prior
+// knowledge, as the kubelet; an app that speaks only h2c is then healthy,
+// and an HTTP/1.1 probe of it fails, as does an h2c probe of an HTTP/1.1
+// app.
+func TestH2CProbe(t *testing.T) {
+	// protos records the protocol of each GET an app received (an HTTP/1.1
+	// server hands the h2c preface, "PRI * HTTP/2.0", to its handler).
+	type protos struct {
+		mu  sync.Mutex
+		got []string
+	}
+	start := func(t *testing.T, h2cOnly bool) (int32, *protos) {
+		app := &protos{}
+		srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method != http.MethodGet {
+				return
+			}
+			app.mu.Lock()
+			app.got = append(app.got, r.Proto)
+			app.mu.Unlock()
+		}))
+		// Each app speaks one protocol only.
+		srv.Config.Protocols = new(http.Protocols)
+		if h2cOnly {
+			srv.Config.Protocols.SetUnencryptedHTTP2(true)
+		} else {
+			srv.Config.Protocols.SetHTTP1(true)
+		}
+		srv.Start()
+		t.Cleanup(srv.Close)
+		return port(t, srv.URL), app
+	}
+	h2c, h2cApp := start(t, true)
+	h1, h1App := start(t, false)
+	str := func(s string) *string { return &s }
+	for _, tt := range []struct {
+		name     string
+		port     int32
+		protocol *string
+		app      *protos
+		status   int
+		proto    string // what the app saw; "" when it saw nothing
+	}{
+		{"HTTP2 to an h2c app", h2c, str(probe.HTTPProtocolHTTP2), h2cApp, 200, "HTTP/2.0"},
+		{"HTTP1 to an h2c app", h2c, str(probe.HTTPProtocolHTTP1), h2cApp, 503, ""},
+		{"no protocol to an h2c app", h2c, nil, h2cApp, 503, ""},
+		{"HTTP2 to an HTTP/1.1 app", h1, str(probe.HTTPProtocolHTTP2), h1App, 503, ""},
+		{"HTTP1 to an HTTP/1.1 app", h1, str(probe.HTTPProtocolHTTP1), h1App, 200, "HTTP/1.1"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			base := serve(t, probe.Config{Target: loopback, Probers: probe.Probers{
+				"/app-health/api/readyz": {HTTPGet: &probe.HTTPGetAction{Path: "/healthz", Port: intstr.FromInt32(tt.port), Protocol: tt.protocol}},
+			}})
+			status, body := kubelet(t, base, http.MethodGet, "/app-health/api/readyz")
+			if status != tt.status {
+				t.Fatalf("status %d (%q), want %d", status, body, tt.status)
+			}
+			tt.app.mu.Lock()
+			got := tt.app.got
+			tt.app.got = nil
+			tt.app.mu.Unlock()
+			if want := []string{tt.proto}; tt.proto != "" && !slices.Equal(got, want) || tt.proto == "" && len(got) != 0 {
+				t.Fatalf("the app saw %q, want %q", got, tt.proto)
+			}
+		})
+	}
+}
+
+// TestGRPCProbeTLS: mode TLS probes over TLS without verifying the app's
+// certificate (a throwaway CA's), as the kubelet; plaintext probes of a
+// TLS server fail, as does a TLS probe of a plaintext one.
+func TestGRPCProbeTLS(t *testing.T) {
+	start := func(t *testing.T, tlsOn bool) int32 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var opts []grpc.ServerOption
+		if tlsOn {
+			_, cert := testpki.ServingCert(t, net.ParseIP("127.0.0.1"))
+			opts = append(opts, grpc.Creds(credentials.NewServerTLSFromCert(&cert)))
+		}
+		srv := grpc.NewServer(opts...)
+		hs := health.NewServer()
+		hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+		healthpb.RegisterHealthServer(srv, hs)
+		done := make(chan struct{})
+		go func() { defer close(done); _ = srv.Serve(ln) }()
+		t.Cleanup(func() { srv.Stop(); <-done })
+		return int32(ln.Addr().(*net.TCPAddr).Port)
+	}
+	withTLS, plain := start(t, true), start(t, false)
+	str := func(s string) *string { return &s }
+	for _, tt := range []struct {
+		name   string
+		port   int32
+		mode   *string
+		status int
+	}{
+		{"TLS to a TLS server", withTLS, str(probe.GRPCProbeModeTLS), 200},
+		{"Plaintext to a TLS server", withTLS, str(probe.GRPCProbeModePlaintext), 503},
+		{"no mode to a TLS server", withTLS, nil, 503},
+		{"TLS to a plaintext server", plain, str(probe.GRPCProbeModeTLS), 503},
+		{"Plaintext to a plaintext server", plain, str(probe.GRPCProbeModePlaintext), 200},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			base := serve(t, probe.Config{Target: loopback, Probers: probe.Probers{
+				"/app-health/api/readyz": {GRPC: &probe.GRPCAction{Port: tt.port, Mode: tt.mode}},
+			}})
+			if status, body := kubelet(t, base, http.MethodGet, "/app-health/api/readyz"); status != tt.status {
+				t.Fatalf("status %d (%q), want %d", status, body, tt.status)
+			}
+		})
+	}
 }

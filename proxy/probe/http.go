@@ -24,22 +24,26 @@ const (
 )
 
 // newHTTPClient is the kubelet's probe client: no keep-alive, no proxy from
-// the environment, no compression, certificates not verified.
-func newHTTPClient(dial func(ctx context.Context, network, addr string) (net.Conn, error)) *http.Client {
-	return &http.Client{
-		Transport: &http.Transport{
-			DialContext: dial,
-			// The kubelet does not verify the app's certificate either: the
-			// probe checks liveness, and the app's certificate names
-			// whatever its clients expect, not the pod IP.
-			TLSClientConfig:        &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // see above
-			DisableKeepAlives:      true,
-			DisableCompression:     true,
-			Proxy:                  nil,
-			MaxResponseHeaderBytes: maxResponseHeads,
-		},
-		CheckRedirect: checkRedirect,
+// the environment, no compression, certificates not verified. With h2c it
+// speaks cleartext HTTP/2 with prior knowledge and nothing else, as the
+// kubelet does for protocol HTTP2.
+func newHTTPClient(dial func(ctx context.Context, network, addr string) (net.Conn, error), h2c bool) *http.Client {
+	t := &http.Transport{
+		DialContext: dial,
+		// The kubelet does not verify the app's certificate either: the
+		// probe checks liveness, and the app's certificate names whatever
+		// its clients expect, not the pod IP.
+		TLSClientConfig:        &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // see above
+		DisableKeepAlives:      true,
+		DisableCompression:     true,
+		Proxy:                  nil,
+		MaxResponseHeaderBytes: maxResponseHeads,
 	}
+	if h2c {
+		t.Protocols = new(http.Protocols)
+		t.Protocols.SetUnencryptedHTTP2(true)
+	}
+	return &http.Client{Transport: t, CheckRedirect: checkRedirect}
 }
 
 // checkRedirect follows a redirect only to the same address and port as the
@@ -87,6 +91,10 @@ func (h *Handler) httpCheck(g *HTTPGetAction) (func(context.Context) error, erro
 		header.Del("Accept")
 	}
 	host := header.Get("Host")
+	client := h.client
+	if g.Protocol != nil && *g.Protocol == HTTPProtocolHTTP2 {
+		client = h.h2cClient
+	}
 
 	return func(ctx context.Context) error {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
@@ -95,7 +103,7 @@ func (h *Handler) httpCheck(g *HTTPGetAction) (func(context.Context) error, erro
 		}
 		req.Header = header.Clone()
 		req.Host = host
-		resp, err := h.client.Do(req)
+		resp, err := client.Do(req)
 		if err != nil {
 			return fmt.Errorf("probe: http: %w", err)
 		}

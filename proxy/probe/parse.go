@@ -124,6 +124,9 @@ func validate(path string, p Prober) error {
 		}
 		return validatePort(fail, "tcpSocket.port", p.TCPSocket.Port)
 	default:
+		if m := p.GRPC.Mode; m != nil && *m != GRPCProbeModePlaintext && *m != GRPCProbeModeTLS {
+			return fail("grpc.mode %q must be Plaintext or TLS", *m)
+		}
 		return validatePort(fail, "grpc.port", intstr.FromInt32(p.GRPC.Port))
 	}
 }
@@ -142,6 +145,18 @@ func validateHTTP(fail func(string, ...any) error, h *HTTPGetAction) error {
 	case "", URISchemeHTTP, URISchemeHTTPS:
 	default:
 		return fail("httpGet.scheme %q must be HTTP or HTTPS", h.Scheme)
+	}
+	if h.Protocol != nil {
+		switch *h.Protocol {
+		case HTTPProtocolHTTP1:
+		case HTTPProtocolHTTP2:
+			// Kubernetes supports cleartext HTTP/2 only (h2c).
+			if h.Scheme == URISchemeHTTPS {
+				return fail("httpGet.protocol HTTP2 is cleartext HTTP/2 (h2c) and needs scheme HTTP, not HTTPS")
+			}
+		default:
+			return fail("httpGet.protocol %q must be HTTP1 or HTTP2", *h.Protocol)
+		}
 	}
 	if !strings.HasPrefix(h.Path, "/") {
 		return fail("httpGet.path %q must start with \"/\"", h.Path)
