@@ -350,7 +350,7 @@ func measureCertify(ctx context.Context, dir string, calls map[int]int) ([]Issua
 	if err != nil {
 		return nil, fmt.Errorf("bench: certify: %w", err)
 	}
-	svc, err := identitytest.Start(ctx, kube, identity.ServerConfig{RatePerIdentity: rate.Inf, RatePerSource: rate.Inf})
+	svc, err := identitytest.Start(ctx, kube, identity.ServerConfig{RatePerPod: rate.Inf, RatePerSource: rate.Inf})
 	if err != nil {
 		return nil, fmt.Errorf("bench: certify: %w", err)
 	}

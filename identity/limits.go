@@ -52,7 +52,7 @@ const (
 	refusedSource   = "rate_limited_source"
 	refusedOverflow = "rate_limited_overflow"
 	refusedCapacity = "review_capacity"
-	refusedIdentity = "rate_limited_identity"
+	refusedPod      = "rate_limited_pod"
 )
 
 // sourceLimiter is a token bucket per source address, with a bounded

@@ -220,7 +220,7 @@ func TestSourceLimit(t *testing.T) {
 			reg := prometheus.NewRegistry()
 			srv, err := identity.NewServer(identity.ServerConfig{
 				CA: e.ca, Kube: e.watchedClient(t, w), Audit: quiet, Registerer: reg,
-				RatePerIdentity: rate.Inf,
+				RatePerPod: rate.Inf,
 				// No refill during the test: exactly the burst gets through.
 				RatePerSource: rate.Every(time.Hour), BurstPerSource: tt.burst, MaxSources: tt.maxSources,
 			})
@@ -257,7 +257,7 @@ func TestSourceLimit(t *testing.T) {
 			if got := metricValue(reg, "mesh_identity_token_reviews_total", "", ""); got != float64(tt.wantReviews) {
 				t.Errorf("mesh_identity_token_reviews_total = %v, want %d", got, tt.wantReviews)
 			}
-			for _, reason := range []string{"rate_limited_source", "rate_limited_overflow", "review_capacity", "rate_limited_identity"} {
+			for _, reason := range []string{"rate_limited_source", "rate_limited_overflow", "review_capacity", "rate_limited_pod"} {
 				if got := refusedCount(reg, reason); got != tt.wantRefused[reason] {
 					t.Errorf("refused{%s} = %v, want %v", reason, got, tt.wantRefused[reason])
 				}

@@ -247,7 +247,7 @@ func TestConfigDefaults(t *testing.T) {
 	}
 	if cfg.RatePerSource != 5 || cfg.BurstPerSource != 50 || cfg.MaxSources != 10000 ||
 		cfg.MaxConcurrentReviews != 32 || cfg.ReviewWait != time.Second ||
-		cfg.RatePerIdentity != rate.Every(6*time.Second) || cfg.Burst != 10 || cfg.Audience != DefaultAudience {
+		cfg.RatePerPod != rate.Every(6*time.Second) || cfg.BurstPerPod != 10 || cfg.Audience != DefaultAudience {
 		t.Fatalf("defaults = %+v", cfg)
 	}
 	bad := []struct {
@@ -259,8 +259,8 @@ func TestConfigDefaults(t *testing.T) {
 		{ServerConfig{MaxSources: -1}, "identity: ServerConfig.MaxSources is negative (-1)"},
 		{ServerConfig{MaxConcurrentReviews: -1}, "identity: ServerConfig.MaxConcurrentReviews is negative (-1)"},
 		{ServerConfig{ReviewWait: -time.Second}, "identity: ServerConfig.ReviewWait is negative (-1s)"},
-		{ServerConfig{RatePerIdentity: -1}, "identity: ServerConfig.RatePerIdentity is negative (-1)"},
-		{ServerConfig{Burst: -1}, "identity: ServerConfig.Burst is negative (-1)"},
+		{ServerConfig{RatePerPod: -1}, "identity: ServerConfig.RatePerPod is negative (-1)"},
+		{ServerConfig{BurstPerPod: -1}, "identity: ServerConfig.BurstPerPod is negative (-1)"},
 	}
 	for _, tt := range bad {
 		t.Run(tt.want, func(t *testing.T) {

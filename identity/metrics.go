@@ -28,7 +28,7 @@ func newServerMetrics(reg prometheus.Registerer) (*serverMetrics, error) {
 		}, []string{"result"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mesh_identity_requests_refused_total",
-			Help: "Certify calls refused by a limit: rate_limited_source (the source address's bucket), rate_limited_overflow (the shared bucket of addresses past the tracking cap), review_capacity (no token review slot in time), rate_limited_identity (the SPIFFE ID's bucket).",
+			Help: "Certify calls refused by a limit: rate_limited_source (the source address's bucket), rate_limited_overflow (the shared bucket of addresses past the tracking cap), review_capacity (no token review slot in time), rate_limited_pod (the pod's bucket).",
 		}, []string{"reason"}),
 		reviews: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "mesh_identity_token_reviews_total",
@@ -41,7 +41,7 @@ func newServerMetrics(reg prometheus.Registerer) (*serverMetrics, error) {
 	}
 	// Every reason exists from the start, so a rate() over it is defined
 	// before the first refusal.
-	for _, r := range []string{refusedSource, refusedOverflow, refusedCapacity, refusedIdentity} {
+	for _, r := range []string{refusedSource, refusedOverflow, refusedCapacity, refusedPod} {
 		m.refused.WithLabelValues(r)
 	}
 	if reg != nil {

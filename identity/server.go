@@ -60,12 +60,16 @@ type ServerConfig struct {
 	Kube kubernetes.Interface
 	// Audience the tokens must be for. Zero means DefaultAudience.
 	Audience string
-	// RatePerIdentity and Burst limit Certify calls per SPIFFE ID, checked
-	// after the review since only the review names the identity. Zero
-	// means one every 6 seconds with a burst of 10: a proxy renews every
-	// half hour, so this only bites on a loop or an attack.
-	RatePerIdentity rate.Limit
-	Burst           int
+	// RatePerPod and BurstPerPod limit Certify calls per pod, checked
+	// after the review since only the review names the pod. Per pod, not
+	// per SPIFFE ID: every replica of a Deployment shares its
+	// ServiceAccount's ID, and a limit per ID would starve a large one
+	// (500 replicas renew about every 3.6 s together) and hold a scale-up
+	// for minutes. Zero means one every 6 seconds with a burst of 10: a
+	// pod renews its SVIDs every half hour (two with the Workload API), so
+	// this only bites on a loop or an attack.
+	RatePerPod  rate.Limit
+	BurstPerPod int
 	// RatePerSource and BurstPerSource limit Certify calls per source IP
 	// address, checked before anything else so a refused caller costs no
 	// TokenReview. Zero means DefaultRatePerSource and
@@ -103,7 +107,7 @@ type Server struct {
 	throttledAudit *ration.Ration
 
 	mu       sync.Mutex
-	limiters map[spiffeid.ID]*limiter
+	limiters map[string]*limiter // by namespace/name of the pod
 	calls    int
 }
 
@@ -132,7 +136,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		sources:        newSourceLimiter(cfg.RatePerSource, cfg.BurstPerSource, cfg.MaxSources),
 		reviews:        newReviewSlots(cfg.MaxConcurrentReviews, cfg.ReviewWait),
 		throttledAudit: ration.New(time.Second, 10),
-		limiters:       map[spiffeid.ID]*limiter{},
+		limiters: map[string]*limiter{},
 	}, nil
 }
 
@@ -144,8 +148,8 @@ func (cfg *ServerConfig) defaults() error {
 			errs = append(errs, fmt.Errorf("identity: ServerConfig.%s is negative (%v)", name, v))
 		}
 	}
-	negative("RatePerIdentity", cfg.RatePerIdentity < 0, cfg.RatePerIdentity)
-	negative("Burst", cfg.Burst < 0, cfg.Burst)
+	negative("RatePerPod", cfg.RatePerPod < 0, cfg.RatePerPod)
+	negative("BurstPerPod", cfg.BurstPerPod < 0, cfg.BurstPerPod)
 	negative("RatePerSource", cfg.RatePerSource < 0, cfg.RatePerSource)
 	negative("BurstPerSource", cfg.BurstPerSource < 0, cfg.BurstPerSource)
 	negative("MaxSources", cfg.MaxSources < 0, cfg.MaxSources)
@@ -157,11 +161,11 @@ func (cfg *ServerConfig) defaults() error {
 	if cfg.Audience == "" {
 		cfg.Audience = DefaultAudience
 	}
-	if cfg.RatePerIdentity == 0 {
-		cfg.RatePerIdentity = rate.Every(6 * time.Second)
+	if cfg.RatePerPod == 0 {
+		cfg.RatePerPod = rate.Every(6 * time.Second)
 	}
-	if cfg.Burst == 0 {
-		cfg.Burst = 10
+	if cfg.BurstPerPod == 0 {
+		cfg.BurstPerPod = 10
 	}
 	if cfg.RatePerSource == 0 {
 		cfg.RatePerSource = DefaultRatePerSource
@@ -243,9 +247,9 @@ func (s *Server) certify(ctx context.Context, req *identityv1.CertifyRequest, wh
 	if err := CheckCSRIdentity(csr, who.id); err != nil {
 		return nil, nil, status.Error(codes.PermissionDenied, fmt.Sprintf("identity: token for sa %q cannot sign: %v", who.serviceAccount, err))
 	}
-	if !s.allow(who.id) {
-		s.metrics.refused.WithLabelValues(refusedIdentity).Inc()
-		return nil, nil, status.Errorf(codes.ResourceExhausted, "identity: too many requests for %q; retry later", who.id)
+	if !s.allow(who.namespace + "/" + who.pod) {
+		s.metrics.refused.WithLabelValues(refusedPod).Inc()
+		return nil, nil, status.Errorf(codes.ResourceExhausted, "identity: too many requests from pod %s/%s; retry later", who.namespace, who.pod)
 	}
 	svid, err := s.cfg.CA.SignSVID(csr, who.id, 0)
 	if err != nil {
@@ -343,23 +347,24 @@ func checkPod(pod *corev1.Pod, uid, sa string) error {
 	return nil
 }
 
-func (s *Server) allow(id spiffeid.ID) bool {
+// allow takes a token from pod's bucket.
+func (s *Server) allow(pod string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := time.Now()
 	s.calls++
 	if s.calls%1024 == 0 {
-		// Forget identities idle long enough to have a full bucket again.
+		// Forget pods idle long enough to have a full bucket again.
 		for k, l := range s.limiters {
 			if now.Sub(l.last) > time.Hour {
 				delete(s.limiters, k)
 			}
 		}
 	}
-	l, ok := s.limiters[id]
+	l, ok := s.limiters[pod]
 	if !ok {
-		l = &limiter{Limiter: rate.NewLimiter(s.cfg.RatePerIdentity, s.cfg.Burst)}
-		s.limiters[id] = l
+		l = &limiter{Limiter: rate.NewLimiter(s.cfg.RatePerPod, s.cfg.BurstPerPod)}
+		s.limiters[pod] = l
 	}
 	l.last = now
 	return l.AllowN(now, 1)

@@ -119,7 +119,7 @@ func newEnv(c *cluster.Cluster) (*env, error) {
 		Registerer: e.reg,
 		// Generous enough for the tests; TestRateLimit, TestSourceLimit
 		// and TestReviewConcurrency have their own servers.
-		RatePerIdentity: rate.Inf,
+		RatePerPod: rate.Inf,
 		RatePerSource:   rate.Inf,
 	})
 	if err != nil {
@@ -431,16 +431,18 @@ func TestPodChecks(t *testing.T) {
 	}
 }
 
-// TestRateLimit: a burst beyond the per-identity limit is refused with
-// ResourceExhausted and signs nothing; another identity is unaffected.
+// TestRateLimit: a burst beyond the per-pod limit is refused with
+// ResourceExhausted and signs nothing; another pod is unaffected, also one
+// of the same ServiceAccount (every replica of a Deployment has the same
+// identity: a limit per identity would starve a large one).
 func TestRateLimit(t *testing.T) {
 	e := setup(t)
 	reg := prometheus.NewRegistry()
-	srv, err := identity.NewServer(identity.ServerConfig{CA: e.ca, Kube: e.cs, RatePerIdentity: rate.Every(time.Hour), Burst: 2, Audit: slog.New(slog.DiscardHandler), Registerer: reg})
+	srv, err := identity.NewServer(identity.ServerConfig{CA: e.ca, Kube: e.cs, RatePerPod: rate.Every(time.Hour), BurstPerPod: 2, Audit: slog.New(slog.DiscardHandler), Registerer: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
-	web, db := e.pod(t, "web-rate", "web"), e.pod(t, "db-rate", "db")
+	web, web2, db := e.pod(t, "web-rate", "web"), e.pod(t, "web-rate-2", "web"), e.pod(t, "db-rate", "db")
 	call := func(p *corev1.Pod) error {
 		_, err := srv.Certify(t.Context(), &identityv1.CertifyRequest{Csr: csr(t, p256(t)), Token: e.token(t, p, identity.DefaultAudience, true)})
 		return err
@@ -450,14 +452,16 @@ func TestRateLimit(t *testing.T) {
 			t.Fatalf("call %d: %v", i, err)
 		}
 	}
-	if err := call(web); status.Code(err) != codes.ResourceExhausted {
-		t.Fatalf("third call: %v, want ResourceExhausted", err)
+	if err := call(web); status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "too many requests from pod shop/web-rate") {
+		t.Fatalf("third call: %v, want ResourceExhausted naming the pod", err)
 	}
-	if err := call(db); err != nil {
-		t.Fatalf("other identity limited too: %v", err)
+	for _, p := range []*corev1.Pod{web2, web2, db} {
+		if err := call(p); err != nil {
+			t.Fatalf("pod %s limited too: %v", p.Name, err)
+		}
 	}
-	if got := certifyCount(reg, "issued"); got != 3 {
-		t.Fatalf("issued = %v, want 3", got)
+	if got := certifyCount(reg, "issued"); got != 5 {
+		t.Fatalf("issued = %v, want 5", got)
 	}
 	if got := certifyCount(reg, "resource_exhausted"); got != 1 {
 		t.Fatalf("resource_exhausted = %v, want 1", got)
