@@ -136,7 +136,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		sources:        newSourceLimiter(cfg.RatePerSource, cfg.BurstPerSource, cfg.MaxSources),
 		reviews:        newReviewSlots(cfg.MaxConcurrentReviews, cfg.ReviewWait),
 		throttledAudit: ration.New(time.Second, 10),
-		limiters: map[string]*limiter{},
+		limiters:       map[string]*limiter{},
 	}, nil
 }
 

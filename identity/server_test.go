@@ -119,8 +119,8 @@ func newEnv(c *cluster.Cluster) (*env, error) {
 		Registerer: e.reg,
 		// Generous enough for the tests; TestRateLimit, TestSourceLimit
 		// and TestReviewConcurrency have their own servers.
-		RatePerPod: rate.Inf,
-		RatePerSource:   rate.Inf,
+		RatePerPod:    rate.Inf,
+		RatePerSource: rate.Inf,
 	})
 	if err != nil {
 		return nil, err
