@@ -35,6 +35,7 @@ import (
 	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
 	"github.com/mesh-dev/mesh/ca"
 	"github.com/mesh-dev/mesh/controlplane/castatus"
+	"github.com/mesh-dev/mesh/internal/policyinformer"
 	"github.com/mesh-dev/mesh/meshcontroller"
 	"github.com/mesh-dev/mesh/proxy"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -830,7 +831,7 @@ func TestCheckProxiesPolicyCurrent(t *testing.T) {
 	// What the controller pushes to a, computed as it does.
 	e0, _, _ := env(t, pods, nil)
 	inv, stop, err := runInventory(t.Context(), meshConfig{TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"), MeshDefault: authz.DefaultAllowMesh},
-		informers.NewSharedInformerFactory(e0.kube, 0), policyInformer(policies))
+		informers.NewSharedInformerFactory(e0.kube, 0), policyinformer.Static(policies))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -869,7 +870,7 @@ func TestCheckProxiesPolicyCurrent(t *testing.T) {
 			ResultError, "2 of 2 proxies; lagging: shop/a (an enforced DENY policy that selects it is invalid"},
 	} {
 		e, cs, _ := env(t, tc.objs, nil)
-		e.policyInformer = func() cache.SharedIndexInformer { return policyInformer(tc.policies) }
+		e.policyInformer = func() cache.SharedIndexInformer { return policyinformer.Static(tc.policies) }
 		cs.PrependProxyReactor("pods", func(act k8stesting.Action) (bool, rest.ResponseWrapper, error) {
 			g := act.(k8stesting.ProxyGetAction)
 			if g.GetPath() != "/policy" || g.GetPort() != "15020" {

@@ -63,25 +63,13 @@ shown is meshed and healthy, 1 otherwise, 2 on a usage error.`,
 			if err := checkOutput(output); err != nil {
 				return err
 			}
-			kind, name, err := parseRef(args[0])
-			if err != nil {
-				return err
-			}
-			cs, ns, err := clients(kube)
-			if err != nil {
-				return err
-			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
 			defer cancel()
-			pods, err := resolvePods(ctx, cs, ns, kind, name)
+			cs, _, pods, err := workloadPods(ctx, kube, args[0])
 			if err != nil {
 				return err
 			}
-			now := time.Now()
-			ids := make([]PodIdentity, 0, len(pods))
-			for i := range pods {
-				ids = append(ids, readIdentity(ctx, cs, &pods[i], now))
-			}
+			ids := readProxies(ctx, cs, pods, time.Now())
 			if err := printIdentities(cmd.OutOrStdout(), output, ids); err != nil {
 				return err
 			}
@@ -170,6 +158,21 @@ func resolvePods(ctx context.Context, cs kubernetes.Interface, ns, kind, name st
 		return nil, failed(fmt.Errorf("deployment %s/%s has no pods", ns, name))
 	}
 	return pods, nil
+}
+
+// workloadPods resolves a pod/NAME or deploy/NAME argument to its pods,
+// in -n's namespace, with the client it used.
+func workloadPods(ctx context.Context, kube *genericclioptions.ConfigFlags, ref string) (kubernetes.Interface, string, []corev1.Pod, error) {
+	kind, name, err := parseRef(ref)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	cs, ns, err := clients(kube)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	pods, err := resolvePods(ctx, cs, ns, kind, name)
+	return cs, ns, pods, err
 }
 
 // readIdentity asks a pod's proxy for its identity through the API server.

@@ -196,6 +196,20 @@ func runInventory(ctx context.Context, mesh meshConfig, factory informers.Shared
 	return inv, stop, nil
 }
 
+// clusterPolicies is an informer of the cluster's AuthorizationPolicies
+// with kubectl's connection flags, not started.
+func clusterPolicies(kube *genericclioptions.ConfigFlags) (cache.SharedIndexInformer, error) {
+	rc, err := kube.ToRESTConfig()
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig: %w", err)
+	}
+	pc, err := policyclient.New(rc)
+	if err != nil {
+		return nil, fmt.Errorf("policy client: %w", err)
+	}
+	return policyclient.NewInformer(pc, 0), nil
+}
+
 // destinationPort reads --port: a number, or the name of one of the
 // destination's container ports.
 func destinationPort(pod *corev1.Pod, s string) (uint16, error) {
@@ -280,18 +294,14 @@ Exit status: 0 when allowed, 1 when denied, 2 on a usage error.`,
 			if err != nil {
 				return err
 			}
-			rc, err := kube.ToRESTConfig()
+			policies, err := clusterPolicies(kube)
 			if err != nil {
-				return fmt.Errorf("kubeconfig: %w", err)
-			}
-			pc, err := policyclient.New(rc)
-			if err != nil {
-				return fmt.Errorf("policy client: %w", err)
+				return err
 			}
 			// Only the destination's namespace: its pods are what the
 			// inventory needs; namespaces and policies are cluster-wide.
 			factory := informers.NewSharedInformerFactoryWithOptions(cs, 0, informers.WithNamespace(ns))
-			v, err := decide(ctx, mesh, factory, policyclient.NewInformer(pc, 0), checkRequest{
+			v, err := decide(ctx, mesh, factory, policies, checkRequest{
 				From: &src[0], ToNamespace: ns, To: toName, Port: port, Method: strings.ToUpper(method), Path: path,
 			})
 			if err != nil {

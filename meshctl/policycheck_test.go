@@ -13,19 +13,12 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
-	"k8s.io/client-go/tools/cache"
 
 	"github.com/mesh-dev/mesh/authz"
 	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
 	"github.com/mesh-dev/mesh/controlplane/inventory"
 	"github.com/mesh-dev/mesh/internal/policyinformer"
 )
-
-// policyInformer serves a fixed list of policies, as the controller's
-// informer would after its first list.
-func policyInformer(policies []v1alpha1.AuthorizationPolicy) cache.SharedIndexInformer {
-	return policyinformer.Static(policies)
-}
 
 func testPod(ns, name, sa string, meshed bool, labels map[string]string) *corev1.Pod {
 	p := &corev1.Pod{
@@ -146,7 +139,7 @@ func TestDecide(t *testing.T) {
 				to = dest.Name
 			}
 			v, err := decide(ctx, meshConfig{TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"), MeshDefault: tc.meshDflt},
-				factory, policyInformer(tc.policies), checkRequest{From: tc.from, ToNamespace: "shop", To: to, Port: tc.port, Method: tc.method, Path: tc.path})
+				factory, policyinformer.Static(tc.policies), checkRequest{From: tc.from, ToNamespace: "shop", To: to, Port: tc.port, Method: tc.method, Path: tc.path})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -191,7 +184,7 @@ func TestDecideErrors(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			factory := informers.NewSharedInformerFactory(fake.NewClientset(dest), 0)
 			_, err := decide(t.Context(), meshConfig{TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local")},
-				factory, policyInformer(nil), checkRequest{ToNamespace: "shop", To: tc.to, Port: tc.port})
+				factory, policyinformer.Static(nil), checkRequest{ToNamespace: "shop", To: tc.to, Port: tc.port})
 			var ee *ExitError
 			if !errors.As(err, &ee) || ee.Code != tc.code || !strings.Contains(err.Error(), tc.msg) {
 				t.Errorf("error %v; want exit %d and %q", err, tc.code, tc.msg)

@@ -12,7 +12,6 @@ import (
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/client-go/informers"
 
-	"github.com/mesh-dev/mesh/authz/api/v1alpha1/policyclient"
 	"github.com/mesh-dev/mesh/proxy"
 )
 
@@ -48,25 +47,13 @@ meshed or cannot be read, 2 on a usage error.`,
 			if err := checkOutput(output); err != nil {
 				return err
 			}
-			kind, name, err := parseRef(args[0])
-			if err != nil {
-				return err
-			}
-			cs, ns, err := clients(kube)
-			if err != nil {
-				return err
-			}
-			rc, err := kube.ToRESTConfig()
-			if err != nil {
-				return fmt.Errorf("kubeconfig: %w", err)
-			}
-			pc, err := policyclient.New(rc)
-			if err != nil {
-				return fmt.Errorf("policy client: %w", err)
-			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
 			defer cancel()
-			pods, err := resolvePods(ctx, cs, ns, kind, name)
+			cs, ns, pods, err := workloadPods(ctx, kube, args[0])
+			if err != nil {
+				return err
+			}
+			policies, err := clusterPolicies(kube)
 			if err != nil {
 				return err
 			}
@@ -76,7 +63,7 @@ meshed or cannot be read, 2 on a usage error.`,
 			}
 			// The pods' namespace is all the inventory needs of pods;
 			// namespaces and policies are cluster-wide.
-			inv, stop, err := runInventory(ctx, mesh, informers.NewSharedInformerFactoryWithOptions(cs, 0, informers.WithNamespace(ns)), policyclient.NewInformer(pc, 0))
+			inv, stop, err := runInventory(ctx, mesh, informers.NewSharedInformerFactoryWithOptions(cs, 0, informers.WithNamespace(ns)), policies)
 			if err != nil {
 				return err
 			}
