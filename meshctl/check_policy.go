@@ -192,11 +192,13 @@ func readProxyPolicy(ctx context.Context, cs kubernetes.Interface, p *corev1.Pod
 	}
 	raw, err := cs.CoreV1().Pods(p.Namespace).ProxyGet("http", p.Name, strconv.Itoa(port), "/policy", nil).DoRaw(ctx)
 	if err != nil {
-		return proxyPolicy{err: fmt.Sprintf("the proxy's admin endpoint (port %d) did not answer /policy through the API server: %v", port, err)}
+		// The API server's error carries the pod's answer.
+		return proxyPolicy{err: untrusted(fmt.Sprintf("the proxy's admin endpoint (port %d) did not answer /policy through the API server: %v", port, err))}
 	}
 	var info proxy.PolicyInfo
 	if err := json.Unmarshal(raw, &info); err != nil || info.Source == "" {
 		return proxyPolicy{err: fmt.Sprintf("the proxy's /policy answered something meshctl cannot read: %v: %.200q", err, raw)}
 	}
+	cleanPolicy(&info)
 	return proxyPolicy{info: &info}
 }

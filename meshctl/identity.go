@@ -189,13 +189,15 @@ func readIdentity(ctx context.Context, cs kubernetes.Interface, p *corev1.Pod, n
 	}
 	raw, err := cs.CoreV1().Pods(p.Namespace).ProxyGet("http", p.Name, strconv.Itoa(port), "/identity", nil).DoRaw(ctx)
 	if err != nil {
-		id.Error = fmt.Sprintf("the proxy's admin endpoint (port %d) did not answer through the API server: %v", port, err)
+		// The API server's error carries the pod's answer.
+		id.Error = untrusted(fmt.Sprintf("the proxy's admin endpoint (port %d) did not answer through the API server: %v", port, err))
 		return id
 	}
 	if err := json.Unmarshal(raw, &id.IdentityInfo); err != nil || id.SPIFFEID == "" {
 		id.Error = fmt.Sprintf("the proxy's /identity answered something meshctl cannot read: %v: %.200q", err, raw)
 		return id
 	}
+	cleanIdentity(&id.IdentityInfo)
 	id.TimeLeft = id.NotAfter.Sub(now).Truncate(time.Second).String()
 	id.Healthy = id.Ready && now.Before(id.NotAfter) && !now.Before(id.NotBefore)
 	return id
