@@ -192,7 +192,7 @@ func auditRow(line []byte) string {
 		Seq uint64 `json:"seq"`
 	}
 	if err := json.Unmarshal(line, &l); err != nil {
-		return "(unreadable record: " + err.Error() + ")"
+		return "(unreadable record: " + untrusted(err.Error()) + ")"
 	}
 	dash := func(s string) string {
 		if s == "" {
@@ -221,5 +221,8 @@ func auditRow(line []byte) string {
 	if l.DryRun {
 		reason = "dry-run: " + reason
 	}
-	return strings.Join([]string{l.Time.UTC().Format(time.RFC3339), event, dash(l.Decision), dash(l.Policy), dash(l.Rule), dash(l.SourceIdentity), req, status, dash(reason)}, "\t")
+	cells := []string{l.Time.UTC().Format(time.RFC3339), event, dash(l.Decision), dash(l.Policy), dash(l.Rule), dash(l.SourceIdentity), req, status, dash(reason)}
+	// The log is the pod's (and a request's path is its caller's): fit for
+	// a terminal, cell by cell.
+	return strings.Join(untrustedAll(cells), "\t")
 }

@@ -86,3 +86,25 @@ func TestUntrusted(t *testing.T) {
 		}
 	}
 }
+
+// FuzzAuditRow: whatever audit line a pod's log holds, audit logs' table
+// row has its nine cells and nothing a terminal acts on.
+func FuzzAuditRow(f *testing.F) {
+	for _, seed := range []string{
+		`{"type":"mesh.audit.v1","time":"2026-11-24T12:00:00Z","decision":"deny","policy":"shop/web","http.method":"GET","http.path":"/admin","reason":"no ALLOW rule matched"}`,
+		`{"type":"mesh.audit.v1","http.path":"/\u009b2J\u001b[31m","reason":"\t\n","source.identity":"\u202e"}`,
+		`{"type":"mesh.audit.v1","event":"checkpoint","seq":0}`,
+		`{"type":"mesh.audit.v1","time":"x"}`,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, line []byte) {
+		row := auditRow(line)
+		if r, ok := terminalSafe(row); !ok {
+			t.Fatalf("row has %U from %q: %q", r, line, row)
+		}
+		if !strings.HasPrefix(row, "(unreadable record: ") && strings.Count(row, "\t") != 8 {
+			t.Fatalf("row of %d cells from %q: %q", strings.Count(row, "\t")+1, line, row)
+		}
+	})
+}
