@@ -59,6 +59,12 @@ type Verdict struct {
 	PolicyVersion string `json:"policyVersion,omitempty"`
 	// Applied is the policies that apply to the destination.
 	Applied []string `json:"applied,omitempty"`
+	// ProxyPolicyVersion is the version the destination's proxy says it
+	// enforces (its /policy), and ProxyCurrent whether it is
+	// PolicyVersion: when not, the proxy may decide otherwise until it
+	// catches up, and a warning says how it differs.
+	ProxyPolicyVersion string `json:"proxyPolicyVersion,omitempty"`
+	ProxyCurrent       *bool  `json:"proxyCurrent,omitempty"`
 	// Warnings are the controller's and compiler's, and meshctl's own.
 	Warnings []string `json:"warnings,omitempty"`
 }
@@ -89,6 +95,9 @@ type checkRequest struct {
 	// Port is a number or a container port name of the destination.
 	Port         string
 	Method, Path string
+	// ReadProxy, when set, reads the destination proxy's /policy, to put
+	// what it enforces beside what the controller pushes it.
+	ReadProxy func(*corev1.Pod) proxyPolicy
 }
 
 // decide compiles the destination's policy with the controller's own
@@ -167,6 +176,19 @@ func decide(ctx context.Context, mesh meshConfig, factory informers.SharedInform
 		v.Applied = append(v.Applied, a.Namespace+"/"+a.Name)
 	}
 	v.Warnings = append(v.Warnings, pol.Warnings...)
+	if req.ReadProxy != nil {
+		switch pp := req.ReadProxy(dest); {
+		case pp.err != "":
+			v.Warnings = append(v.Warnings, "the destination's proxy could not be read: "+pp.err)
+		default:
+			diff := policyDiff(pp.info, pol)
+			current := diff == ""
+			v.ProxyPolicyVersion, v.ProxyCurrent = pp.info.Version, &current
+			if !current {
+				v.Warnings = append(v.Warnings, "the destination's proxy does not enforce this policy yet, and may decide otherwise until it does: "+diff)
+			}
+		}
+	}
 	return v, nil
 }
 
@@ -303,6 +325,7 @@ Exit status: 0 when allowed, 1 when denied, 2 on a usage error.`,
 			factory := informers.NewSharedInformerFactoryWithOptions(cs, 0, informers.WithNamespace(ns))
 			v, err := decide(ctx, mesh, factory, policies, checkRequest{
 				From: &src[0], ToNamespace: ns, To: toName, Port: port, Method: strings.ToUpper(method), Path: path,
+				ReadProxy: func(p *corev1.Pod) proxyPolicy { return readProxyPolicy(ctx, cs, p) },
 			})
 			if err != nil {
 				return err
@@ -424,6 +447,13 @@ func printVerdict(w io.Writer, output string, v *Verdict) error {
 	}
 	if v.PolicyVersion != "" {
 		fmt.Fprintf(w, "  version: %s (applied: %s)\n", v.PolicyVersion, strings.Join(v.Applied, ", "))
+	}
+	if v.ProxyCurrent != nil {
+		state := "current"
+		if !*v.ProxyCurrent {
+			state = "not current"
+		}
+		fmt.Fprintf(w, "  proxy:   enforces %s (%s)\n", v.ProxyPolicyVersion, state)
 	}
 	for _, x := range v.Warnings {
 		fmt.Fprintf(w, "  warning: %s\n", x)

@@ -18,6 +18,7 @@ import (
 	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
 	"github.com/mesh-dev/mesh/controlplane/inventory"
 	"github.com/mesh-dev/mesh/internal/policyinformer"
+	"github.com/mesh-dev/mesh/proxy"
 )
 
 func testPod(ns, name, sa string, meshed bool, labels map[string]string) *corev1.Pod {
@@ -210,3 +211,53 @@ func TestControllerArgs(t *testing.T) {
 		}
 	}
 }
+
+// TestDecideProxyView: policy check puts what the destination's proxy
+// enforces beside what the controller pushes it: current, stale (with how,
+// as a warning), or unreadable.
+func TestDecideProxyView(t *testing.T) {
+	dest := testPod("shop", "backend-0", "backend", true, nil)
+	frontend := testPod("shop", "frontend-0", "frontend", true, nil)
+	allow := testPolicy("shop", "backend", v1alpha1.Allow, nil, v1alpha1.Rule{From: fromSA("shop", "frontend")})
+	run := func(read func(*corev1.Pod) proxyPolicy) *Verdict {
+		t.Helper()
+		factory := informers.NewSharedInformerFactory(fake.NewClientset(dest, frontend), 0)
+		v, err := decide(t.Context(), meshConfig{TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local")},
+			factory, policyinformer.Static([]v1alpha1.AuthorizationPolicy{allow}), checkRequest{From: frontend, ToNamespace: "shop", To: dest.Name, Port: "8080", ReadProxy: read})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	pushed := run(nil).PolicyVersion
+	if run(nil).ProxyCurrent != nil {
+		t.Fatal("a proxy view without reading the proxy")
+	}
+	for _, tc := range []struct {
+		name    string
+		answer  proxyPolicy
+		current *bool
+		warning string
+	}{
+		{"current", proxyPolicy{info: &proxy.PolicyInfo{Source: proxy.SourceController, Version: pushed, DefaultMode: "allow-mesh", Policies: []proxy.PolicyRef{{Namespace: "shop", Name: "backend", Generation: 1}}}}, ptr(true), ""},
+		{"stale", proxyPolicy{info: &proxy.PolicyInfo{Source: proxy.SourceController, Version: "old", DefaultMode: "allow-mesh"}}, ptr(false),
+			"the destination's proxy does not enforce this policy yet, and may decide otherwise until it does: lacks shop/backend"},
+		{"unreadable", proxyPolicy{err: "connection refused"}, nil, "the destination's proxy could not be read: connection refused"},
+	} {
+		v := run(func(p *corev1.Pod) proxyPolicy {
+			if p.Name != dest.Name {
+				t.Errorf("read the proxy of %s, not the destination", p.Name)
+			}
+			return tc.answer
+		})
+		if (v.ProxyCurrent == nil) != (tc.current == nil) || v.ProxyCurrent != nil && *v.ProxyCurrent != *tc.current {
+			t.Errorf("%s: proxyCurrent %v, want %v", tc.name, v.ProxyCurrent, tc.current)
+		}
+		warnings := strings.Join(v.Warnings, "\n")
+		if tc.warning != "" && !strings.Contains(warnings, tc.warning) || tc.warning == "" && strings.Contains(warnings, "proxy") {
+			t.Errorf("%s: warnings %q, want %q", tc.name, v.Warnings, tc.warning)
+		}
+	}
+}
+
+func ptr[T any](v T) *T { return &v }

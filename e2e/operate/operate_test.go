@@ -219,6 +219,11 @@ func (e *env) testPolicyCheck(t *testing.T) {
 	if allowed.Decision != "ALLOW" || allowed.Policy != "shop/server" {
 		t.Fatalf("policy check of the allowed request: %+v", allowed)
 	}
+	// Beside the controller's policy, what the server's proxy enforces:
+	// the same.
+	if allowed.ProxyCurrent == nil || !*allowed.ProxyCurrent || allowed.ProxyPolicyVersion != allowed.PolicyVersion {
+		t.Fatalf("policy check: the server's proxy enforces %q (current %v), the controller pushes %q", allowed.ProxyPolicyVersion, allowed.ProxyCurrent, allowed.PolicyVersion)
+	}
 	denied := check("/admin", 1)
 	if denied.Decision != "DENY" {
 		t.Fatalf("policy check of the denied request: %+v", denied)
