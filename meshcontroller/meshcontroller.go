@@ -52,6 +52,8 @@ type options struct {
 	svidTTL, maxSVIDTTL, leaseDuration, renewDeadline, retryPeriod  time.Duration
 	webhookAddr, webhookService, mutatingWebhook, validatingWebhook string
 	injectorConfig                                                  string
+	kubeAPIQPS                                                      float64
+	kubeAPIBurst                                                    int
 	webhookExtraSANs                                                []string
 	log                                                             logconfig.Config
 }
@@ -75,6 +77,11 @@ func New() *cobra.Command {
 	f := cmd.Flags()
 	o.log.AddFlags(f)
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig; empty: in-cluster")
+	// Each Certify makes two API calls (TokenReview, pod read): client-go's
+	// default 5 QPS would cap the identity service far below its own
+	// per-source limits. The service's concurrency cap bounds the load.
+	f.Float64Var(&o.kubeAPIQPS, "kube-api-qps", 100, "requests per second the controller sends the API server, all replicas' own (a Certify is two: about half this many SVIDs a second)")
+	f.IntVar(&o.kubeAPIBurst, "kube-api-burst", 200, "requests the controller may send the API server at once above --kube-api-qps")
 	f.StringVar(&o.trustDomain, "trust-domain", identity.DefaultTrustDomain, "the mesh's trust domain")
 	f.StringVar(&o.namespace, "namespace", "mesh-system", "the controller's namespace (holds the CA Secret and the leader Lease)")
 	f.StringVar(&o.serviceAccount, "service-account", "mesh-controller", "the controller's ServiceAccount: names its own SVID")
@@ -125,6 +132,9 @@ func run(ctx context.Context, o options) error {
 	if o.replica == "" {
 		return errors.New("--replica (or POD_NAME) is required")
 	}
+	if o.kubeAPIQPS <= 0 || o.kubeAPIBurst < 1 {
+		return fmt.Errorf("--kube-api-qps %v and --kube-api-burst %d must be positive", o.kubeAPIQPS, o.kubeAPIBurst)
+	}
 	hooks, err := o.webhookSettings(td)
 	if err != nil {
 		return err
@@ -135,10 +145,7 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
-	// Each Certify makes two API calls (TokenReview, pod read): client-go's
-	// default 5 QPS would cap the identity service far below its own
-	// per-source limits. The service's concurrency cap bounds the load.
-	rc.QPS, rc.Burst = 100, 200
+	rc.QPS, rc.Burst = float32(o.kubeAPIQPS), o.kubeAPIBurst
 	kube, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		return err

@@ -29,6 +29,8 @@ func TestRefusesBadFlags(t *testing.T) {
 		{[]string{"--injector-config", badInjector, "--kubeconfig", missing}, `--injector-config ` + badInjector + `: inject: config: inboundMode: "STRICT" is not strict or permissive`},
 		{[]string{"--injector-config", t.TempDir(), "--kubeconfig", missing}, "--injector-config: inject: config:"},
 		{[]string{"--webhook-service", "", "--kubeconfig", missing}, "--webhook-service is required"},
+		{[]string{"--kube-api-qps", "0", "--kubeconfig", missing}, "--kube-api-qps 0 and --kube-api-burst 200 must be positive"},
+		{[]string{"--kube-api-burst", "0", "--kubeconfig", missing}, "--kube-api-qps 100 and --kube-api-burst 0 must be positive"},
 		// "-" turns the webhooks off: the bad config is not read.
 		{[]string{"--webhook-addr", "-", "--injector-config", badInjector, "--kubeconfig", missing}, "kubernetes client:"},
 		// A missing config means the injector's defaults.
