@@ -63,10 +63,10 @@ func TestOriginalKeepsEveryField(t *testing.T) {
 		want  any // the Kubernetes action the proxy must receive, as JSON
 	}{
 		{"httpGet", corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
-			Path: "/healthz?full=1", Port: intstr.FromString("http"), Scheme: corev1.URISchemeHTTPS,
+			Path: "/healthz?full=1", Port: intstr.FromString("http"), Scheme: corev1.URISchemeHTTP,
 			HTTPHeaders: []corev1.HTTPHeader{{Name: "X-A", Value: "1"}, {Name: "X-B", Value: ""}}, Protocol: &h2,
 		}}, &corev1.HTTPGetAction{
-			Path: "/healthz?full=1", Port: intstr.FromInt32(8080), Scheme: corev1.URISchemeHTTPS,
+			Path: "/healthz?full=1", Port: intstr.FromInt32(8080), Scheme: corev1.URISchemeHTTP,
 			HTTPHeaders: []corev1.HTTPHeader{{Name: "X-A", Value: "1"}, {Name: "X-B", Value: ""}}, Protocol: &h2,
 		}},
 		{"httpGet with defaults", corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Port: intstr.FromInt32(81)}},
@@ -114,5 +114,24 @@ func TestOriginalKeepsEveryField(t *testing.T) {
 				t.Errorf("the proxy reads %s as %+v, want %+v", all, read["/app-health/web/readyz"], *orig)
 			}
 		})
+	}
+}
+
+// TestProbeTheProxyRefusesStaysAsItIs: a probe the proxy would refuse
+// (h2c over HTTPS, which Kubernetes does not support either) is left to
+// the kubelet with a warning, not rewritten: one bad entry would make the
+// proxy refuse all of them and never start.
+func TestProbeTheProxyRefusesStaysAsItIs(t *testing.T) {
+	h2 := corev1.HTTPProtocolHTTP2
+	c := &corev1.Container{Name: "web", ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
+		Path: "/healthz", Port: intstr.FromInt32(8080), Scheme: corev1.URISchemeHTTPS, Protocol: &h2,
+	}}}}
+	probers := probe.Probers{}
+	rewrites, warnings := rewriteProbes(c, 15020, probers)
+	if len(rewrites) != 0 || len(probers) != 0 {
+		t.Fatalf("rewritten: %+v, probers %+v", rewrites, probers)
+	}
+	if len(warnings) != 1 || !strings.Contains(warnings[0], "container web: readinessProbe not rewritten: probe: entry \"/app-health/web/readyz\": httpGet.protocol HTTP2 is cleartext HTTP/2 (h2c) and needs scheme HTTP") {
+		t.Fatalf("warnings %q", warnings)
 	}
 }
