@@ -525,9 +525,18 @@ func Down(dir string) error {
 	}
 	for pass := 0; pass <= 4; pass++ {
 		for _, r := range recs {
-			if rank(r) == pass {
-				r.terminate(10 * time.Second)
+			if rank(r) != pass {
+				continue
 			}
+			grace := 10 * time.Second
+			if r.name == "supervisor" {
+				// It stops its node agent first, whose pods have their own
+				// grace periods (30 s by default), then each component
+				// (10 s at most): killed sooner, it leaves them to the
+				// passes below, pods and all.
+				grace = 90 * time.Second
+			}
+			r.terminate(grace)
 		}
 	}
 	var errs []error

@@ -161,7 +161,18 @@ func (r pidRecord) terminate(grace time.Duration) {
 	}
 	_ = syscall.Kill(-r.pid, syscall.SIGKILL)
 	_ = syscall.Kill(r.pid, syscall.SIGKILL)
+	// SIGKILL is not instant either: a process in an uninterruptible
+	// wait (I/O on a loaded machine) dies when the wait ends. Down checks
+	// right after.
+	for end := time.Now().Add(killWait); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if !r.alive() || isZombie(r.pid) {
+			return
+		}
+	}
 }
+
+// killWait bounds the wait for a killed process to be gone.
+const killWait = 10 * time.Second
 
 func isZombie(pid int) bool {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
