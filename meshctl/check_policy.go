@@ -2,11 +2,9 @@ package meshctl
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -15,7 +13,6 @@ import (
 
 	controlplanev1 "github.com/mesh-dev/mesh/controlplane/api/v1"
 	"github.com/mesh-dev/mesh/controlplane/inventory"
-	"github.com/mesh-dev/mesh/inject"
 	"github.com/mesh-dev/mesh/proxy"
 )
 
@@ -183,21 +180,9 @@ func readProxyPolicies(ctx context.Context, cs kubernetes.Interface, pods []core
 }
 
 func readProxyPolicy(ctx context.Context, cs kubernetes.Interface, p *corev1.Pod) proxyPolicy {
-	port, meshed := adminPort(p)
-	if !meshed {
-		return proxyPolicy{err: fmt.Sprintf("not meshed: the pod has no %s container", inject.ProxyContainer)}
-	}
-	if p.Status.PodIP == "" {
-		return proxyPolicy{err: "the pod has no IP yet (phase " + string(p.Status.Phase) + ")"}
-	}
-	raw, err := cs.CoreV1().Pods(p.Namespace).ProxyGet("http", p.Name, strconv.Itoa(port), "/policy", nil).DoRaw(ctx)
-	if err != nil {
-		// The API server's error carries the pod's answer.
-		return proxyPolicy{err: untrusted(fmt.Sprintf("the proxy's admin endpoint (port %d) did not answer /policy through the API server: %v", port, err))}
-	}
 	var info proxy.PolicyInfo
-	if err := json.Unmarshal(raw, &info); err != nil || info.Source == "" {
-		return proxyPolicy{err: fmt.Sprintf("the proxy's /policy answered something meshctl cannot read: %v: %.200q", err, raw)}
+	if err := readAdmin(ctx, cs, p, "/policy", &info, func() bool { return info.Source != "" }); err != "" {
+		return proxyPolicy{err: err}
 	}
 	cleanPolicy(&info)
 	return proxyPolicy{info: &info}

@@ -636,6 +636,22 @@ func (p proxyAnswer) Stream(context.Context) (io.ReadCloser, error) {
 	return io.NopCloser(bytes.NewReader(p.body)), p.err
 }
 
+// fakeProxies answers pods/proxy GETs of path on the admin port with each
+// pod's answer; anything else is an error.
+func fakeProxies(cs *fake.Clientset, path string, answers map[string]proxyAnswer) {
+	cs.PrependProxyReactor("pods", func(a k8stesting.Action) (bool, rest.ResponseWrapper, error) {
+		g := a.(k8stesting.ProxyGetAction)
+		if g.GetPath() != path || g.GetPort() != "15020" {
+			return true, proxyAnswer{err: fmt.Errorf("unexpected %s:%s", g.GetPort(), g.GetPath())}, nil
+		}
+		ans, ok := answers[g.GetName()]
+		if !ok {
+			return true, proxyAnswer{err: fmt.Errorf("no proxy in pod %s", g.GetName())}, nil
+		}
+		return true, ans, nil
+	})
+}
+
 func meshedPod(name string, phase corev1.PodPhase) *corev1.Pod {
 	always := corev1.ContainerRestartPolicyAlways
 	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "shop"},
@@ -690,19 +706,7 @@ func TestCheckDataPlane(t *testing.T) {
 			checkCase{result: ResultError, detail: "shop/a (the proxy's /identity answered something meshctl cannot read"},
 			checkCase{result: ResultError, detail: "unreadable: shop/a"}},
 	} {
-		tweak := func(_ *checkEnv, cs *fake.Clientset) {
-			cs.PrependProxyReactor("pods", func(a k8stesting.Action) (bool, rest.ResponseWrapper, error) {
-				g := a.(k8stesting.ProxyGetAction)
-				if g.GetPath() != "/identity" || g.GetPort() != "15020" {
-					return true, proxyAnswer{err: fmt.Errorf("unexpected %s:%s", g.GetPort(), g.GetPath())}, nil
-				}
-				ans, ok := tc.answers[g.GetName()]
-				if !ok {
-					return true, proxyAnswer{err: fmt.Errorf("no proxy in pod %s", g.GetName())}, nil
-				}
-				return true, ans, nil
-			})
-		}
+		tweak := func(_ *checkEnv, cs *fake.Clientset) { fakeProxies(cs, "/identity", tc.answers) }
 		tc.ready.name, tc.ready.objs = tc.name+" ready", tc.pods
 		runCase(t, checkProxiesReady, tc.ready, tweak)
 		tc.roots.name, tc.roots.objs = tc.name+" roots", append(slices.Clone(tc.pods), ca)
@@ -871,17 +875,7 @@ func TestCheckProxiesPolicyCurrent(t *testing.T) {
 	} {
 		e, cs, _ := env(t, tc.objs, nil)
 		e.policyInformer = func() cache.SharedIndexInformer { return policyinformer.Static(tc.policies) }
-		cs.PrependProxyReactor("pods", func(act k8stesting.Action) (bool, rest.ResponseWrapper, error) {
-			g := act.(k8stesting.ProxyGetAction)
-			if g.GetPath() != "/policy" || g.GetPort() != "15020" {
-				return true, proxyAnswer{err: fmt.Errorf("unexpected %s:%s", g.GetPort(), g.GetPath())}, nil
-			}
-			ans, ok := tc.answers[g.GetName()]
-			if !ok {
-				return true, proxyAnswer{err: fmt.Errorf("no proxy in pod %s", g.GetName())}, nil
-			}
-			return true, ans, nil
-		})
+		fakeProxies(cs, "/policy", tc.answers)
 		r := runOne(t.Context(), e, checker{description: "x", hint: "h", run: checkProxiesPolicyCurrent}, time.Time{}, time.Millisecond, 10*time.Second)
 		if r.Result != tc.result || !strings.Contains(r.Detail, tc.detail) {
 			t.Errorf("%s: %s %q;\nwant %s containing %q", tc.name, r.Result, r.Detail, tc.result, tc.detail)

@@ -178,29 +178,36 @@ func workloadPods(ctx context.Context, kube *genericclioptions.ConfigFlags, ref 
 // readIdentity asks a pod's proxy for its identity through the API server.
 func readIdentity(ctx context.Context, cs kubernetes.Interface, p *corev1.Pod, now time.Time) PodIdentity {
 	id := PodIdentity{Namespace: p.Namespace, Pod: p.Name}
-	port, ok := adminPort(p)
-	if !ok {
-		id.Error = fmt.Sprintf("not meshed: the pod has no %s container (label its namespace mesh.dev/inject=enabled, or annotate the pod mesh.dev/inject: enabled, and recreate it)", inject.ProxyContainer)
-		return id
-	}
-	if p.Status.PodIP == "" {
-		id.Error = "the pod has no IP yet (phase " + string(p.Status.Phase) + ")"
-		return id
-	}
-	raw, err := cs.CoreV1().Pods(p.Namespace).ProxyGet("http", p.Name, strconv.Itoa(port), "/identity", nil).DoRaw(ctx)
-	if err != nil {
-		// The API server's error carries the pod's answer.
-		id.Error = untrusted(fmt.Sprintf("the proxy's admin endpoint (port %d) did not answer through the API server: %v", port, err))
-		return id
-	}
-	if err := json.Unmarshal(raw, &id.IdentityInfo); err != nil || id.SPIFFEID == "" {
-		id.Error = fmt.Sprintf("the proxy's /identity answered something meshctl cannot read: %v: %.200q", err, raw)
+	if id.Error = readAdmin(ctx, cs, p, "/identity", &id.IdentityInfo, func() bool { return id.SPIFFEID != "" }); id.Error != "" {
 		return id
 	}
 	cleanIdentity(&id.IdentityInfo)
 	id.TimeLeft = id.NotAfter.Sub(now).Truncate(time.Second).String()
 	id.Healthy = id.Ready && now.Before(id.NotAfter) && !now.Before(id.NotBefore)
 	return id
+}
+
+// readAdmin reads a JSON answer of the pod's proxy admin endpoint at path
+// into v, through the API server (pods/proxy), and says why it could not:
+// the pod is not meshed or has no IP, the request failed, or the answer
+// is not JSON that ok accepts. The error's text is fit for a terminal.
+func readAdmin(ctx context.Context, cs kubernetes.Interface, p *corev1.Pod, path string, v any, ok func() bool) string {
+	port, meshed := adminPort(p)
+	if !meshed {
+		return fmt.Sprintf("not meshed: the pod has no %s container (label its namespace mesh.dev/inject=enabled, or annotate the pod mesh.dev/inject: enabled, and recreate it)", inject.ProxyContainer)
+	}
+	if p.Status.PodIP == "" {
+		return "the pod has no IP yet (phase " + string(p.Status.Phase) + ")"
+	}
+	raw, err := cs.CoreV1().Pods(p.Namespace).ProxyGet("http", p.Name, strconv.Itoa(port), path, nil).DoRaw(ctx)
+	if err != nil {
+		// The API server's error carries the pod's answer.
+		return untrusted(fmt.Sprintf("the proxy's admin endpoint (port %d) did not answer %s through the API server: %v", port, path, err))
+	}
+	if err := json.Unmarshal(raw, v); err != nil || !ok() {
+		return fmt.Sprintf("the proxy's %s answered something meshctl cannot read: %v: %.200q", path, err, raw)
+	}
+	return ""
 }
 
 // adminPort is the proxy's admin port from the injected sidecar's args.

@@ -22,7 +22,7 @@ func untrusted(s string) string {
 		s = s[:maxProxyText] + "…"
 	}
 	return strings.Map(func(r rune) rune {
-		if r == unicode.ReplacementChar || !unicode.IsPrint(r) && r != ' ' {
+		if !unicode.IsPrint(r) && r != ' ' {
 			return unicode.ReplacementChar
 		}
 		return r

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/ecdsa"
-	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/base64"
@@ -19,7 +18,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/mesh-dev/mesh/authz/audit"
@@ -539,21 +537,7 @@ func (l *lockedBuffer) count(s string) int { return strings.Count(l.String(), s)
 // same log signed by an unmarked SVID of the same identity does.
 func TestCheckpointByAppSVIDRefused(t *testing.T) {
 	pki := testpki.New(t, "cluster.local")
-	key := newKey(t, "p256")
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{ExtraExtensions: []pkix.Extension{appsvid.Request()}}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := x509.ParseCertificateRequest(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := spiffeid.RequireFromString(backendID)
-	signed, err := pki.CA.SignSVID(csr, id, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	app := &x509svid.SVID{ID: id, Certificates: signed.Chain, PrivateKey: key}
+	app := pki.SVIDFor(t, backendID, newKey(t, "p256"), &x509.CertificateRequest{ExtraExtensions: []pkix.Extension{appsvid.Request()}})
 	for _, tc := range []struct {
 		name string
 		svid *x509svid.SVID

@@ -643,39 +643,35 @@ type identityInfo struct {
 }
 
 func adminIdentity(ip string) (*identityInfo, error) {
-	hc := http.Client{Timeout: 2 * time.Second}
-	resp, err := hc.Get("http://" + ip + ":15020/identity")
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
 	var info identityInfo
-	if err := json.NewDecoder(resp.Body).Decode(&info); err != nil {
-		return nil, err
-	}
-	return &info, nil
+	_, err := adminGet(ip, "/identity", &info)
+	return &info, err
 }
 
 // adminPolicy reads a proxy's /policy, and returns it raw too.
 func adminPolicy(ip string) (*proxy.PolicyInfo, string, error) {
+	var info proxy.PolicyInfo
+	raw, err := adminGet(ip, "/policy", &info)
+	return &info, raw, err
+}
+
+// adminGet reads a JSON answer of a proxy's admin port into v, and
+// returns it raw.
+func adminGet(ip, path string, v any) (string, error) {
 	hc := http.Client{Timeout: 2 * time.Second}
-	resp, err := hc.Get("http://" + ip + ":15020/policy")
+	resp, err := hc.Get("http://" + ip + ":15020" + path)
 	if err != nil {
-		return nil, "", err
+		return "", err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return nil, "", err
+		return "", err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, string(b), fmt.Errorf("/policy: %s", resp.Status)
+		return string(b), fmt.Errorf("%s: %s", path, resp.Status)
 	}
-	var info proxy.PolicyInfo
-	if err := json.Unmarshal(b, &info); err != nil {
-		return nil, string(b), err
-	}
-	return &info, string(b), nil
+	return string(b), json.Unmarshal(b, v)
 }
 
 // testReplicas: with two replicas, killing the leader moves leadership

@@ -49,6 +49,11 @@ func (c *certifier) Certify(_ context.Context, req *identityv1.CertifyRequest, _
 	if err != nil {
 		return nil, err
 	}
+	return c.sign(csr)
+}
+
+// sign answers csr as the identity service does.
+func (c *certifier) sign(csr *x509.CertificateRequest) (*identityv1.CertifyResponse, error) {
 	svid, err := c.ca.SignSVID(csr, c.id, 0)
 	if err != nil {
 		return nil, err
@@ -346,18 +351,7 @@ func TestAppSVIDs(t *testing.T) {
 			return nil, err
 		}
 		csr.Extensions = nil
-		svid, err := c.ca.SignSVID(csr, c.id, 0)
-		if err != nil {
-			return nil, err
-		}
-		resp := &identityv1.CertifyResponse{SpiffeId: c.id.String()}
-		for _, x := range svid.Chain {
-			resp.SvidChain = append(resp.SvidChain, x.Raw)
-		}
-		for _, x := range c.ca.Bundle() {
-			resp.TrustBundle = append(resp.TrustBundle, x.Raw)
-		}
-		return resp, nil
+		return c.sign(csr)
 	})
 	for _, app := range []bool{false, true} {
 		ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)

@@ -53,7 +53,14 @@ func (p *PKI) SVID(t testing.TB, id string) *x509svid.SVID {
 // with keys other than SVID's P-256: whatever the CA refuses fails the test.
 func (p *PKI) SVIDWithKey(t testing.TB, id string, key crypto.Signer) *x509svid.SVID {
 	t.Helper()
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	return p.SVIDFor(t, id, key, &x509.CertificateRequest{})
+}
+
+// SVIDFor signs an SVID for id with key, from a CSR made of req (the CA
+// takes from it only what it would from a proxy's: the app mark).
+func (p *PKI) SVIDFor(t testing.TB, id string, key crypto.Signer, req *x509.CertificateRequest) *x509svid.SVID {
+	t.Helper()
+	der, err := x509.CreateCertificateRequest(rand.Reader, req, key)
 	if err != nil {
 		t.Fatal(err)
 	}
