@@ -11,6 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/retry"
 )
 
 // The DNS add-on: CoreDNS as a pod, as kubeadm installs it.
@@ -126,7 +127,9 @@ func installAddons(ctx context.Context, cs kubernetes.Interface) error {
 		}},
 	}
 	for _, s := range steps {
-		if err := s.apply(); err != nil {
+		// A read-modify-write races the controllers that update what it
+		// read (the Deployment's status): read again and retry.
+		if err := retry.RetryOnConflict(retry.DefaultRetry, s.apply); err != nil {
 			return fmt.Errorf("cluster: add-on %s: %w", s.what, err)
 		}
 	}
