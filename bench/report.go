@@ -31,16 +31,26 @@ type Results struct {
 
 // Meta says where and how the figures were made.
 type Meta struct {
-	Date, Commit, GoVersion, Kernel, CPU string
-	CPUs, ProxyCore, LoadCore            int
-	Versions                             map[string]string
-	Rounds                               int
-	Duration, Elapsed                    string
-	Notes                                []string `json:",omitempty"`
+	Date      string            `json:"date"`
+	Commit    string            `json:"commit"`
+	GoVersion string            `json:"goVersion"`
+	Kernel    string            `json:"kernel"`
+	CPU       string            `json:"cpu"`
+	CPUs      int               `json:"cpus"`
+	ProxyCore int               `json:"proxyCore"`
+	LoadCore  int               `json:"loadCore"`
+	Versions  map[string]string `json:"versions"`
+	Rounds    int               `json:"rounds"`
+	Duration  string            `json:"duration"`
+	Elapsed   string            `json:"elapsed"`
+	Notes     []string          `json:"notes,omitempty"`
 }
 
 // ScenarioInfo names and describes a scenario.
-type ScenarioInfo struct{ Name, About string }
+type ScenarioInfo struct {
+	Name  string `json:"name"`
+	About string `json:"about"`
+}
 
 // Round is one target's figures in one round.
 type Round struct {
@@ -52,8 +62,10 @@ type Round struct {
 
 // Goal is one of issue 14's goals and mesh's measured value.
 type Goal struct {
-	Figure, Goal, Measured string
-	Met                    *bool `json:",omitempty"` // nil: not measured by make bench
+	Figure   string `json:"figure"`
+	Goal     string `json:"goal"`
+	Measured string `json:"measured"`
+	Met      *bool  `json:"met,omitempty"` // nil: not measured by make bench
 }
 
 // metric describes a figure for the document.

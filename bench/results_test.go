@@ -202,3 +202,42 @@ func lineDiff(want, got string) string {
 	}
 	return b.String()
 }
+
+// TestResultsJSONTags: every field of every struct results.json is made
+// of has a lower-camel JSON name of its own, so a field added without a
+// tag fails here rather than appearing in results.json under its Go name.
+func TestResultsJSONTags(t *testing.T) {
+	seen := map[reflect.Type]bool{}
+	var walk func(reflect.Type, string)
+	walk = func(ty reflect.Type, path string) {
+		switch ty.Kind() {
+		case reflect.Pointer, reflect.Slice, reflect.Array, reflect.Map:
+			walk(ty.Elem(), path+"[]")
+			return
+		case reflect.Struct:
+		default:
+			return
+		}
+		if seen[ty] {
+			return
+		}
+		seen[ty] = true
+		for f := range ty.Fields() {
+			if !f.IsExported() {
+				continue
+			}
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			if name == "-" {
+				continue
+			}
+			if !lowerCamel.MatchString(name) {
+				t.Errorf("%s.%s has JSON name %q; want a lower-camel json tag", path, f.Name, name)
+			}
+			walk(f.Type, path+"."+f.Name)
+		}
+	}
+	walk(reflect.TypeFor[Results](), "Results")
+	if len(seen) < 5 {
+		t.Fatalf("walked only %d struct types: the walk is broken", len(seen))
+	}
+}
