@@ -1,7 +1,6 @@
 package proxy_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -14,12 +13,10 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -29,6 +26,7 @@ import (
 
 	"github.com/mesh-dev/mesh/e2e/prereq"
 	"github.com/mesh-dev/mesh/internal/netnstest"
+	"github.com/mesh-dev/mesh/internal/tcpdump"
 	"github.com/mesh-dev/mesh/internal/testpki"
 	"github.com/mesh-dev/mesh/proxy"
 	"github.com/mesh-dev/mesh/proxy/probe"
@@ -431,30 +429,7 @@ func TestTransparentMTLS(t *testing.T) {
 func TestCaptureShowsOnlyTLS(t *testing.T) {
 	prereq.Command(t, "tcpdump")
 	m := newMesh(t, proxy.Strict)
-	pcap := filepath.Join(t.TempDir(), "link.pcap")
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	dump := exec.CommandContext(ctx, "ip", "netns", "exec", m.a.ns.Name, "tcpdump", "--immediate-mode", "-i", m.ifA, "-U", "-s", "0", "-w", pcap, "tcp")
-	stderr, _ := dump.StderrPipe()
-	if err := dump.Start(); err != nil {
-		t.Fatal(err)
-	}
-	listening := make(chan struct{})
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			if strings.Contains(sc.Text(), "listening on") {
-				close(listening)
-				io.Copy(io.Discard, stderr)
-				return
-			}
-		}
-	}()
-	select {
-	case <-listening:
-	case <-time.After(10 * time.Second):
-		t.Fatal("tcpdump did not start")
-	}
+	capture := tcpdump.Start(t, m.a.ns.Name, m.ifA, "tcp")
 
 	marker := fmt.Sprintf("MARKER-%d-secret", time.Now().UnixNano())
 	if out, err := m.app(t, "http", fmt.Sprintf("TARGET=http://%s:%d/%s", ipB, httpPort, marker)); err != nil || !strings.Contains(out, marker) {
@@ -463,25 +438,11 @@ func TestCaptureShowsOnlyTLS(t *testing.T) {
 	if out, err := m.app(t, "tcp", fmt.Sprintf("TARGET=%s:%d", ipB, tcpPort), "MESSAGE="+marker); err != nil || out != marker {
 		t.Fatalf("TCP echo through the mesh = %q, %v", out, err)
 	}
-	// Let the last segments reach the capture: wait until the file stops
-	// growing (tcpdump may lag on a loaded machine).
-	var last int64 = -1
-	for stable, deadline := 0, time.Now().Add(10*time.Second); stable < 5 && time.Now().Before(deadline); {
-		time.Sleep(100 * time.Millisecond)
-		var size int64
-		if fi, err := os.Stat(pcap); err == nil {
-			size = fi.Size()
-		}
-		if size == last {
-			stable++
-		} else {
-			stable, last = 0, size
-		}
+	if err := capture.Stop(); err != nil {
+		t.Fatal(err)
 	}
-	_ = dump.Process.Signal(syscall.SIGINT)
-	_ = dump.Wait()
 
-	raw, err := os.ReadFile(pcap)
+	raw, err := os.ReadFile(capture.Path)
 	if err != nil {
 		t.Fatal(err)
 	}

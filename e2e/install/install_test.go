@@ -13,8 +13,6 @@ import (
 	"fmt"
 	"math/big"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -33,6 +31,7 @@ import (
 	"github.com/mesh-dev/mesh/e2e/meshtest"
 	"github.com/mesh-dev/mesh/e2e/node"
 	"github.com/mesh-dev/mesh/e2e/prereq"
+	"github.com/mesh-dev/mesh/internal/tcpdump"
 	"github.com/mesh-dev/mesh/meshctl"
 )
 
@@ -101,12 +100,19 @@ func (e *env) testInstall(t *testing.T) {
 		t.Fatalf("a refused install left the controller Deployment: %v", err)
 	}
 	e.Install(t)
-	dep, err := e.cs.AppsV1().Deployments(system).Get(ctx, "mesh-controller", metav1.GetOptions{})
-	if err != nil {
+	// helm --wait reads the ReplicaSet's ready count; the Deployment's
+	// copy of it follows on the deployment controller's next sync.
+	if err := meshtest.WaitFor(ctx, time.Minute, func() error {
+		dep, err := e.cs.AppsV1().Deployments(system).Get(ctx, "mesh-controller", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if dep.Status.ReadyReplicas != 2 || dep.Status.UpdatedReplicas != 2 {
+			return fmt.Errorf("controller Deployment: %d ready, %d updated; want 2 and 2", dep.Status.ReadyReplicas, dep.Status.UpdatedReplicas)
+		}
+		return nil
+	}); err != nil {
 		t.Fatal(err)
-	}
-	if dep.Status.ReadyReplicas != 2 || dep.Status.UpdatedReplicas != 2 {
-		t.Fatalf("controller Deployment: %d ready, %d updated; want 2 and 2", dep.Status.ReadyReplicas, dep.Status.UpdatedReplicas)
 	}
 	// Through the real controllers: a ReplicaSet made by the
 	// controller-manager, pods bound by the scheduler to the node agent's
@@ -215,15 +221,7 @@ func (e *env) testApp(t *testing.T) {
 	// search path, over mTLS: the server saw the client's identity, and a
 	// capture of the bridge has the request's marker nowhere in clear.
 	clientIP := e.podIP(t, e.client)
-	pcap := filepath.Join(t.TempDir(), "app.pcap")
-	dctx, stopDump := context.WithCancel(ctx)
-	dump := exec.CommandContext(dctx, "tcpdump", "--immediate-mode", "-i", node.Bridge, "-U", "-s", "0", "-w", pcap, "host", clientIP, "and", "tcp")
-	var dumpErr meshtest.SyncBuffer
-	dump.Stderr = &dumpErr
-	if err := dump.Start(); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(time.Second)
+	capture := tcpdump.Start(t, "", node.Bridge, "host", clientIP, "and", "tcp")
 	marker := fmt.Sprintf("marker-%d", time.Now().UnixNano())
 	for _, url := range []string{serverURL + "/" + marker, "http://server:8080/" + marker + "-short"} {
 		out, err := e.inPod(ctx, e.client, "get", url)
@@ -231,15 +229,15 @@ func (e *env) testApp(t *testing.T) {
 			t.Errorf("GET %s from the client: %v: %s", url, err, out)
 		}
 	}
-	time.Sleep(500 * time.Millisecond)
-	stopDump()
-	_ = dump.Wait()
-	raw, err := os.ReadFile(pcap)
+	if err := capture.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(capture.Path)
 	if err != nil {
-		t.Fatalf("capture: %v (%s)", err, dumpErr.String())
+		t.Fatalf("capture: %v (%s)", err, capture.Stderr())
 	}
 	if len(raw) < 1000 {
-		t.Fatalf("the capture holds %d bytes: the traffic did not cross the bridge? %s", len(raw), dumpErr.String())
+		t.Fatalf("the capture holds %d bytes: the traffic did not cross the bridge? %s", len(raw), capture.Stderr())
 	}
 	if bytes.Contains(raw, []byte(marker)) {
 		t.Errorf("the marker %q crossed the bridge in clear", marker)

@@ -16,7 +16,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -37,6 +36,7 @@ import (
 	"github.com/mesh-dev/mesh/e2e/meshtest"
 	"github.com/mesh-dev/mesh/e2e/node"
 	"github.com/mesh-dev/mesh/e2e/prereq"
+	"github.com/mesh-dev/mesh/internal/tcpdump"
 )
 
 func TestMain(m *testing.M) { os.Exit(clustertest.Run(m)) }
@@ -260,18 +260,8 @@ func (e *env) testScaleUp(t *testing.T) {
 // bridge shows the client's proxy opening a few mTLS connections, not one
 // per application connection.
 func (e *env) testHTTP(t *testing.T) {
-	ctx := t.Context()
 	clientIP := e.podIP(t, "client")
-	pcap := filepath.Join(t.TempDir(), "syn.pcap")
-	dumpCtx, stopDump := context.WithCancel(ctx)
-	dump := exec.CommandContext(dumpCtx, "tcpdump", "--immediate-mode", "-i", node.Bridge, "-U", "-s", "0", "-w", pcap,
-		fmt.Sprintf("src host %s and tcp port 8080", clientIP))
-	var dumpErr bytes.Buffer
-	dump.Stderr = &lockedWriter{w: &dumpErr}
-	if err := dump.Start(); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(time.Second) // tcpdump listening
+	capture := tcpdump.Start(t, "", node.Bridge, fmt.Sprintf("src host %s and tcp port 8080", clientIP))
 	servers := e.serverPods(t)
 	url := fmt.Sprintf("http://%s:80", e.clusterIP)
 	for _, mode := range []string{"keepalive", "close"} {
@@ -302,10 +292,10 @@ func (e *env) testHTTP(t *testing.T) {
 		}
 		t.Logf("%s: %v", mode, res.Hosts)
 	}
-	time.Sleep(500 * time.Millisecond)
-	stopDump()
-	_ = dump.Wait()
-	out, err := exec.Command("tcpdump", "-nn", "-r", pcap, "tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn").CombinedOutput()
+	if err := capture.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("tcpdump", "-nn", "-r", capture.Path, "tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn").CombinedOutput()
 	if err != nil {
 		t.Fatalf("read capture: %v\n%s", err, out)
 	}
@@ -476,14 +466,3 @@ func tail(s string, n int) string {
 }
 
 func ptr[T any](v T) *T { return &v }
-
-type lockedWriter struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
-}
