@@ -134,7 +134,7 @@ func TestMaxConnections(t *testing.T) {
 // after IdleTimeout; one that keeps talking is not.
 func TestIdleTimeout(t *testing.T) {
 	pki := testpki.New(t, "cluster.local")
-	in, reg := inboundProxy(t, pki, func(c *proxy.Config) { c.IdleTimeout = 500 * time.Millisecond })
+	in, reg := inboundProxy(t, pki, func(c *proxy.Config) { c.IdleTimeout = 2 * time.Second })
 	busy, err := meshConn(t, pki, in)
 	if err != nil {
 		t.Fatal(err)
@@ -151,8 +151,10 @@ func TestIdleTimeout(t *testing.T) {
 		_, err := idle.Read(make([]byte, 1))
 		closed <- err
 	}()
+	// 3 s of beats every 100 ms, past the 2 s timeout: a machine would
+	// have to stall the test for most of 2 s to close the busy one.
 	buf := make([]byte, 4)
-	for range 15 {
+	for range 30 {
 		time.Sleep(100 * time.Millisecond)
 		_ = busy.SetDeadline(time.Now().Add(5 * time.Second))
 		if _, err := busy.Write([]byte("beat")); err != nil {

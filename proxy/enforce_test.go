@@ -138,10 +138,26 @@ func TestPolicyEnforcement(t *testing.T) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		out, err := m.app(t, "soak", "TARGET_HTTP="+base+"/api/soak", fmt.Sprintf("TARGET_TCP=%s:%d", ipB, tcpPort), "DURATION=4s")
+		out, err := m.app(t, "soak", "TARGET_HTTP="+base+"/api/soak", fmt.Sprintf("TARGET_TCP=%s:%d", ipB, tcpPort), "DURATION=10s")
 		done <- result{out, err}
 	}()
-	time.Sleep(time.Second)
+	// Each round is one request to /api/soak, then one exchange on the
+	// long-lived connection: a third request at the app means two rounds
+	// went through. (A fixed sleep raced the soak's start on a loaded
+	// machine: a swap before the first exchange denies the connection
+	// outright, which is not the revocation this checks.)
+	waitFor(t, 10*time.Second, "two rounds of the soak", func() error {
+		n := 0
+		for _, r := range m.received(t) {
+			if r.RequestURI == "/api/soak" {
+				n++
+			}
+		}
+		if n < 3 {
+			return fmt.Errorf("the app received %d requests to /api/soak", n)
+		}
+		return nil
+	})
 	enf.Swap(table(t, strings.Replace(backendPolicies, `    - {ports: ["echo"]}`+"\n", "", 1)))
 	r := <-done
 	var soak soakResult

@@ -42,6 +42,10 @@ func Parse(out []byte) (Summary, error) {
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return Summary{}, fmt.Errorf("load: summary %q: more than one JSON value", clip(out))
 	}
+	// Every call is accounted for: a run cut short says so in Failed.
+	if s.OK < 0 || s.Failed < 0 || s.OK+s.Failed != s.Calls {
+		return Summary{}, fmt.Errorf("load: summary %q: %d ok and %d failed of %d calls", clip(out), s.OK, s.Failed, s.Calls)
+	}
 	return s, nil
 }
 

@@ -42,6 +42,9 @@ func TestParseRefuses(t *testing.T) {
 		{"trailing garbage", "{\"calls\":1}\nerror: x", "more than one JSON value"},
 		{"array", `[1]`, "cannot unmarshal array"},
 		{"long", `{"calls":` + strings.Repeat("1", 300), `..."`},
+		{"calls unaccounted for", `{"calls":10,"ok":9}`, `9 ok and 0 failed of 10 calls`},
+		{"more answered than asked", `{"calls":1,"ok":1,"failed":1}`, `1 ok and 1 failed of 1 calls`},
+		{"negative", `{"calls":0,"ok":-1,"failed":1}`, `-1 ok and 1 failed of 0 calls`},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			s, err := load.Parse([]byte(c.in))

@@ -606,11 +606,16 @@ func testLifecycle(t *testing.T, n *Node, c *cluster.Cluster, echo string) {
 		}
 	}
 
+	// The container is killed 10 s after it starts and comes back after a
+	// back-off; on a slow run the first try can fall in between.
 	for _, args := range [][]string{{"tcp", ip + ":9000", "ping"}, {"grpc", ip + ":9090", "ping"}} {
-		out, err := exec.Command("ip", append([]string{"netns", "exec", NetnsName("echo", "client"), echo}, args...)...).CombinedOutput()
-		if err != nil || string(out) != "ping" {
-			t.Fatalf("echo %s from the client pod = %q, %v", args[0], out, err)
-		}
+		waitFor(t, 30*time.Second, "echo "+args[0]+" from the client pod", func() error {
+			out, err := exec.Command("ip", append([]string{"netns", "exec", NetnsName("echo", "client"), echo}, args...)...).CombinedOutput()
+			if err != nil || string(out) != "ping" {
+				return fmt.Errorf("%q, %v", out, err)
+			}
+			return nil
+		})
 	}
 
 	waitFor(t, time.Minute, "liveness restart", func() error {

@@ -176,8 +176,9 @@ func testSidecarReadiness(t *testing.T, n *Node) {
 	p := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "sidecar-ready"},
 		Spec: corev1.PodSpec{
-			// The sidecar's /live fails 8 s after it starts.
-			InitContainers: []corev1.Container{sidecar(echoSidecar(corev1.EnvVar{Name: "ECHO_UNHEALTHY_AFTER", Value: "8s"}))},
+			// The sidecar's /live fails 15 s after it starts: the pod
+			// must be seen Ready before, on a loaded machine too.
+			InitContainers: []corev1.Container{sidecar(echoSidecar(corev1.EnvVar{Name: "ECHO_UNHEALTHY_AFTER", Value: "15s"}))},
 			// The app's own readiness is an exec probe, run in the
 			// container with its environment.
 			Containers: []corev1.Container{{Name: "app", Image: ToolsImage, Command: []string{"sleep", "3600"}, Env: []corev1.EnvVar{{Name: "APP", Value: "on"}},
@@ -185,7 +186,7 @@ func testSidecarReadiness(t *testing.T, n *Node) {
 		},
 	}
 	createPod(t, cs, "echo", p) // waits for Ready
-	waitFor(t, 20*time.Second, "pod unready with its sidecar", func() error {
+	waitFor(t, 30*time.Second, "pod unready with its sidecar", func() error {
 		got, err := cs.CoreV1().Pods("echo").Get(ctx, p.Name, metav1.GetOptions{})
 		if err != nil {
 			return err

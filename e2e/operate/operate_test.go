@@ -9,6 +9,7 @@
 package operate_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"math/big"
@@ -124,15 +125,26 @@ func (e *env) deploy(t *testing.T) {
 
 func (e *env) identity(t *testing.T, pod string) meshctl.PodIdentity {
 	t.Helper()
-	out, code, err := e.Meshctl(t.Context(), "identity", "show", "-n", ns, "pod/"+pod, "-o", "json")
-	var id meshctl.PodIdentity
-	if err != nil || code != 0 {
-		t.Fatalf("meshctl identity show pod/%s: exit %d, %v\n%s", pod, code, err, out)
-	}
-	if err := json.Unmarshal([]byte(out), &id); err != nil {
-		t.Fatalf("meshctl identity show pod/%s: %v\n%s", pod, err, out)
+	id, err := e.readIdentity(t.Context(), pod)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return id
+}
+
+// readIdentity is identity for retry loops: one read through the API
+// server's pods/proxy may fail on a loaded machine, and the loop reads
+// again.
+func (e *env) readIdentity(ctx context.Context, pod string) (meshctl.PodIdentity, error) {
+	out, code, err := e.Meshctl(ctx, "identity", "show", "-n", ns, "pod/"+pod, "-o", "json")
+	var id meshctl.PodIdentity
+	if err != nil || code != 0 {
+		return id, fmt.Errorf("meshctl identity show pod/%s: exit %d, %v\n%s", pod, code, err, out)
+	}
+	if err := json.Unmarshal([]byte(out), &id); err != nil {
+		return id, fmt.Errorf("meshctl identity show pod/%s: %w\n%s", pod, err, out)
+	}
+	return id, nil
 }
 
 func (e *env) podIP(t *testing.T, pod string) string {
@@ -162,7 +174,10 @@ func (e *env) testRenewal(t *testing.T) {
 	// A 30 s SVID is renewed within about 15 s of its arrival.
 	var next meshctl.PodIdentity
 	if err := meshtest.WaitFor(ctx, time.Minute, func() error {
-		next = e.identity(t, pod)
+		var err error
+		if next, err = e.readIdentity(ctx, pod); err != nil {
+			return err
+		}
 		if next.SerialNumber == first.SerialNumber {
 			return fmt.Errorf("serial still %s (last renewal %s)", first.SerialNumber, first.LastRenewal)
 		}
@@ -176,7 +191,10 @@ func (e *env) testRenewal(t *testing.T) {
 	// The wire follows; a renewal may land between the two reads, so read
 	// both again until they agree on a serial other than the first.
 	if err := meshtest.WaitFor(ctx, time.Minute, func() error {
-		id := e.identity(t, pod)
+		id, err := e.readIdentity(ctx, pod)
+		if err != nil {
+			return err
+		}
 		wire, err := helminstall.WireSerial(ctx, netns, addr)
 		if err != nil {
 			return err
@@ -445,7 +463,10 @@ func (e *env) testRotateIssuer(t *testing.T) {
 	}
 	// Proxies move to it as they renew.
 	if err := meshtest.WaitFor(t.Context(), time.Minute, func() error {
-		id := e.identity(t, e.client)
+		id, err := e.readIdentity(t.Context(), e.client)
+		if err != nil {
+			return err
+		}
 		if id.Issuer != after.Issuer.Subject {
 			return fmt.Errorf("the client's SVID is issued by %q, not %q", id.Issuer, after.Issuer.Subject)
 		}

@@ -52,10 +52,23 @@ func (r *recorder) add(host, code string, ok bool, failure string, codes map[str
 }
 
 // run calls do calls times, at most concurrency at once and at rate per
-// second, bounded by two minutes.
-func run(calls, concurrency int, perSecond float64, do func(ctx context.Context, i int)) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+// second, bounded by twice the time the rate needs plus 30 s: a fixed
+// bound cut a run short on a loaded machine, and the calls in flight
+// then failed for the tool's reason, not the mesh's. Calls the bound left
+// unsent count as failed, so that OK + Failed is always Calls.
+func run(rec *recorder, calls, concurrency int, perSecond float64, do func(ctx context.Context, i int)) {
+	bound := time.Duration(2*float64(calls)/perSecond*float64(time.Second)) + 30*time.Second
+	ctx, cancel := context.WithTimeout(context.Background(), bound)
 	defer cancel()
+	sent := 0
+	defer func() {
+		if unsent := calls - sent; unsent > 0 {
+			rec.mu.Lock()
+			rec.s.Failed += unsent
+			rec.s.Errors = append(rec.s.Errors, fmt.Sprintf("%d of %d calls not sent within %s", unsent, calls, bound))
+			rec.mu.Unlock()
+		}
+	}()
 	lim := rate.NewLimiter(rate.Limit(perSecond), 1)
 	work := make(chan int)
 	var wg sync.WaitGroup
@@ -73,6 +86,7 @@ func run(calls, concurrency int, perSecond float64, do func(ctx context.Context,
 			break
 		}
 		work <- i
+		sent++
 	}
 	close(work)
 	wg.Wait()
@@ -108,7 +122,7 @@ func grpcLoad(args []string) error {
 	defer conn.Close()
 	client := testgrpc.NewTestServiceClient(conn)
 	rec := newRecorder(calls)
-	run(calls, concurrency, perSecond, func(ctx context.Context, i int) {
+	run(rec, calls, concurrency, perSecond, func(ctx context.Context, i int) {
 		req := &testgrpc.SimpleRequest{Payload: &testgrpc.Payload{Body: []byte("x")}}
 		want := codes.OK
 		if i%10 == 9 {
@@ -143,7 +157,7 @@ func httpLoad(args []string) error {
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: !keepAlive, MaxIdleConnsPerHost: concurrency}}
 	base := strings.TrimSuffix(args[0], "/")
 	rec := newRecorder(calls)
-	run(calls, concurrency, perSecond, func(ctx context.Context, i int) {
+	run(rec, calls, concurrency, perSecond, func(ctx context.Context, i int) {
 		url, want := base+"/", http.StatusOK
 		if i%10 == 9 {
 			url, want = base+"/status/503", http.StatusServiceUnavailable
