@@ -162,6 +162,22 @@ func (c *Cluster) Start(ctx context.Context) (err error) {
 	if c.pki, err = loadOrCreatePKI(filepath.Join(c.cfg.Dir, "pki")); err != nil {
 		return err
 	}
+	// The components' ports are reserved and released before they bind
+	// them (etcd and kube-apiserver take seconds to), so another process
+	// can take one meanwhile: then everything stops and starts again on
+	// other ports.
+	for attempt := 1; ; attempt++ {
+		err = c.start(ctx)
+		if err == nil || attempt == 3 || !strings.Contains(err.Error(), "address already in use") {
+			return err
+		}
+		c.log.Warn("cluster: a port was taken before its component bound it; starting again on other ports", "attempt", attempt, "err", err)
+	}
+}
+
+// start is one attempt of Start, which has made the directories and the
+// PKI.
+func (c *Cluster) start(ctx context.Context) (err error) {
 	c.spawn = newSpawner()
 	defer func() {
 		if err != nil {
@@ -169,7 +185,7 @@ func (c *Cluster) Start(ctx context.Context) (err error) {
 		}
 	}()
 
-	ports, err := freePorts(5)
+	ports, err := reservePorts(5)
 	if err != nil {
 		return err
 	}
@@ -581,8 +597,11 @@ func get(ctx context.Context, hc *http.Client, url string) error {
 	return nil
 }
 
+// reservePorts is freePorts; tests replace it to take a port first.
+var reservePorts = freePorts
+
 // freePorts reserves n distinct loopback ports. They are released before the
-// components bind them; the window is small and a clash fails Start loudly.
+// components bind them; Start starts again on a clash.
 func freePorts(n int) ([]int, error) {
 	var ls []net.Listener
 	defer func() {
