@@ -195,6 +195,15 @@ func (c *Cluster) start(ctx context.Context) (err error) {
 	if err := c.startEtcd(etcdPort, etcdPeer); err != nil {
 		return err
 	}
+	// etcd answers before kube-apiserver starts: else an etcd that could
+	// not bind its port fails later, as kube-apiserver's timeout, without
+	// saying why.
+	etcdHealth := fmt.Sprintf("http://127.0.0.1:%d/health", etcdPort)
+	if err := c.poll(ctx, "etcd", etcdHealth, func(ctx context.Context) error {
+		return get(ctx, http.DefaultClient, etcdHealth)
+	}); err != nil {
+		return err
+	}
 	if err := c.startAPIServer(ctx, etcdPort); err != nil {
 		return err
 	}
