@@ -9,20 +9,22 @@ import (
 
 // TestReplayTake: deciding to try again and taking the next reader are one
 // step. Once take succeeded, the earlier attempt's reader cannot start
-// reading (it is replaced), so the new attempt gets the body whole; once
-// the earlier reader began a body it did not finish, take refuses.
+// reading (it is replaced), so the new attempt gets the body whole, also
+// when the earlier reader began it and did not finish.
 func TestReplayTake(t *testing.T) {
-	body := strings.Repeat("b", 10<<10)
 	for _, tc := range []struct {
 		name      string
+		size      int
 		firstRead int // bytes the first attempt read before take; -1: all
 		want      bool
 	}{
-		{"nothing read yet", 0, true},
-		{"read whole", -1, true},
-		{"read in part", 100, false},
+		{"nothing read yet", 10 << 10, 0, true},
+		{"read whole", 10 << 10, -1, true},
+		{"read in part", 10 << 10, 100, true},
+		{"read past what is kept", maxReplay + 1000, maxReplay + 1, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			body := strings.Repeat("b", tc.size)
 			b := newReplayBody(io.NopCloser(strings.NewReader(body)))
 			first, err := b.next()
 			if err != nil {
