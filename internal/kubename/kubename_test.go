@@ -10,7 +10,7 @@ import (
 
 // checks pairs each check with apimachinery's, which it must agree with.
 var checks = []struct {
-	name        string
+	name         string
 	ours, theirs func(string) []string
 }{
 	{"DNS1123Label", DNS1123Label, validation.IsDNS1123Label},
