@@ -30,6 +30,9 @@ type IntOrString struct {
 // FromInt32 is the integer i.
 func FromInt32(i int32) IntOrString { return IntOrString{Type: Int, IntVal: i} }
 
+// FromInt is the integer i, truncated to 32 bits as intstr.FromInt does.
+func FromInt(i int) IntOrString { return IntOrString{Type: Int, IntVal: int32(i)} }
+
 // FromString is the string s.
 func FromString(s string) IntOrString { return IntOrString{Type: String, StrVal: s} }
 
