@@ -21,10 +21,39 @@ const APIVersion = "security.mesh.dev/v1alpha1"
 // another kind; each error names its document.
 //
 // A document is decoded strictly into the whole of the API type's shape
-// (metadata and status included, declared below as apimachinery declares
-// them), so it refuses what decoding into v1alpha1.AuthorizationPolicy
-// refuses (parse_test.go compares the two) without linking apimachinery.
+// (metadata and status included, declared in decode as apimachinery
+// declares them), so it refuses what decoding into
+// v1alpha1.AuthorizationPolicy refuses (authz/validation's tests compare
+// the two) without linking apimachinery.
 func ParsePolicies(data []byte) ([]Policy, error) {
+	var out []Policy
+	for i, doc := range docSeparator.Split(string(data), -1) {
+		if len(bytes.TrimSpace([]byte(doc))) == 0 {
+			continue
+		}
+		p, err := decode([]byte(doc), func(b []byte, v any) error { return yaml.UnmarshalStrict(b, v) })
+		if err != nil {
+			return nil, fmt.Errorf("authz: document %d: %w", i+1, err)
+		}
+		if p.APIVersion != APIVersion || p.Kind != "AuthorizationPolicy" {
+			return nil, fmt.Errorf("authz: document %d is %s %s, not %s AuthorizationPolicy", i+1, p.APIVersion, p.Kind, APIVersion)
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// DecodePolicy reads one policy's JSON, as mesh-controller pushes it, the
+// way encoding/json reads it into v1alpha1.AuthorizationPolicy: unknown
+// fields are ignored, a value of the wrong type anywhere (metadata and
+// status included) is an error.
+func DecodePolicy(b []byte) (Policy, error) {
+	return decode(b, json.Unmarshal)
+}
+
+// decode reads a policy with unmarshal into the API type's whole shape and
+// keeps what authz compiles.
+func decode(b []byte, unmarshal func([]byte, any) error) (Policy, error) {
 	// The names of these types are apimachinery's: the decoder's errors
 	// name them ("Go struct field ObjectMeta.metadata.generation ...").
 	type (
@@ -89,23 +118,13 @@ func ParsePolicies(data []byte) ([]Policy, error) {
 		Status     AuthorizationPolicyStatus `json:"status,omitempty"`
 	}
 
-	var out []Policy
-	for i, doc := range docSeparator.Split(string(data), -1) {
-		if len(bytes.TrimSpace([]byte(doc))) == 0 {
-			continue
-		}
-		var p AuthorizationPolicy
-		if err := yaml.UnmarshalStrict([]byte(doc), &p); err != nil {
-			return nil, fmt.Errorf("authz: document %d: %w", i+1, err)
-		}
-		if p.APIVersion != APIVersion || p.Kind != "AuthorizationPolicy" {
-			return nil, fmt.Errorf("authz: document %d is %s %s, not %s AuthorizationPolicy", i+1, p.APIVersion, p.Kind, APIVersion)
-		}
-		q := Policy{TypeMeta: p.TypeMeta, Spec: p.Spec}
-		q.Name, q.Namespace, q.Generation = p.Name, p.Namespace, p.Generation
-		out = append(out, q)
+	var p AuthorizationPolicy
+	if err := unmarshal(b, &p); err != nil {
+		return Policy{}, err
 	}
-	return out, nil
+	q := Policy{TypeMeta: p.TypeMeta, Spec: p.Spec}
+	q.Name, q.Namespace, q.Generation = p.Name, p.Namespace, p.Generation
+	return q, nil
 }
 
 // rfc3339Time decodes a timestamp as metav1.Time does: null, or an RFC

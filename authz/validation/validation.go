@@ -56,9 +56,12 @@ func Policy(p *v1alpha1.AuthorizationPolicy) authz.Policy {
 				out.Spec.Selector.MatchLabels[k] = v
 			}
 		}
-		for _, r := range s.MatchExpressions {
-			out.Spec.Selector.MatchExpressions = append(out.Spec.Selector.MatchExpressions, authz.LabelSelectorRequirement{
-				Key: r.Key, Operator: authz.LabelSelectorOperator(r.Operator), Values: clone(r.Values)})
+		if s.MatchExpressions != nil {
+			out.Spec.Selector.MatchExpressions = make([]authz.LabelSelectorRequirement, len(s.MatchExpressions))
+		}
+		for i, r := range s.MatchExpressions {
+			out.Spec.Selector.MatchExpressions[i] = authz.LabelSelectorRequirement{
+				Key: r.Key, Operator: authz.LabelSelectorOperator(r.Operator), Values: clone(r.Values)}
 		}
 	}
 	if p.Spec.Rules != nil {

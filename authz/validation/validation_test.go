@@ -1,6 +1,7 @@
 package validation_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"reflect"
 	"regexp"
@@ -290,5 +291,75 @@ func FuzzParseAgreement(f *testing.F) {
 			return
 		}
 		agreeParse(t, doc)
+	})
+}
+
+func agreeDecode(t *testing.T, b []byte) {
+	t.Helper()
+	got, err := authz.DecodePolicy(b)
+	var want v1alpha1.AuthorizationPolicy
+	werr := json.Unmarshal(b, &want)
+	if (err == nil) != (werr == nil) {
+		t.Fatalf("DecodePolicy(%s): error %v, encoding/json into v1alpha1 %v", b, err, werr)
+	}
+	if err != nil {
+		if typeNames.Replace(err.Error()) != werr.Error() {
+			t.Fatalf("DecodePolicy(%s): error\n%v\nv1alpha1's\n%v", b, err, werr)
+		}
+		return
+	}
+	if w := validation.Policy(&want); !reflect.DeepEqual(got, w) {
+		t.Fatalf("DecodePolicy(%s) = %+v, v1alpha1's %+v", b, got, w)
+	}
+}
+
+// decodeSeeds: what the controller pushes (inventory's JSON of a resolved
+// policy), and JSON that the old decoding refused or ignored.
+func decodeSeeds(t testing.TB) [][]byte {
+	var p v1alpha1.AuthorizationPolicy
+	if err := yaml.UnmarshalStrict([]byte(parseSeeds[0]), &p); err != nil {
+		t.Fatal(err)
+	}
+	pushed, err := json.Marshal(&p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := [][]byte{pushed}
+	for _, s := range []string{
+		`{"metadata": {"name": "p", "creationTimestamp": "yesterday"}, "spec": {"action": "ALLOW"}}`,
+		`{"metadata": {"labels": {"a": 1}}}`,
+		`{"metadata": {"generation": "1"}}`,
+		`{"status": {"conditions": [{"lastTransitionTime": 5}]}}`,
+		`{"status": {"selectedWorkloads": 1.5}}`,
+		`{"spec": {"action": 5}}`,
+		`{"spec": {"rules": [{"to": [{"ports": [1.5]}]}]}}`,
+		`{"spec": {"rules": [{"to": [{"ports": [8080, "http", null]}]}]}, "unknown": 1, "SPEC": {"dryRun": true}}`,
+		`{"spec": {"selector": {"matchLabels": {"a": "b"}, "matchExpressions": [{"key": "k", "operator": "In", "values": ["v"]}]}}}`,
+		`{"apiVersion": 1}`, `{"kind": "x", "Kind": "y"}`, `[]`, `null`, `{`, `{"metadata": {"ownerReferences": [{"uid": 1}]}}`,
+		`{"metadata": {"managedFields": [{"fieldsV1": {"f:spec": {}}, "time": "2026-01-02T03:04:05Z", "operation": 1}]}}`,
+	} {
+		out = append(out, []byte(s))
+	}
+	return out
+}
+
+// TestDecodeAgreement: DecodePolicy reads the controller's JSON as
+// encoding/json read it into v1alpha1.AuthorizationPolicy: the same
+// refusals, the same messages (type names aside), the same policy.
+func TestDecodeAgreement(t *testing.T) {
+	for _, b := range decodeSeeds(t) {
+		agreeDecode(t, b)
+	}
+}
+
+func FuzzDecodeAgreement(f *testing.F) {
+	for _, b := range decodeSeeds(f) {
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if len(b) > 4096 {
+			return
+		}
+		agreeDecode(t, b)
 	})
 }

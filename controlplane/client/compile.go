@@ -1,7 +1,6 @@
 package client
 
 import (
-	"encoding/json"
 	"fmt"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -21,7 +20,7 @@ func CompilePolicy(td spiffeid.TrustDomain, ns, pod string, p *controlplanev1.Po
 	}
 	policies := make([]authz.Policy, len(p.GetPolicies()))
 	for i, b := range p.GetPolicies() {
-		if err := json.Unmarshal(b, &policies[i]); err != nil {
+		if policies[i], err = authz.DecodePolicy(b); err != nil {
 			return nil, fmt.Errorf("policy %s: entry %d: %w", p.GetVersion(), i, err)
 		}
 		if policies[i].Spec.Selector != nil {
