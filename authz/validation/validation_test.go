@@ -363,3 +363,26 @@ func FuzzDecodeAgreement(f *testing.F) {
 		agreeDecode(t, b)
 	})
 }
+
+// TestAggregate: several errors print as field.ErrorList.ToAggregate
+// prints them, in order, as the webhook and the controller report them.
+func TestAggregate(t *testing.T) {
+	var p v1alpha1.AuthorizationPolicy
+	spec := "spec: {action: DENY, rules: [{from: [{}, {namespaces: [a.b]}], to: [{paths: ['//x']}]}]}"
+	if err := yaml.UnmarshalStrict([]byte(head+spec), &p); err != nil {
+		t.Fatal(err)
+	}
+	want := `[spec.rules[0].from[0]: Required value: set identities, namespaces, serviceAccounts or unauthenticated, ` +
+		`spec.rules[0].from[1].namespaces[0]: Invalid value: "a.b": must not contain dots, ` +
+		`spec.rules[0].to[0].paths[0]: Invalid value: "//x": the proxy matches normalised paths (dot segments removed, slashes merged, unreserved characters decoded): write "/x"]`
+	q := validation.Policy(&p)
+	if got := authz.Validate(&q).ToAggregate(); got == nil || got.Error() != want {
+		t.Errorf("authz.Validate(...).ToAggregate() = %v\nwant %s", got, want)
+	}
+	if got := validation.Validate(&p).ToAggregate(); got == nil || got.Error() != want {
+		t.Errorf("validation.Validate(...).ToAggregate() = %v\nwant %s", got, want)
+	}
+	if authz.ErrorList(nil).ToAggregate() != nil {
+		t.Error("an empty list aggregates to an error")
+	}
+}
