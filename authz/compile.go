@@ -9,11 +9,8 @@ import (
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/util/intstr"
 
-	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
+	"github.com/mesh-dev/mesh/internal/intorstr"
 )
 
 // DefaultMode is what happens to a request no ALLOW policy governs.
@@ -60,7 +57,7 @@ type Input struct {
 	Workload    Workload
 	// Policies may include any namespace's; those that do not apply to
 	// the workload are ignored.
-	Policies []v1alpha1.AuthorizationPolicy
+	Policies []Policy
 }
 
 // Table is one workload's compiled policy. It is immutable: a policy change
@@ -212,7 +209,7 @@ func Compile(in Input) (*Table, error) {
 		defaultMode: mode, defaultPolicy: "default:" + string(mode),
 	}
 	// A stable order, so decisions name the same policy every time.
-	pols := append([]v1alpha1.AuthorizationPolicy(nil), in.Policies...)
+	pols := append([]Policy(nil), in.Policies...)
 	sort.Slice(pols, func(i, j int) bool {
 		if pols[i].Namespace != pols[j].Namespace {
 			return pols[i].Namespace < pols[j].Namespace
@@ -227,32 +224,28 @@ func Compile(in Input) (*Table, error) {
 		if errs := Validate(p); len(errs) > 0 {
 			return nil, fmt.Errorf("authz: policy %s/%s: %w", p.Namespace, p.Name, errs.ToAggregate())
 		}
-		if p.Spec.Selector != nil {
-			sel, err := metav1.LabelSelectorAsSelector(p.Spec.Selector)
-			if err != nil {
-				return nil, fmt.Errorf("authz: policy %s/%s: selector: %w", p.Namespace, p.Name, err)
-			}
-			if !sel.Matches(labels.Set(in.Workload.Labels)) {
-				continue
-			}
+		// Validate checked the selector as metav1.LabelSelectorAsSelector
+		// does: what it accepts converts without error.
+		if p.Spec.Selector != nil && !p.Spec.Selector.Matches(in.Workload.Labels) {
+			continue
 		}
 		t.applied = append(t.applied, Applied{Namespace: p.Namespace, Name: p.Name, Generation: p.Generation})
 		cp, warnings := compilePolicy(p, in.Workload.Ports)
 		t.warnings = append(t.warnings, warnings...)
-		if !p.Spec.DryRun && p.Spec.Action != v1alpha1.Audit {
+		if !p.Spec.DryRun && p.Spec.Action != Audit {
 			// Only enforced policies change how a port is read: a dry-run
 			// or AUDIT policy must never change a decision.
 			t.noteHTTPPorts(cp)
 		}
 		switch {
-		case p.Spec.Action == v1alpha1.Audit:
+		case p.Spec.Action == Audit:
 			t.audit.add(cp, t.trustDomain)
-		case p.Spec.DryRun && p.Spec.Action == v1alpha1.Deny:
+		case p.Spec.DryRun && p.Spec.Action == Deny:
 			t.dryDeny.add(cp, t.trustDomain)
 		case p.Spec.DryRun:
 			t.dryAllow.add(cp, t.trustDomain)
 			t.wouldAllowPolicy = joinName(t.wouldAllowPolicy, cp.name)
-		case p.Spec.Action == v1alpha1.Deny:
+		case p.Spec.Action == Deny:
 			t.deny.add(cp, t.trustDomain)
 		default:
 			t.allow.add(cp, t.trustDomain)
@@ -260,7 +253,7 @@ func Compile(in Input) (*Table, error) {
 			t.wouldAllowPolicy = joinName(t.wouldAllowPolicy, cp.name)
 			t.hasAllow = true
 		}
-		if p.Spec.DryRun && p.Spec.Action != v1alpha1.Audit {
+		if p.Spec.DryRun && p.Spec.Action != Audit {
 			t.hasDryRun = true
 		}
 	}
@@ -298,9 +291,9 @@ func joinName(list, name string) string {
 	return list + "," + name
 }
 
-func compilePolicy(p *v1alpha1.AuthorizationPolicy, ports map[string]uint16) (*policy, []string) {
+func compilePolicy(p *Policy, ports map[string]uint16) (*policy, []string) {
 	cp := &policy{name: p.Namespace + "/" + p.Name}
-	deny := p.Spec.Action == v1alpha1.Deny
+	deny := p.Spec.Action == Deny
 	var warnings []string
 	for i, r := range p.Spec.Rules {
 		cr := rule{name: strconv.Itoa(i)}
@@ -321,7 +314,7 @@ func compilePolicy(p *v1alpha1.AuthorizationPolicy, ports map[string]uint16) (*p
 			unresolved := false
 			for _, port := range o.Ports {
 				co.portsSet = true
-				if port.Type == intstr.Int {
+				if port.Type == intorstr.Int {
 					co.ports = append(co.ports, uint16(port.IntVal))
 				} else if n, ok := ports[port.StrVal]; ok {
 					co.ports = append(co.ports, n)

@@ -9,13 +9,12 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/mesh-dev/mesh/authz"
-	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("cluster.local")
 
 // policies parses policy YAML documents separated by ---.
-func policies(t testing.TB, docs string) []v1alpha1.AuthorizationPolicy {
+func policies(t testing.TB, docs string) []authz.Policy {
 	t.Helper()
 	out, err := authz.ParsePolicies([]byte(docs))
 	if err != nil {

@@ -3,12 +3,10 @@ package authz_test
 import (
 	"testing"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/yaml"
 
 	"github.com/mesh-dev/mesh/authz"
-	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
+	"github.com/mesh-dev/mesh/internal/intorstr"
 )
 
 // gen turns fuzz bytes into policies and a request over a small universe,
@@ -35,16 +33,16 @@ var (
 	peers   = []string{frontend, opsJob, prometheus, grafana, shopOther, foreign, ""}
 )
 
-func (g *gen) policies() []v1alpha1.AuthorizationPolicy {
-	var out []v1alpha1.AuthorizationPolicy
+func (g *gen) policies() []authz.Policy {
+	var out []authz.Policy
 	for i := range g.next() % 6 {
-		p := v1alpha1.AuthorizationPolicy{ObjectMeta: metav1.ObjectMeta{Name: string(rune('a' + i)), Namespace: []string{"shop", "mesh-system"}[g.next()%2]}}
-		p.Spec.Action = []v1alpha1.Action{v1alpha1.Allow, v1alpha1.Deny, v1alpha1.Audit}[g.next()%3]
+		p := authz.Policy{ObjectMeta: authz.ObjectMeta{Name: string(rune('a' + i)), Namespace: []string{"shop", "mesh-system"}[g.next()%2]}}
+		p.Spec.Action = []authz.Action{authz.Allow, authz.Deny, authz.Audit}[g.next()%3]
 		p.Spec.DryRun = g.next()%4 == 0
 		for range 1 + g.next()%3 {
-			var r v1alpha1.Rule
+			var r authz.Rule
 			for range g.next() % 3 {
-				var s v1alpha1.Source
+				var s authz.Source
 				switch g.next() % 4 {
 				case 0:
 					s.Identities = []string{g.pick(fuzzIDs)}
@@ -58,9 +56,9 @@ func (g *gen) policies() []v1alpha1.AuthorizationPolicy {
 				r.From = append(r.From, s)
 			}
 			for range g.next() % 3 {
-				var o v1alpha1.Operation
+				var o authz.Operation
 				if g.next()%2 == 0 {
-					o.Ports = []intstr.IntOrString{intstr.FromInt32(int32(8080 + g.next()%2))}
+					o.Ports = []intorstr.IntOrString{intorstr.FromInt32(int32(8080 + g.next()%2))}
 				} else {
 					o.Methods, o.Paths = []string{g.pick(fuzzMet)}, []string{g.pick(fuzzPth)}
 				}
@@ -75,8 +73,8 @@ func (g *gen) policies() []v1alpha1.AuthorizationPolicy {
 	return out
 }
 
-func without(ps []v1alpha1.AuthorizationPolicy, drop func(*v1alpha1.AuthorizationPolicy) bool) []v1alpha1.AuthorizationPolicy {
-	var out []v1alpha1.AuthorizationPolicy
+func without(ps []authz.Policy, drop func(*authz.Policy) bool) []authz.Policy {
+	var out []authz.Policy
 	for i := range ps {
 		if !drop(&ps[i]) {
 			out = append(out, ps[i])
@@ -100,7 +98,7 @@ func FuzzEvaluate(f *testing.F) {
 		if g.next()%2 == 0 {
 			req.HTTP, req.Method, req.Path = true, g.pick(fuzzMet), []string{"/api/v1", "/healthz", "/img.png", "/x", "/"}[g.next()%5]
 		}
-		eval := func(ps []v1alpha1.AuthorizationPolicy, mode authz.DefaultMode) authz.Decision {
+		eval := func(ps []authz.Policy, mode authz.DefaultMode) authz.Decision {
 			tbl, err := authz.Compile(authz.Input{TrustDomain: td, MeshDefault: mode, Workload: backend(nil), Policies: ps})
 			if err != nil {
 				t.Fatalf("valid policies did not compile: %v", err)
@@ -111,20 +109,20 @@ func FuzzEvaluate(f *testing.F) {
 
 		// Deny wins: any enforced DENY policy matching alone denies all.
 		for _, p := range ps {
-			if p.Spec.Action != v1alpha1.Deny || p.Spec.DryRun {
+			if p.Spec.Action != authz.Deny || p.Spec.DryRun {
 				continue
 			}
-			if alone := eval([]v1alpha1.AuthorizationPolicy{p}, authz.DefaultAllowAll); !alone.Allow && d.Allow {
+			if alone := eval([]authz.Policy{p}, authz.DefaultAllowAll); !alone.Allow && d.Allow {
 				t.Fatalf("DENY %s matches %+v alone, but the full set allows (%+v)", p.Name, req, d)
 			}
 		}
 		// No enforced ALLOW + deny default: everything denied.
-		noAllow := without(ps, func(p *v1alpha1.AuthorizationPolicy) bool { return p.Spec.Action == v1alpha1.Allow && !p.Spec.DryRun })
+		noAllow := without(ps, func(p *authz.Policy) bool { return p.Spec.Action == authz.Allow && !p.Spec.DryRun })
 		if got := eval(noAllow, authz.DefaultDeny); got.Allow {
 			t.Fatalf("no ALLOW policy and the deny default allowed %+v: %+v", req, got)
 		}
 		// Dry-run and AUDIT never change the decision.
-		enforced := without(ps, func(p *v1alpha1.AuthorizationPolicy) bool { return p.Spec.DryRun || p.Spec.Action == v1alpha1.Audit })
+		enforced := without(ps, func(p *authz.Policy) bool { return p.Spec.DryRun || p.Spec.Action == authz.Audit })
 		if e := eval(enforced, mode); e.Allow != d.Allow || e.Policy != d.Policy || e.Rule != d.Rule || e.Reason != d.Reason {
 			t.Fatalf("dry-run or AUDIT policies changed the decision: %+v without them, %+v with", e, d)
 		}
@@ -138,7 +136,7 @@ func FuzzValidateCompile(f *testing.F) {
 	f.Add([]byte("spec: {action: DENY, rules: [{to: [{paths: ['*']}]}]}"))
 	f.Add([]byte("spec: {action: ALLOW, rules: [{from: [{identities: ['spiffe://x/*/y']}]}]}"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		var p v1alpha1.AuthorizationPolicy
+		var p authz.Policy
 		if yaml.Unmarshal(b, &p) != nil {
 			return
 		}
@@ -146,7 +144,7 @@ func FuzzValidateCompile(f *testing.F) {
 		if len(authz.Validate(&p)) > 0 {
 			return
 		}
-		if _, err := authz.Compile(authz.Input{TrustDomain: td, Workload: backend(nil), Policies: []v1alpha1.AuthorizationPolicy{p}}); err != nil {
+		if _, err := authz.Compile(authz.Input{TrustDomain: td, Workload: backend(nil), Policies: []authz.Policy{p}}); err != nil {
 			t.Fatalf("a valid policy did not compile: %v", err)
 		}
 	})

@@ -6,13 +6,9 @@ import (
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/apimachinery/pkg/util/validation"
-	"k8s.io/apimachinery/pkg/util/validation/field"
 
-	metav1validation "k8s.io/apimachinery/pkg/apis/meta/v1/validation"
-
-	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
+	"github.com/mesh-dev/mesh/internal/intorstr"
+	"github.com/mesh-dev/mesh/internal/kubename"
 	"github.com/mesh-dev/mesh/proxy/normalize"
 )
 
@@ -21,77 +17,78 @@ var Methods = []string{"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS
 
 // Validate checks a policy for everything the CRD schema cannot: SPIFFE IDs
 // and their globs, names, methods, ports, paths and contradictions. Each
-// error names its field.
-func Validate(p *v1alpha1.AuthorizationPolicy) field.ErrorList {
-	var errs field.ErrorList
-	spec := field.NewPath("spec")
+// error names its field. The webhook, the controller and meshctl get the
+// same errors as a field.ErrorList from authz/validation.
+func Validate(p *Policy) ErrorList {
+	var errs ErrorList
+	spec := fieldPath("spec")
 	switch p.Spec.Action {
-	case v1alpha1.Allow, v1alpha1.Deny, v1alpha1.Audit:
+	case Allow, Deny, Audit:
 	default:
-		errs = append(errs, field.NotSupported(spec.Child("action"), p.Spec.Action, []string{"ALLOW", "DENY", "AUDIT"}))
+		errs = append(errs, notSupported(spec.child("action"), p.Spec.Action, []string{"ALLOW", "DENY", "AUDIT"}))
 	}
 	if p.Spec.Selector != nil {
-		errs = append(errs, metav1validation.ValidateLabelSelector(p.Spec.Selector, metav1validation.LabelSelectorValidationOptions{}, spec.Child("selector"))...)
+		errs = append(errs, validateSelector(p.Spec.Selector, spec.child("selector"))...)
 	}
-	if p.Spec.Action == v1alpha1.Deny && len(p.Spec.Rules) == 0 {
-		errs = append(errs, field.Required(spec.Child("rules"), "a DENY policy needs at least one rule"))
+	if p.Spec.Action == Deny && len(p.Spec.Rules) == 0 {
+		errs = append(errs, required(spec.child("rules"), "a DENY policy needs at least one rule"))
 	}
 	for i, r := range p.Spec.Rules {
-		errs = append(errs, validateRule(r, spec.Child("rules").Index(i))...)
+		errs = append(errs, validateRule(r, spec.child("rules").index(i))...)
 	}
 	return errs
 }
 
-func validateRule(r v1alpha1.Rule, path *field.Path) field.ErrorList {
-	var errs field.ErrorList
+func validateRule(r Rule, path fieldPath) ErrorList {
+	var errs ErrorList
 	onlyUnauthenticated := len(r.From) > 0
 	for i, s := range r.From {
-		p := path.Child("from").Index(i)
+		p := path.child("from").index(i)
 		hasID := len(s.Identities)+len(s.Namespaces)+len(s.ServiceAccounts) > 0
 		switch {
 		case !hasID && !s.Unauthenticated:
-			errs = append(errs, field.Required(p, "set identities, namespaces, serviceAccounts or unauthenticated"))
+			errs = append(errs, required(p, "set identities, namespaces, serviceAccounts or unauthenticated"))
 		case hasID && s.Unauthenticated:
-			errs = append(errs, field.Invalid(p.Child("unauthenticated"), true, "cannot be combined with identities, namespaces or serviceAccounts: a plaintext caller has no identity"))
+			errs = append(errs, invalid(p.child("unauthenticated"), true, "cannot be combined with identities, namespaces or serviceAccounts: a plaintext caller has no identity"))
 		}
 		onlyUnauthenticated = onlyUnauthenticated && s.Unauthenticated && !hasID
 		for j, id := range s.Identities {
 			if err := checkIdentity(id); err != nil {
-				errs = append(errs, field.Invalid(p.Child("identities").Index(j), id, err.Error()))
+				errs = append(errs, invalid(p.child("identities").index(j), id, err.Error()))
 			}
 		}
 		for j, ns := range s.Namespaces {
-			if e := validation.IsDNS1123Label(ns); len(e) > 0 {
-				errs = append(errs, field.Invalid(p.Child("namespaces").Index(j), ns, strings.Join(e, "; ")))
+			if e := kubename.DNS1123Label(ns); len(e) > 0 {
+				errs = append(errs, invalid(p.child("namespaces").index(j), ns, strings.Join(e, "; ")))
 			}
 		}
 		for j, sa := range s.ServiceAccounts {
-			if e := validation.IsDNS1123Subdomain(sa); len(e) > 0 {
-				errs = append(errs, field.Invalid(p.Child("serviceAccounts").Index(j), sa, strings.Join(e, "; ")))
+			if e := kubename.DNS1123Subdomain(sa); len(e) > 0 {
+				errs = append(errs, invalid(p.child("serviceAccounts").index(j), sa, strings.Join(e, "; ")))
 			}
 		}
 	}
 	for i, o := range r.To {
-		p := path.Child("to").Index(i)
+		p := path.child("to").index(i)
 		if len(o.Ports)+len(o.Methods)+len(o.Paths) == 0 {
-			errs = append(errs, field.Required(p, "set ports, methods or paths"))
+			errs = append(errs, required(p, "set ports, methods or paths"))
 		}
 		if onlyUnauthenticated && len(o.Methods)+len(o.Paths) > 0 {
-			errs = append(errs, field.Invalid(p, "methods/paths", "HTTP fields cannot apply to a rule whose callers are only unauthenticated"))
+			errs = append(errs, invalid(p, "methods/paths", "HTTP fields cannot apply to a rule whose callers are only unauthenticated"))
 		}
 		for j, port := range o.Ports {
 			if err := checkPort(port); err != nil {
-				errs = append(errs, field.Invalid(p.Child("ports").Index(j), port.String(), err.Error()))
+				errs = append(errs, invalid(p.child("ports").index(j), port.String(), err.Error()))
 			}
 		}
 		for j, m := range o.Methods {
 			if !slices.Contains(Methods, m) {
-				errs = append(errs, field.NotSupported(p.Child("methods").Index(j), m, Methods))
+				errs = append(errs, notSupported(p.child("methods").index(j), m, Methods))
 			}
 		}
 		for j, path := range o.Paths {
 			if err := checkPath(path); err != nil {
-				errs = append(errs, field.Invalid(p.Child("paths").Index(j), path, err.Error()))
+				errs = append(errs, invalid(p.child("paths").index(j), path, err.Error()))
 			}
 		}
 	}
@@ -111,14 +108,14 @@ func checkIdentity(id string) error {
 	return nil
 }
 
-func checkPort(p intstr.IntOrString) error {
-	if p.Type == intstr.Int {
+func checkPort(p intorstr.IntOrString) error {
+	if p.Type == intorstr.Int {
 		if p.IntVal < 1 || p.IntVal > 65535 {
 			return fmt.Errorf("port out of range 1-65535")
 		}
 		return nil
 	}
-	if e := validation.IsValidPortName(p.StrVal); len(e) > 0 {
+	if e := kubename.PortName(p.StrVal); len(e) > 0 {
 		return fmt.Errorf("not a port number or container port name: %s", strings.Join(e, "; "))
 	}
 	return nil

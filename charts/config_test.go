@@ -12,6 +12,7 @@ import (
 
 	"github.com/mesh-dev/mesh/authz"
 	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
+	"github.com/mesh-dev/mesh/authz/validation"
 	"github.com/mesh-dev/mesh/inject"
 	"github.com/mesh-dev/mesh/meshcontroller"
 )
@@ -204,7 +205,7 @@ func TestNotes(t *testing.T) {
 			if err := yaml.UnmarshalStrict([]byte(text), &p); err != nil {
 				t.Fatalf("the example policy does not decode: %v\n%s", err, text)
 			}
-			if errs := authz.Validate(&p); len(errs) != 0 {
+			if errs := validation.Validate(&p); len(errs) != 0 {
 				t.Errorf("the example policy is invalid: %v", errs.ToAggregate())
 			}
 			if p.Spec.Action != v1alpha1.Allow || len(p.Spec.Rules) == 0 || !strings.Contains(text, "spiffe://") {

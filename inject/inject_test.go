@@ -18,6 +18,7 @@ import (
 	"github.com/mesh-dev/mesh/controlplane/trustbundle"
 	"github.com/mesh-dev/mesh/identity"
 	"github.com/mesh-dev/mesh/inject"
+	"github.com/mesh-dev/mesh/internal/intorstr"
 	"github.com/mesh-dev/mesh/proxy/probe"
 )
 
@@ -219,8 +220,8 @@ func TestInjects(t *testing.T) {
 		t.Fatalf("the proxy refuses MESH_APP_PROBES %q: %v", e.Value, err)
 	}
 	want := probe.Probers{
-		"/app-health/web/readyz": {HTTPGet: &probe.HTTPGetAction{Path: "/ready", Port: intstr.FromInt32(8080)}, TimeoutSeconds: 2},
-		"/app-health/web/livez":  {TCPSocket: &probe.TCPSocketAction{Port: intstr.FromInt32(9000)}, TimeoutSeconds: 1},
+		"/app-health/web/readyz": {HTTPGet: &probe.HTTPGetAction{Path: "/ready", Port: intorstr.FromInt32(8080)}, TimeoutSeconds: 2},
+		"/app-health/web/livez":  {TCPSocket: &probe.TCPSocketAction{Port: intorstr.FromInt32(9000)}, TimeoutSeconds: 1},
 	}
 	wj, _ := json.Marshal(want)
 	gj, _ := json.Marshal(probers)

@@ -7,6 +7,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/mesh-dev/mesh/internal/intorstr"
 	"github.com/mesh-dev/mesh/proxy/probe"
 )
 
@@ -75,31 +76,31 @@ func original(c *corev1.Container, p *corev1.Probe, adminPort int32) (*probe.Pro
 		if h.Host != "" {
 			return nil, fmt.Sprintf("httpGet.host %q is set: the kubelet probes that host, not this pod", clip(h.Host))
 		}
-		port, why := resolve(c, h.Port)
+		port, why := resolve(c, p.HTTPGet.Port)
 		if why != "" {
 			return nil, why
 		}
 		if port == adminPort {
 			return nil, "" // already the proxy's (rewritten before, or the proxy's own health)
 		}
-		h.Port = intstr.FromInt32(port)
+		h.Port = intorstr.FromInt32(port)
 		if h.Path == "" {
 			h.Path = "/" // the kubelet's default
 		}
 		out.HTTPGet = h
 	case p.TCPSocket != nil:
-		t := &probe.TCPSocketAction{Port: p.TCPSocket.Port, Host: p.TCPSocket.Host}
+		t := &probe.TCPSocketAction{Host: p.TCPSocket.Host}
 		if t.Host != "" {
 			return nil, fmt.Sprintf("tcpSocket.host %q is set: the kubelet probes that host, not this pod", clip(t.Host))
 		}
-		port, why := resolve(c, t.Port)
+		port, why := resolve(c, p.TCPSocket.Port)
 		if why != "" {
 			return nil, why
 		}
 		if port == adminPort {
 			return nil, ""
 		}
-		t.Port = intstr.FromInt32(port)
+		t.Port = intorstr.FromInt32(port)
 		out.TCPSocket = t
 	case p.GRPC != nil:
 		if p.GRPC.Port == adminPort {
@@ -115,7 +116,10 @@ func original(c *corev1.Container, p *corev1.Probe, adminPort int32) (*probe.Pro
 // httpGetAction is h as the proxy reads it (probe.HTTPGetAction: the same
 // fields and JSON, without k8s.io/api in the proxy).
 func httpGetAction(h *corev1.HTTPGetAction) *probe.HTTPGetAction {
-	out := &probe.HTTPGetAction{Path: h.Path, Port: h.Port, Host: h.Host, Scheme: string(h.Scheme), Protocol: (*string)(clone(h.Protocol))}
+	// The port is resolved to a number apart (resolve); it is copied
+	// here only for completeness.
+	port := intorstr.IntOrString{Type: intorstr.Type(h.Port.Type), IntVal: h.Port.IntVal, StrVal: h.Port.StrVal}
+	out := &probe.HTTPGetAction{Path: h.Path, Port: port, Host: h.Host, Scheme: string(h.Scheme), Protocol: (*string)(clone(h.Protocol))}
 	for _, hd := range h.HTTPHeaders {
 		out.HTTPHeaders = append(out.HTTPHeaders, probe.HTTPHeader{Name: hd.Name, Value: hd.Value})
 	}

@@ -10,17 +10,18 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/mesh-dev/mesh/internal/intorstr"
 	"github.com/mesh-dev/mesh/proxy/probe"
 )
 
 // jsonFields is t's fields as JSON names with their tags, recursively
-// through struct, pointer and slice fields (intstr.IntOrString is a
-// value).
+// through struct, pointer and slice fields (intstr.IntOrString and the
+// proxy's intorstr.IntOrString are values).
 func jsonFields(t reflect.Type, prefix string) []string {
 	for t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice {
 		t = t.Elem()
 	}
-	if t.Kind() != reflect.Struct || t == reflect.TypeFor[intstr.IntOrString]() {
+	if t.Kind() != reflect.Struct || t == reflect.TypeFor[intstr.IntOrString]() || t == reflect.TypeFor[intorstr.IntOrString]() {
 		return nil
 	}
 	var out []string

@@ -22,9 +22,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/mesh-dev/mesh/e2e/prereq"
+	"github.com/mesh-dev/mesh/internal/intorstr"
 	"github.com/mesh-dev/mesh/internal/netnstest"
 	"github.com/mesh-dev/mesh/internal/tcpdump"
 	"github.com/mesh-dev/mesh/internal/testpki"
@@ -234,7 +234,7 @@ func (m *mesh) startProxy(t *testing.T, s *side, inbound proxy.Mode, az proxy.Au
 	s.logs = &syncBuffer{}
 	// The kubelet's HTTP probe of the app, rewritten to the admin port.
 	health, err := probe.New(probe.Config{
-		Probers: probe.Probers{"/app-health/app/readyz": {HTTPGet: &probe.HTTPGetAction{Path: "/healthz", Port: intstr.FromInt32(httpPort)}}},
+		Probers: probe.Probers{"/app-health/app/readyz": {HTTPGet: &probe.HTTPGetAction{Path: "/healthz", Port: intorstr.FromInt32(httpPort)}}},
 		Target:  s.ip, Dial: s.ns.Dial,
 	})
 	if err != nil {

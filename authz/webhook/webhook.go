@@ -14,8 +14,8 @@ import (
 	admissionv1 "k8s.io/api/admission/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/mesh-dev/mesh/authz"
 	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
+	"github.com/mesh-dev/mesh/authz/validation"
 )
 
 // Path is where the webhook is served.
@@ -68,7 +68,7 @@ func (h Handler) review(req *admissionv1.AdmissionRequest) *admissionv1.Admissio
 	if err := json.Unmarshal(req.Object.Raw, &p); err != nil {
 		return deny(resp, http.StatusBadRequest, fmt.Sprintf("not an AuthorizationPolicy: %v", err))
 	}
-	if errs := authz.Validate(&p); len(errs) > 0 {
+	if errs := validation.Validate(&p); len(errs) > 0 {
 		h.log().Info("policy refused", "policy", req.Namespace+"/"+req.Name, "errors", errs.ToAggregate().Error())
 		return deny(resp, http.StatusUnprocessableEntity, errs.ToAggregate().Error())
 	}

@@ -1,13 +1,11 @@
 package client
 
 import (
-	"encoding/json"
 	"fmt"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/mesh-dev/mesh/authz"
-	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
 	controlplanev1 "github.com/mesh-dev/mesh/controlplane/api/v1"
 )
 
@@ -20,9 +18,9 @@ func CompilePolicy(td spiffeid.TrustDomain, ns, pod string, p *controlplanev1.Po
 	if err != nil {
 		return nil, fmt.Errorf("policy %s: %w", p.GetVersion(), err)
 	}
-	policies := make([]v1alpha1.AuthorizationPolicy, len(p.GetPolicies()))
+	policies := make([]authz.Policy, len(p.GetPolicies()))
 	for i, b := range p.GetPolicies() {
-		if err := json.Unmarshal(b, &policies[i]); err != nil {
+		if policies[i], err = authz.DecodePolicy(b); err != nil {
 			return nil, fmt.Errorf("policy %s: entry %d: %w", p.GetVersion(), i, err)
 		}
 		if policies[i].Spec.Selector != nil {

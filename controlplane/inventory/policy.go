@@ -15,6 +15,7 @@ import (
 
 	"github.com/mesh-dev/mesh/authz"
 	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
+	"github.com/mesh-dev/mesh/authz/validation"
 	controlplanev1 "github.com/mesh-dev/mesh/controlplane/api/v1"
 )
 
@@ -75,7 +76,7 @@ func (inv *Inventory) Policy(ns, name string) (*controlplanev1.Policy, error) {
 				continue
 			}
 		}
-		if errs := authz.Validate(p); len(errs) > 0 {
+		if errs := validation.Validate(p); len(errs) > 0 {
 			if p.Spec.Action == v1alpha1.Deny && !p.Spec.DryRun {
 				invalid = errors.Join(invalid, fmt.Errorf("policy %s/%s: %w", p.Namespace, p.Name, errs.ToAggregate()))
 				continue
@@ -96,7 +97,7 @@ func (inv *Inventory) Policy(ns, name string) (*controlplanev1.Policy, error) {
 	})
 	// The proxy compiles the same input: compiling it here checks it, and
 	// gives the warnings the proxy will see.
-	t, err := authz.Compile(authz.Input{TrustDomain: inv.cfg.TrustDomain, MeshDefault: mode, Policies: applied,
+	t, err := authz.Compile(authz.Input{TrustDomain: inv.cfg.TrustDomain, MeshDefault: mode, Policies: validation.Policies(applied),
 		Workload: authz.Workload{Namespace: ns, Pod: name}})
 	if err != nil {
 		return nil, err

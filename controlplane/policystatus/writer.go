@@ -26,6 +26,7 @@ import (
 	"github.com/mesh-dev/mesh/authz"
 	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
 	"github.com/mesh-dev/mesh/authz/api/v1alpha1/policyclient"
+	authzvalidation "github.com/mesh-dev/mesh/authz/validation"
 	"github.com/mesh-dev/mesh/controlplane/inventory"
 )
 
@@ -280,7 +281,7 @@ func (r *run) sync(ctx context.Context, key string) error {
 // facts gathers what p's status is computed from, at now.
 func (r *run) facts(p *v1alpha1.AuthorizationPolicy, now time.Time) (facts, error) {
 	var f facts
-	if errs := authz.Validate(p); len(errs) > 0 {
+	if errs := authzvalidation.Validate(p); len(errs) > 0 {
 		f.invalid = errs.ToAggregate().Error()
 	}
 	sel := labels.Everything()

@@ -13,6 +13,7 @@ import (
 	"github.com/mesh-dev/mesh/authz"
 	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
 	"github.com/mesh-dev/mesh/authz/api/v1alpha1/crdtest"
+	"github.com/mesh-dev/mesh/authz/validation"
 	"github.com/mesh-dev/mesh/controlplane/policystatus"
 )
 
@@ -125,7 +126,7 @@ func TestInvalid(t *testing.T) {
 	e.pod(t, ns, "api", podSpec{meshed: true, labels: map[string]string{"app": "api"}})
 	p := allow(ns, "doubled-slash", selectApp("api"))
 	p.Spec.Rules = []v1alpha1.Rule{{To: []v1alpha1.Operation{{Paths: []string{"/a//b"}}}}, {To: []v1alpha1.Operation{{Methods: []string{"FETCH"}}}}}
-	errs := authz.Validate(p)
+	errs := validation.Validate(p)
 	if len(errs) != 2 {
 		t.Fatalf("authz.Validate found %d errors in the test policy, want 2: %v", len(errs), errs)
 	}

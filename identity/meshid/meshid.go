@@ -12,7 +12,8 @@ import (
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/mesh-dev/mesh/internal/kubename"
 )
 
 // ForServiceAccount is the SPIFFE ID of a Kubernetes ServiceAccount:
@@ -21,10 +22,10 @@ func ForServiceAccount(td spiffeid.TrustDomain, namespace, serviceAccount string
 	if td.IsZero() {
 		return spiffeid.ID{}, fmt.Errorf("meshid: empty trust domain")
 	}
-	if errs := validation.IsDNS1123Label(namespace); len(errs) > 0 {
+	if errs := kubename.DNS1123Label(namespace); len(errs) > 0 {
 		return spiffeid.ID{}, fmt.Errorf("meshid: namespace %q: %s", namespace, strings.Join(errs, "; "))
 	}
-	if errs := validation.IsDNS1123Subdomain(serviceAccount); len(errs) > 0 {
+	if errs := kubename.DNS1123Subdomain(serviceAccount); len(errs) > 0 {
 		return spiffeid.ID{}, fmt.Errorf("meshid: service account %q: %s", serviceAccount, strings.Join(errs, "; "))
 	}
 	id, err := spiffeid.FromSegments(td, "ns", namespace, "sa", serviceAccount)

@@ -1,6 +1,6 @@
 package probe
 
-import "k8s.io/apimachinery/pkg/util/intstr"
+import "github.com/mesh-dev/mesh/internal/intorstr"
 
 // The actions below are k8s.io/api/core/v1's HTTPGetAction,
 // TCPSocketAction and GRPCAction as the injector writes them into
@@ -35,7 +35,7 @@ type HTTPGetAction struct {
 	// Path to GET; it must start with "/".
 	Path string `json:"path,omitempty"`
 	// Port is a number: the injector resolves named ports.
-	Port intstr.IntOrString `json:"port"`
+	Port intorstr.IntOrString `json:"port"`
 	// Host must be empty: probes reach the pod's own IP.
 	Host string `json:"host,omitempty"`
 	// Scheme is HTTP (also when empty) or HTTPS.
@@ -57,7 +57,7 @@ type HTTPHeader struct {
 // TCPSocketAction is a TCP connect probe.
 type TCPSocketAction struct {
 	// Port is a number: the injector resolves named ports.
-	Port intstr.IntOrString `json:"port"`
+	Port intorstr.IntOrString `json:"port"`
 	// Host must be empty: probes reach the pod's own IP.
 	Host string `json:"host,omitempty"`
 }

@@ -25,9 +25,9 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
-	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/mesh-dev/mesh/internal/accepttest"
+	"github.com/mesh-dev/mesh/internal/intorstr"
 	"github.com/mesh-dev/mesh/internal/testpki"
 	"github.com/mesh-dev/mesh/proxy/probe"
 )
@@ -174,7 +174,7 @@ func TestHTTPProbe(t *testing.T) {
 	t.Cleanup(tlsSrv.Close)
 
 	get := func(path string) *probe.HTTPGetAction {
-		return &probe.HTTPGetAction{Path: path, Port: intstr.FromInt32(port(t, appURL))}
+		return &probe.HTTPGetAction{Path: path, Port: intorstr.FromInt32(port(t, appURL))}
 	}
 	tests := []struct {
 		name     string
@@ -210,9 +210,9 @@ func TestHTTPProbe(t *testing.T) {
 		{name: "endless body: read bounded", prober: probe.Prober{HTTPGet: get("/endless")}, timeout: 5 * time.Second,
 			status: 200, appSaw: []string{"/endless"}, maxDelay: 2 * time.Second},
 		{name: "https, certificate not verified", prober: probe.Prober{HTTPGet: &probe.HTTPGetAction{
-			Path: "/ok", Port: intstr.FromInt32(port(t, tlsSrv.URL)), Scheme: probe.URISchemeHTTPS}}, status: 200, appSaw: []string{"/ok"}},
+			Path: "/ok", Port: intorstr.FromInt32(port(t, tlsSrv.URL)), Scheme: probe.URISchemeHTTPS}}, status: 200, appSaw: []string{"/ok"}},
 		{name: "plain http to the https port fails", prober: probe.Prober{HTTPGet: &probe.HTTPGetAction{
-			Path: "/ok", Port: intstr.FromInt32(port(t, tlsSrv.URL))}}, status: 503, reason: "probe: http: status 400", appSaw: nil},
+			Path: "/ok", Port: intorstr.FromInt32(port(t, tlsSrv.URL))}}, status: 503, reason: "probe: http: status 400", appSaw: nil},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -251,7 +251,7 @@ func TestHTTPProbeRequest(t *testing.T) {
 	app := &recorder{}
 	appSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { app.record(r) }))
 	t.Cleanup(appSrv.Close)
-	appPort := intstr.FromInt32(port(t, appSrv.URL))
+	appPort := intorstr.FromInt32(port(t, appSrv.URL))
 	appHost := strings.TrimPrefix(appSrv.URL, "http://")
 
 	probers := probe.Probers{
@@ -362,7 +362,7 @@ func TestNotProbed(t *testing.T) {
 	appSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { app.record(r) }))
 	t.Cleanup(appSrv.Close)
 	base := serve(t, probe.Config{Target: loopback, Probers: probe.Probers{
-		"/app-health/web/readyz": {HTTPGet: &probe.HTTPGetAction{Path: "/ok", Port: intstr.FromInt32(port(t, appSrv.URL))}},
+		"/app-health/web/readyz": {HTTPGet: &probe.HTTPGetAction{Path: "/ok", Port: intorstr.FromInt32(port(t, appSrv.URL))}},
 	}})
 	tests := []struct {
 		method, path string
@@ -443,7 +443,7 @@ func TestTCPProbe(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			base := serve(t, probe.Config{Target: loopback, Probers: probe.Probers{
-				"/app-health/db/livez": {TCPSocket: &probe.TCPSocketAction{Port: intstr.FromInt(tt.port)}},
+				"/app-health/db/livez": {TCPSocket: &probe.TCPSocketAction{Port: intorstr.FromInt(tt.port)}},
 			}})
 			status, body := kubelet(t, base, http.MethodGet, "/app-health/db/livez")
 			if status != tt.status {
@@ -555,7 +555,7 @@ func TestIPv6Target(t *testing.T) {
 	srv := &httptest.Server{Listener: ln, Config: &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { app.record(r) })}}
 	srv.Start()
 	t.Cleanup(srv.Close)
-	p := intstr.FromInt32(port(t, srv.URL))
+	p := intorstr.FromInt32(port(t, srv.URL))
 	base := serve(t, probe.Config{Target: netip.MustParseAddr("::1"), Probers: probe.Probers{
 		"/app-health/web/livez":  {HTTPGet: &probe.HTTPGetAction{Path: "/v6", Port: p}},
 		"/app-health/web/readyz": {TCPSocket: &probe.TCPSocketAction{Port: p}},
@@ -594,8 +594,8 @@ func TestDial(t *testing.T) {
 			return d.DialContext(ctx, network, addr)
 		},
 		Probers: probe.Probers{
-			"/app-health/web/livez":  {HTTPGet: &probe.HTTPGetAction{Path: "/hop", Port: intstr.FromInt32(p)}},
-			"/app-health/web/readyz": {TCPSocket: &probe.TCPSocketAction{Port: intstr.FromInt32(p)}},
+			"/app-health/web/livez":  {HTTPGet: &probe.HTTPGetAction{Path: "/hop", Port: intorstr.FromInt32(p)}},
+			"/app-health/web/readyz": {TCPSocket: &probe.TCPSocketAction{Port: intorstr.FromInt32(p)}},
 		},
 	})
 	for _, path := range []string{"/app-health/web/livez", "/app-health/web/readyz"} {
@@ -615,7 +615,7 @@ func TestDial(t *testing.T) {
 }
 
 func TestNew(t *testing.T) {
-	ok := probe.Probers{"/app-health/web/readyz": {TCPSocket: &probe.TCPSocketAction{Port: intstr.FromInt(80)}}}
+	ok := probe.Probers{"/app-health/web/readyz": {TCPSocket: &probe.TCPSocketAction{Port: intorstr.FromInt(80)}}}
 	tests := []struct {
 		name string
 		cfg  probe.Config
@@ -628,7 +628,7 @@ func TestNew(t *testing.T) {
 		{"zoned target", probe.Config{Probers: ok, Target: netip.MustParseAddr("fe80::1%eth0")}, "probe: Target fe80::1%eth0 is not a pod IP"},
 		{"negative default timeout", probe.Config{Probers: ok, Target: loopback, DefaultTimeout: -time.Second}, "probe: DefaultTimeout -1s is negative"},
 		{"invalid prober built by hand", probe.Config{Target: loopback, Probers: probe.Probers{
-			"/app-health/web/readyz": {TCPSocket: &probe.TCPSocketAction{Port: intstr.FromString("http")}},
+			"/app-health/web/readyz": {TCPSocket: &probe.TCPSocketAction{Port: intorstr.FromString("http")}},
 		}}, `probe: entry "/app-health/web/readyz": tcpSocket.port "http" is a string: named ports must be resolved to numbers by the injector`},
 		{"bad path built by hand", probe.Config{Target: loopback, Probers: probe.Probers{"/healthz": ok["/app-health/web/readyz"]}},
 			`probe: entry "/healthz": path must be /app-health/<container>/<livez|readyz|startupz>`},
@@ -651,7 +651,7 @@ func TestNew(t *testing.T) {
 	}
 	defer ln.Close()
 	base := serve(t, probe.Config{Target: netip.MustParseAddr("::ffff:127.0.0.1"), Probers: probe.Probers{
-		"/app-health/web/readyz": {TCPSocket: &probe.TCPSocketAction{Port: intstr.FromInt(ln.Addr().(*net.TCPAddr).Port)}},
+		"/app-health/web/readyz": {TCPSocket: &probe.TCPSocketAction{Port: intorstr.FromInt(ln.Addr().(*net.TCPAddr).Port)}},
 	}})
 	if status, body := kubelet(t, base, http.MethodGet, "/app-health/web/readyz"); status != 200 {
 		t.Fatalf("mapped target: %d %q", status, body)
@@ -672,8 +672,8 @@ func TestNoLeak(t *testing.T) {
 	go func() { defer close(done); _ = srv.Serve(ln) }()
 	t.Cleanup(func() { srv.Stop(); <-done })
 	h, err := probe.New(probe.Config{Target: loopback, Probers: probe.Probers{
-		"/app-health/a/livez":    {HTTPGet: &probe.HTTPGetAction{Path: "/", Port: intstr.FromInt32(port(t, appSrv.URL))}},
-		"/app-health/a/readyz":   {TCPSocket: &probe.TCPSocketAction{Port: intstr.FromInt32(port(t, appSrv.URL))}},
+		"/app-health/a/livez":    {HTTPGet: &probe.HTTPGetAction{Path: "/", Port: intorstr.FromInt32(port(t, appSrv.URL))}},
+		"/app-health/a/readyz":   {TCPSocket: &probe.TCPSocketAction{Port: intorstr.FromInt32(port(t, appSrv.URL))}},
 		"/app-health/a/startupz": {GRPC: &probe.GRPCAction{Port: int32(ln.Addr().(*net.TCPAddr).Port)}},
 	}})
 	if err != nil {
@@ -777,7 +777,7 @@ func TestH2CProbe(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			base := serve(t, probe.Config{Target: loopback, Probers: probe.Probers{
-				"/app-health/api/readyz": {HTTPGet: &probe.HTTPGetAction{Path: "/healthz", Port: intstr.FromInt32(tt.port), Protocol: tt.protocol}},
+				"/app-health/api/readyz": {HTTPGet: &probe.HTTPGetAction{Path: "/healthz", Port: intorstr.FromInt32(tt.port), Protocol: tt.protocol}},
 			}})
 			status, body := kubelet(t, base, http.MethodGet, "/app-health/api/readyz")
 			if status != tt.status {

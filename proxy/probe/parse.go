@@ -10,8 +10,8 @@ import (
 	"strings"
 
 	"golang.org/x/net/http/httpguts"
-	"k8s.io/apimachinery/pkg/util/intstr"
-	sigsjson "sigs.k8s.io/json"
+
+	"github.com/mesh-dev/mesh/internal/intorstr"
 )
 
 // Probers is the set of app probes the proxy performs, keyed by the path the
@@ -58,7 +58,7 @@ func Parse(b []byte) (Probers, error) {
 	}
 	// Decode the entries raw first, so each entry's errors can name it.
 	var raw map[string]json.RawMessage
-	strict, err := sigsjson.UnmarshalStrict(trimmed, &raw)
+	strict, err := unmarshalStrict(trimmed, &raw)
 	if err != nil {
 		return nil, fmt.Errorf("probe: app probes are not valid JSON: %w", err)
 	}
@@ -73,7 +73,7 @@ func Parse(b []byte) (Probers, error) {
 	out := make(Probers, len(raw))
 	for _, k := range keys {
 		var p Prober
-		strict, err := sigsjson.UnmarshalStrict(raw[k], &p)
+		strict, err := unmarshalStrict(raw[k], &p)
 		if err != nil {
 			return nil, fmt.Errorf("probe: entry %q: %w", k, err)
 		}
@@ -127,7 +127,7 @@ func validate(path string, p Prober) error {
 		if m := p.GRPC.Mode; m != nil && *m != GRPCProbeModePlaintext && *m != GRPCProbeModeTLS {
 			return fail("grpc.mode %q must be Plaintext or TLS", *m)
 		}
-		return validatePort(fail, "grpc.port", intstr.FromInt32(p.GRPC.Port))
+		return validatePort(fail, "grpc.port", intorstr.FromInt32(p.GRPC.Port))
 	}
 }
 
@@ -181,8 +181,8 @@ func validateHTTP(fail func(string, ...any) error, h *HTTPGetAction) error {
 	return nil
 }
 
-func validatePort(fail func(string, ...any) error, field string, port intstr.IntOrString) error {
-	if port.Type != intstr.Int {
+func validatePort(fail func(string, ...any) error, field string, port intorstr.IntOrString) error {
+	if port.Type != intorstr.Int {
 		// Only the injector knows the container's ports; the proxy cannot
 		// resolve a name.
 		return fail("%s %q is a string: named ports must be resolved to numbers by the injector", field, port.StrVal)

@@ -8,8 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"k8s.io/apimachinery/pkg/util/intstr"
-
+	"github.com/mesh-dev/mesh/internal/intorstr"
 	"github.com/mesh-dev/mesh/proxy/probe"
 )
 
@@ -30,10 +29,10 @@ func TestParse(t *testing.T) {
 			}`,
 			want: probe.Probers{
 				"/app-health/web/livez": {HTTPGet: &probe.HTTPGetAction{
-					Path: "/healthz?full=1", Port: intstr.FromInt32(8080), Scheme: probe.URISchemeHTTPS,
+					Path: "/healthz?full=1", Port: intorstr.FromInt32(8080), Scheme: probe.URISchemeHTTPS,
 					HTTPHeaders: []probe.HTTPHeader{{Name: "X-Probe", Value: "1"}},
 				}, TimeoutSeconds: 3},
-				"/app-health/web/readyz":    {TCPSocket: &probe.TCPSocketAction{Port: intstr.FromInt32(8081)}},
+				"/app-health/web/readyz":    {TCPSocket: &probe.TCPSocketAction{Port: intorstr.FromInt32(8081)}},
 				"/app-health/db-2/startupz": {GRPC: &probe.GRPCAction{Port: 9090, Service: &svc}},
 			},
 		},
@@ -43,8 +42,8 @@ func TestParse(t *testing.T) {
 			in: `{"/app-health/` + strings.Repeat("a", 63) + `/livez": {"httpGet": {"path": "/", "port": 65535}},
 			      "/app-health/b/livez": {"tcpSocket": {"port": 1}}}`,
 			want: probe.Probers{
-				"/app-health/" + strings.Repeat("a", 63) + "/livez": {HTTPGet: &probe.HTTPGetAction{Path: "/", Port: intstr.FromInt32(65535)}},
-				"/app-health/b/livez":                               {TCPSocket: &probe.TCPSocketAction{Port: intstr.FromInt32(1)}},
+				"/app-health/" + strings.Repeat("a", 63) + "/livez": {HTTPGet: &probe.HTTPGetAction{Path: "/", Port: intorstr.FromInt32(65535)}},
+				"/app-health/b/livez":                               {TCPSocket: &probe.TCPSocketAction{Port: intorstr.FromInt32(1)}},
 			},
 		},
 	}
