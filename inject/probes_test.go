@@ -10,30 +10,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
-	"github.com/mesh-dev/mesh/internal/intorstr"
+	"github.com/mesh-dev/mesh/internal/jsonshape"
 	"github.com/mesh-dev/mesh/proxy/probe"
 )
-
-// jsonFields is t's fields as JSON names with their tags, recursively
-// through struct, pointer and slice fields (intstr.IntOrString and the
-// proxy's intorstr.IntOrString are values).
-func jsonFields(t reflect.Type, prefix string) []string {
-	for t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice {
-		t = t.Elem()
-	}
-	if t.Kind() != reflect.Struct || t == reflect.TypeFor[intstr.IntOrString]() || t == reflect.TypeFor[intorstr.IntOrString]() {
-		return nil
-	}
-	var out []string
-	for f := range t.Fields() {
-		tag := f.Tag.Get("json")
-		out = append(out, prefix+tag+" "+f.Type.Kind().String())
-		name, _, _ := strings.Cut(tag, ",")
-		out = append(out, jsonFields(f.Type, prefix+name+".")...)
-	}
-	slices.Sort(out)
-	return out
-}
 
 // TestProbeActionsMatchKubernetes: the proxy's copies of the probe actions
 // (package probe, kept apart from k8s.io/api to keep the proxy small) have
@@ -46,7 +25,7 @@ func TestProbeActionsMatchKubernetes(t *testing.T) {
 		{reflect.TypeFor[corev1.TCPSocketAction](), reflect.TypeFor[probe.TCPSocketAction]()},
 		{reflect.TypeFor[corev1.GRPCAction](), reflect.TypeFor[probe.GRPCAction]()},
 	} {
-		if k, p := jsonFields(tc.k8s, ""), jsonFields(tc.proxy, ""); !slices.Equal(k, p) {
+		if k, p := jsonshape.Fields(tc.k8s), jsonshape.Fields(tc.proxy); !slices.Equal(k, p) {
 			t.Errorf("%s has JSON fields\n%q\nbut %s has\n%q", tc.k8s, k, tc.proxy, p)
 		}
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/mesh-dev/mesh/authz"
 	"github.com/mesh-dev/mesh/authz/api/v1alpha1"
 	"github.com/mesh-dev/mesh/authz/validation"
+	"github.com/mesh-dev/mesh/internal/jsonshape"
 )
 
 const head = "apiVersion: security.mesh.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: shop}\n"
@@ -384,5 +385,20 @@ func TestAggregate(t *testing.T) {
 	}
 	if authz.ErrorList(nil).ToAggregate() != nil {
 		t.Error("an empty list aggregates to an error")
+	}
+}
+
+// TestPolicyMatchesV1alpha1: authz's policy spec has every field of the
+// CRD's spec, with the same JSON name, options and kind, through the
+// selector and the rules. A field the CRD gains fails here, rather than
+// being dropped by Policy's conversion and by DecodePolicy alike, where
+// the agreement tests above could not see it.
+func TestPolicyMatchesV1alpha1(t *testing.T) {
+	crd, own := jsonshape.Fields(reflect.TypeFor[v1alpha1.AuthorizationPolicySpec]()), jsonshape.Fields(reflect.TypeFor[authz.PolicySpec]())
+	if !slices.Equal(crd, own) {
+		t.Errorf("v1alpha1.AuthorizationPolicySpec has JSON fields\n%q\nbut authz.PolicySpec has\n%q", crd, own)
+	}
+	if len(crd) < 15 {
+		t.Fatalf("only %d fields listed: the walk is broken: %q", len(crd), crd)
 	}
 }

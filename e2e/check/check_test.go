@@ -124,7 +124,7 @@ spec:
 	// its processes have exited, and a controller still running would push
 	// the deletion below to the proxies.
 	if err := meshtest.WaitFor(ctx, 2*time.Minute, func() error {
-		pods, err := m.Kube.CoreV1().Pods(helminstall.Namespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=mesh-controller"})
+		pods, err := m.Kube.CoreV1().Pods(helminstall.Namespace).List(ctx, metav1.ListOptions{LabelSelector: helminstall.ControllerSelector})
 		if err != nil {
 			return err
 		}

@@ -133,9 +133,12 @@ func (m *Mesh) MeshctlSplit(ctx context.Context, args ...string) (stdout, stderr
 	return o.String(), e.String(), 0, nil
 }
 
+// ControllerSelector selects the controller's pods, terminating ones too.
+const ControllerSelector = "app.kubernetes.io/name=mesh-controller"
+
 // Controllers are the controller's pods that are not being deleted.
 func (m *Mesh) Controllers(ctx context.Context) ([]corev1.Pod, error) {
-	list, err := m.Kube.CoreV1().Pods(Namespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=mesh-controller"})
+	list, err := m.Kube.CoreV1().Pods(Namespace).List(ctx, metav1.ListOptions{LabelSelector: ControllerSelector})
 	if err != nil {
 		return nil, err
 	}
